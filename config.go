@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+)
+
+// Config is every setting dgrelay reads, all of it from the environment.
+// The README's configuration table mirrors this struct; a test holds the two
+// together.
+type Config struct {
+	// Port is the public listener: 0.0.0.0:PORT, as Cloud Run injects it.
+	Port int `env:"PORT, default=8080"`
+
+	// DeepgramAPIKey is the key itself (Fly secrets, Cloud Run --set-secrets,
+	// local runs). Exactly one of it and DeepgramAPIKeySecret is set.
+	DeepgramAPIKey string `env:"DEEPGRAM_API_KEY"`
+	// DeepgramAPIKeySecret names a Secret Manager version,
+	// projects/P/secrets/S/versions/V, read once at start.
+	DeepgramAPIKeySecret string `env:"DEEPGRAM_API_KEY_SECRET"`
+	// SecretManagerEmulatorHost points the Secret Manager client at a
+	// plaintext gRPC endpoint without credentials (tests, local emulators).
+	SecretManagerEmulatorHost string `env:"SECRETMANAGER_EMULATOR_HOST"`
+
+	// AgentURL is the upstream for service=agent (and no service).
+	AgentURL string `env:"DEEPGRAM_AGENT_URL, default=wss://agent.deepgram.com/v1/agent/converse"`
+	// ListenURL is the upstream for service=transcription.
+	ListenURL string `env:"DEEPGRAM_LISTEN_URL, default=wss://api.deepgram.com/v1/listen"`
+
+	// ProxyPath is the WebSocket route, served with and without a trailing slash.
+	ProxyPath string `env:"PROXY_PATH, default=/ws/deepgram-proxy/"`
+	// MaxMessageBytes is the read limit on both connections of a session.
+	MaxMessageBytes int64 `env:"MAX_MESSAGE_BYTES, default=1048576"`
+	// DrainTimeout is how long live sessions may go on after SIGTERM/SIGINT.
+	DrainTimeout time.Duration `env:"DRAIN_TIMEOUT, default=8s"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `env:"LOG_LEVEL, default=info"`
+}
+
+// upstreamDialTimeout bounds the TCP, TLS and WebSocket handshake with
+// Deepgram, so a client waits at most this long to hear about a failure.
+const upstreamDialTimeout = 10 * time.Second
+
+// loadConfig reads the environment through lookup and checks every value, so
+// a bad deploy fails at start with the variable's name rather than at the
+// first call.
+func loadConfig(ctx context.Context, lookup envconfig.Lookuper) (*Config, error) {
+	var c Config
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: lookup}); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	return &c, nil
+}
+
+func (c *Config) validate() error {
+	if c.Port < 1 || c.Port > 65535 {
+		return fmt.Errorf("PORT: %d is not a TCP port (1-65535)", c.Port)
+	}
+	for _, u := range []struct{ name, value string }{
+		{"DEEPGRAM_AGENT_URL", c.AgentURL},
+		{"DEEPGRAM_LISTEN_URL", c.ListenURL},
+	} {
+		if err := checkUpstreamURL(u.value); err != nil {
+			return fmt.Errorf("%s: %w", u.name, err)
+		}
+	}
+	if !strings.HasPrefix(c.ProxyPath, "/") {
+		return fmt.Errorf("PROXY_PATH: %q must start with /", c.ProxyPath)
+	}
+	// The React component switches to its OpenAI protocol when the endpoint's
+	// path contains /openai, and then no Deepgram session can work.
+	if strings.Contains(strings.ToLower(c.ProxyPath), "/openai") {
+		return fmt.Errorf("PROXY_PATH: %q contains /openai, which makes the React component speak another protocol", c.ProxyPath)
+	}
+	if c.MaxMessageBytes < 1 {
+		return fmt.Errorf("MAX_MESSAGE_BYTES: %d must be at least 1", c.MaxMessageBytes)
+	}
+	if c.DrainTimeout < 0 {
+		return fmt.Errorf("DRAIN_TIMEOUT: %s must not be negative", c.DrainTimeout)
+	}
+	if _, err := parseLogLevel(c.LogLevel); err != nil {
+		return fmt.Errorf("LOG_LEVEL: %w", err)
+	}
+	return nil
+}
+
+func checkUpstreamURL(raw string) error {
+	// The value is not echoed back: a mistaken paste could hold a credential.
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("not a valid URL")
+	}
+	if u.User != nil {
+		return fmt.Errorf("credentials in the URL are not allowed; the key goes in DEEPGRAM_API_KEY")
+	}
+	if u.Scheme != "ws" && u.Scheme != "wss" {
+		return fmt.Errorf("scheme %q: must be ws or wss", u.Scheme)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("the URL has no host")
+	}
+	return nil
+}
+
+func parseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("%q is not one of debug, info, warn, error", s)
+}

@@ -1,0 +1,173 @@
+// Command dgrelay lets a browser app talk to the Deepgram Voice Agent API
+// without holding the Deepgram API key: it dials Deepgram with the key it
+// holds and relays every WebSocket frame both ways, unchanged.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+)
+
+// version is set at build time: -ldflags "-X main.version=...".
+var version = "dev"
+
+const (
+	// readHeaderTimeout and maxHeaderBytes bound a handshake that is slow or
+	// bloated before any of the relay's code runs.
+	readHeaderTimeout = 10 * time.Second
+	maxHeaderBytes    = 16 << 10
+	// drainGrace is how long, after the drain deadline, peers get to answer
+	// the 1012 close before their connections are dropped.
+	drainGrace = 750 * time.Millisecond
+)
+
+func main() {
+	sig := make(chan os.Signal, 2)
+	// Cloud Run sends SIGTERM; Fly sends SIGINT unless fly.toml says otherwise.
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	os.Exit(run(context.Background(), envconfig.OsLookuper(), os.Stdout, sig))
+}
+
+// run starts the relay and serves until the first signal, then drains. It
+// returns the process's exit code: 0 after a drain, 1 for a start-up error.
+// A second signal exits at once.
+func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-chan os.Signal) int {
+	cfg, err := loadConfig(ctx, env)
+	if err != nil {
+		newLogger(stdout, slog.LevelInfo).Error("dgrelay cannot start", "error", err.Error())
+		return 1
+	}
+	level, _ := parseLogLevel(cfg.LogLevel)
+	log := newLogger(stdout, level)
+
+	secrets := &secretReader{emulatorHost: cfg.SecretManagerEmulatorHost}
+	defer secrets.close()
+	key, keySource, err := loadAPIKey(ctx, cfg, secrets)
+	if err != nil {
+		log.Error("dgrelay cannot start", "error", err.Error())
+		return 1
+	}
+	rl, err := newRelay(cfg, key, log)
+	if err != nil {
+		log.Error("dgrelay cannot start", "error", err.Error())
+		return 1
+	}
+
+	ln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
+	if err != nil {
+		log.Error("dgrelay cannot start", "error", fmt.Errorf("listen on port %d: %w", cfg.Port, err).Error())
+		return 1
+	}
+	srv := &http.Server{
+		Handler:           rl.routes(),
+		ReadHeaderTimeout: readHeaderTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	log.Info("dgrelay started",
+		"version", version,
+		"port", cfg.Port,
+		"path", cfg.ProxyPath,
+		"agent_upstream", rl.agent.host,
+		"listen_upstream", rl.listen.host,
+		"key_source", keySource)
+
+	select {
+	case s := <-sig:
+		log.Info("shutdown signal: draining", "signal", s.String(), "drain_timeout", cfg.DrainTimeout.String(), "sessions", rl.sessions.active())
+	case err := <-serveErr:
+		log.Error("server stopped", "error", err.Error())
+		return 1
+	}
+	go func() {
+		s := <-sig
+		log.Warn("second signal: exiting now", "signal", s.String(), "sessions", rl.sessions.active())
+		os.Exit(1)
+	}()
+
+	rl.drain(cfg.DrainTimeout)
+	_ = srv.Close()
+	log.Info("dgrelay stopped")
+	return 0
+}
+
+// routes is the public mux: the WebSocket route under PROXY_PATH, with and
+// without its trailing slash, and the two probes.
+func (rl *relay) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		// The key is loaded before the listener opens, so only a drain can
+		// make a serving relay unready.
+		if rl.draining.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "draining\n")
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	for _, p := range proxyPatterns(rl.cfg.ProxyPath) {
+		mux.Handle(p, rl)
+	}
+	return mux
+}
+
+// proxyPatterns turns PROXY_PATH into exact-match mux patterns for the path
+// with and without its trailing slash.
+func proxyPatterns(path string) []string {
+	bare := strings.TrimRight(path, "/")
+	if bare == "" {
+		return []string{"/{$}"}
+	}
+	return []string{bare, bare + "/{$}"}
+}
+
+// drain runs after the first shutdown signal. New upgrades get 503 from now
+// on; live sessions go on until they end or timeout passes. Then each client
+// gets 1012 (service restart) and its upstream a normal close; peers that do
+// not answer within drainGrace are dropped. It returns as soon as no session
+// is left.
+func (rl *relay) drain(timeout time.Duration) {
+	rl.draining.Store(true)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	if rl.sessions.waitIdle(deadline.C) {
+		rl.sessions.close()
+		return
+	}
+	live := rl.sessions.close()
+	rl.log.Info("drain deadline: closing sessions", "sessions", len(live))
+	for _, s := range live {
+		go s.end(restartOutcome)
+	}
+	grace := time.NewTimer(drainGrace)
+	defer grace.Stop()
+	if rl.sessions.waitIdle(grace.C) {
+		return
+	}
+	if n := rl.sessions.active(); n > 0 {
+		rl.log.Warn("drain: dropping sessions that did not close in time", "sessions", n)
+		for _, s := range live {
+			s.kill()
+		}
+	}
+}

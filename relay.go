@@ -1,0 +1,608 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// copyBufferSize is the pooled buffer one message is copied through. A
+// message that fits is written as one frame; a larger one streams through
+// the same buffer. 32 KiB holds every audio frame Deepgram's clients send.
+const copyBufferSize = 32 << 10
+
+// copyBuffers lends a buffer per message rather than one per pump, so an idle
+// session, which is most of them most of the time, holds none.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+// closeWriteTimeout bounds writing the in-band Error frame to a client.
+const closeWriteTimeout = 5 * time.Second
+
+// upstream is one Deepgram endpoint a service routes to.
+type upstream struct {
+	base *url.URL
+	// host is the Host header: Deepgram answers 404 to agent.deepgram.com:443,
+	// so a default port never goes in it.
+	host string
+}
+
+func newUpstream(raw string) (upstream, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return upstream{}, fmt.Errorf("parse upstream: %w", err)
+	}
+	host := u.Host
+	if p := u.Port(); (u.Scheme == "wss" && p == "443") || (u.Scheme == "ws" && p == "80") {
+		host = u.Hostname()
+	}
+	return upstream{base: u, host: host}, nil
+}
+
+// target is the URL dialled for one session: the upstream's own query, then
+// the client's parameters in their order and encoding.
+func (u upstream) target(forwarded string) string {
+	t := *u.base
+	switch {
+	case t.RawQuery == "":
+		t.RawQuery = forwarded
+	case forwarded != "":
+		t.RawQuery += "&" + forwarded
+	}
+	return t.String()
+}
+
+// relay serves the WebSocket route: it checks each request, dials Deepgram
+// with the key it holds and runs one session per client.
+type relay struct {
+	cfg      *Config
+	log      *slog.Logger
+	apiKey   string
+	agent    upstream
+	listen   upstream
+	dialOpts websocket.DialOptions
+	sessions sessionSet
+	// dialTimeout is upstreamDialTimeout; tests shorten it.
+	dialTimeout time.Duration
+	// draining is set by the first shutdown signal: new upgrades get 503.
+	draining atomic.Bool
+}
+
+func newRelay(cfg *Config, apiKey string, log *slog.Logger) (*relay, error) {
+	agent, err := newUpstream(cfg.AgentURL)
+	if err != nil {
+		return nil, fmt.Errorf("DEEPGRAM_AGENT_URL: %w", err)
+	}
+	listen, err := newUpstream(cfg.ListenURL)
+	if err != nil {
+		return nil, fmt.Errorf("DEEPGRAM_LISTEN_URL: %w", err)
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.DialContext = (&net.Dialer{Timeout: upstreamDialTimeout, KeepAlive: 15 * time.Second}).DialContext
+	transport.TLSHandshakeTimeout = upstreamDialTimeout
+	transport.ResponseHeaderTimeout = upstreamDialTimeout
+	// A WebSocket handshake is HTTP/1.1; offering h2 would only cost a round trip.
+	transport.ForceAttemptHTTP2 = false
+	transport.TLSClientConfig = nil
+	rl := &relay{
+		cfg:         cfg,
+		log:         log,
+		apiKey:      apiKey,
+		dialTimeout: upstreamDialTimeout,
+		agent:       agent,
+		listen:      listen,
+		dialOpts: websocket.DialOptions{
+			HTTPClient:      &http.Client{Transport: transport},
+			HTTPHeader:      http.Header{"Authorization": {"Token " + apiKey}},
+			CompressionMode: websocket.CompressionDisabled,
+		},
+	}
+	rl.sessions.init()
+	return rl, nil
+}
+
+// routeError is a request refused before the upgrade, with its HTTP status.
+type routeError struct {
+	status int
+	msg    string
+}
+
+func (e *routeError) Error() string { return e.msg }
+
+// route picks the upstream from ?service= and returns the query to forward:
+// every parameter but service and token, in the client's order and encoding.
+func (rl *relay) route(rawQuery string) (service string, up upstream, forwarded string, err error) {
+	var kept []string
+	seen := false
+	for part := range strings.SplitSeq(rawQuery, "&") {
+		if part == "" {
+			continue
+		}
+		rawKey, rawValue, _ := strings.Cut(part, "=")
+		key, kerr := url.QueryUnescape(rawKey)
+		value, verr := url.QueryUnescape(rawValue)
+		if kerr != nil || verr != nil {
+			return "", upstream{}, "", &routeError{http.StatusBadRequest, "malformed query string"}
+		}
+		switch {
+		case key == "service":
+			if seen && value != service {
+				return "", upstream{}, "", &routeError{http.StatusBadRequest, "conflicting service parameters"}
+			}
+			service, seen = value, true
+		case strings.EqualFold(key, "token"):
+			// The user's token is for dgrelay only: Deepgram never sees it.
+		default:
+			kept = append(kept, part)
+		}
+	}
+	switch service {
+	case "", "agent":
+		return "agent", rl.agent, strings.Join(kept, "&"), nil
+	case "transcription":
+		return "transcription", rl.listen, strings.Join(kept, "&"), nil
+	}
+	return "", upstream{}, "", &routeError{http.StatusBadRequest, "unknown service: use agent or transcription"}
+}
+
+// isWebSocketUpgrade reports whether r asks for a WebSocket, checked before
+// anything is dialled so that a plain request costs nothing upstream.
+func isWebSocketUpgrade(r *http.Request) bool {
+	return r.Method == http.MethodGet &&
+		headerHasToken(r.Header, "Connection", "upgrade") &&
+		headerHasToken(r.Header, "Upgrade", "websocket")
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ServeHTTP is the WebSocket route. Its steps run in this order so that every
+// refusal that can be an HTTP status is one, and nothing is dialled upstream
+// for a request that will be refused.
+func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if rl.draining.Load() {
+		w.Header().Set("Retry-After", "2")
+		http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
+		return
+	}
+	if !isWebSocketUpgrade(r) {
+		w.Header().Set("Connection", "Upgrade")
+		w.Header().Set("Upgrade", "websocket")
+		http.Error(w, "this endpoint speaks WebSocket only", http.StatusUpgradeRequired)
+		return
+	}
+	if r.Header.Get("Sec-WebSocket-Version") != "13" || r.Header.Get("Sec-WebSocket-Key") == "" {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+		http.Error(w, "unsupported WebSocket handshake (want version 13)", http.StatusBadRequest)
+		return
+	}
+	service, up, forwarded, err := rl.route(r.URL.RawQuery)
+	if err != nil {
+		var re *routeError
+		errors.As(err, &re)
+		http.Error(w, re.msg, re.status)
+		return
+	}
+
+	if !rl.sessions.begin() {
+		w.Header().Set("Retry-After", "2")
+		http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
+		return
+	}
+	defer rl.sessions.done()
+
+	s := &session{
+		id:      newSessionID(),
+		service: service,
+		remote:  r.RemoteAddr,
+		started: time.Now(),
+	}
+
+	// The upstream is dialled before the client's upgrade is accepted: the
+	// browser cannot send until its socket opens, so the Settings it sends
+	// the instant it does always find Deepgram connected, with no buffer
+	// and no bound to choose. The cost is that the client's handshake waits
+	// for Deepgram's, which a browser does anyway before Welcome.
+	upConn, failure := rl.dial(r.Context(), up, forwarded, s)
+
+	client, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:    []string{"bearer"},
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		// Accept has written the HTTP answer; a client that left during the
+		// dial lands here too.
+		if upConn != nil {
+			upConn.CloseNow()
+		}
+		rl.log.Info("client handshake failed", "session", s.id, "remote", s.remote, "error", err.Error())
+		return
+	}
+	if failure != nil {
+		rl.refuse(client, s, failure)
+		return
+	}
+	client.SetReadLimit(rl.cfg.MaxMessageBytes)
+	upConn.SetReadLimit(rl.cfg.MaxMessageBytes)
+	s.client, s.upstream = client, upConn
+
+	if !rl.sessions.add(s) {
+		// The drain deadline passed while this session was dialling.
+		s.end(restartOutcome)
+	} else {
+		s.run()
+		rl.sessions.remove(s)
+	}
+	rl.logEnd(s)
+}
+
+// upstreamFailure is why a session could not reach Deepgram, in the words the
+// client is sent. Nothing in it comes from the key.
+type upstreamFailure struct {
+	Type        string `json:"type"`
+	Code        string `json:"code"`
+	Description string `json:"description"`
+	status      int    // Deepgram's HTTP status, 0 when none came
+	cause       error
+}
+
+// dial connects to Deepgram for s. On failure it says why, in words for the
+// client.
+func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *session) (*websocket.Conn, *upstreamFailure) {
+	ctx, cancel := context.WithTimeout(ctx, rl.dialTimeout)
+	defer cancel()
+	opts := rl.dialOpts
+	opts.Host = up.host
+	conn, resp, err := websocket.Dial(ctx, up.target(forwarded), &opts)
+	if resp != nil {
+		s.dgRequestID = resp.Header.Get("dg-request-id")
+	}
+	if err == nil {
+		return conn, nil
+	}
+	f := &upstreamFailure{Type: "Error", cause: err}
+	switch {
+	case resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden):
+		f.status = resp.StatusCode
+		f.Code = "UPSTREAM_AUTH"
+		f.Description = fmt.Sprintf("Deepgram refused the relay's API key (HTTP %d); the relay's operator must check its Deepgram key", resp.StatusCode)
+	case resp != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.StatusCode != 0:
+		f.status = resp.StatusCode
+		f.Code = "UPSTREAM_REJECTED"
+		f.Description = fmt.Sprintf("Deepgram refused the session (HTTP %d)", resp.StatusCode)
+		if msg := rl.redact(resp.Header.Get("dg-error")); msg != "" {
+			f.Description += ": " + msg
+		}
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		f.Code = "UPSTREAM_UNAVAILABLE"
+		f.Description = fmt.Sprintf("Deepgram did not answer within %s", rl.dialTimeout)
+	default:
+		f.Code = "UPSTREAM_UNAVAILABLE"
+		f.Description = "Deepgram could not be reached"
+	}
+	return nil, f
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// redact bounds a message that came from Deepgram and removes the key from it,
+// should it ever be echoed there.
+func (rl *relay) redact(msg string) string {
+	msg = strings.ReplaceAll(msg, rl.apiKey, "[redacted]")
+	msg = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, msg)
+	if len(msg) > 200 {
+		msg = msg[:200]
+	}
+	return strings.ToValidUTF8(msg, "")
+}
+
+// refuse tells a client that Deepgram could not be reached: first in band,
+// which the React component shows, then close 1014 (bad gateway).
+func (rl *relay) refuse(client *websocket.Conn, s *session, f *upstreamFailure) {
+	frame, _ := json.Marshal(f)
+	ctx, cancel := context.WithTimeout(context.Background(), closeWriteTimeout)
+	defer cancel()
+	_ = client.Write(ctx, websocket.MessageText, frame)
+	reason := "upstream unavailable"
+	if f.Code == "UPSTREAM_AUTH" {
+		reason = "upstream refused the relay's key"
+	} else if f.Code == "UPSTREAM_REJECTED" {
+		reason = "upstream refused the session"
+	}
+	_ = client.Close(websocket.StatusBadGateway, reason)
+	rl.log.Warn("upstream dial failed",
+		"session", s.id, "service", s.service, "code", f.Code, "upstream_status", f.status,
+		"dg_request_id", s.dgRequestID, "remote", s.remote, "error", rl.redact(f.cause.Error()))
+}
+
+func (rl *relay) logEnd(s *session) {
+	o := s.result()
+	up, down := &s.up, &s.down
+	rl.log.Info("session end",
+		"session", s.id,
+		"service", s.service,
+		"duration_ms", time.Since(s.started).Milliseconds(),
+		"up_messages", up.messages.Load(), "up_bytes", up.bytes.Load(),
+		"down_messages", down.messages.Load(), "down_bytes", down.bytes.Load(),
+		"closed_by", o.closedBy, "cause", o.cause,
+		"client_close", int(o.clientCode), "upstream_close", int(o.upstreamCode),
+		"dg_request_id", s.dgRequestID,
+		"remote", s.remote)
+}
+
+func newSessionID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// flow counts one direction of a session. Each counter is written by one pump
+// only; atomics let the log line and the timers read them while it runs.
+type flow struct {
+	messages atomic.Int64
+	bytes    atomic.Int64
+}
+
+// outcome is how a session ended: who ended it and the close each side got
+// (or sent). A zero code means that side's connection was dropped without a
+// close frame, because its peer was gone.
+type outcome struct {
+	closedBy       string // client, upstream or relay
+	cause          string // closed, vanished, too_big, drain
+	clientCode     websocket.StatusCode
+	clientReason   string
+	upstreamCode   websocket.StatusCode
+	upstreamReason string
+}
+
+// restartOutcome is how a drain ends a session: 1012 tells the client to
+// reconnect (it lands on another instance), and Deepgram gets a normal close.
+var restartOutcome = outcome{closedBy: "relay", cause: "drain",
+	clientCode: websocket.StatusServiceRestart, clientReason: "service restart",
+	upstreamCode: websocket.StatusNormalClosure, upstreamReason: "relay restarting"}
+
+// session is one client and its Deepgram connection.
+type session struct {
+	id          string
+	service     string
+	remote      string
+	dgRequestID string
+	started     time.Time
+	client      *websocket.Conn
+	upstream    *websocket.Conn
+	up, down    flow // client→upstream, upstream→client
+
+	mu      sync.Mutex // guards ended and outcome
+	ended   bool
+	outcome outcome
+}
+
+// run relays both directions until either side ends, then returns once both
+// pumps have stopped. One pump runs on the handler's goroutine, the other on
+// its own: two goroutines a session.
+func (s *session) run() {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.pumpEnded(sideUpstream, pump(s.upstream, s.client, &s.down))
+	}()
+	s.pumpEnded(sideClient, pump(s.client, s.upstream, &s.up))
+	wg.Wait()
+}
+
+type side int
+
+const (
+	sideClient side = iota
+	sideUpstream
+)
+
+func (d side) String() string {
+	if d == sideClient {
+		return "client"
+	}
+	return "upstream"
+}
+
+// pumpError is why a pump stopped: its source failed to read, or its
+// destination failed to take a write.
+type pumpError struct {
+	read, write error
+}
+
+// pumpEnded ends the session after the pump reading from src stopped.
+func (s *session) pumpEnded(src side, pe pumpError) {
+	if pe.write != nil {
+		// The destination is broken. Closing it wakes the pump that reads
+		// from it, which then reports how that side ended: a write error
+		// alone cannot tell a close frame from a vanished peer.
+		if src == sideClient {
+			s.upstream.CloseNow()
+		} else {
+			s.client.CloseNow()
+		}
+		return
+	}
+	s.end(outcomeOfRead(src, pe.read))
+}
+
+// outcomeOfRead maps how src's read failed to the close each side gets.
+func outcomeOfRead(src side, err error) outcome {
+	o := outcome{closedBy: src.String()}
+	code, reason := websocket.StatusCode(0), ""
+	var srcCode websocket.StatusCode
+	var ce websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		// A deliberate close is passed on as it came; 1005 (a close frame
+		// without a code) goes on as a close frame without a code.
+		o.cause = "closed"
+		srcCode, code, reason = ce.Code, ce.Code, ce.Reason
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		o.cause = "too_big"
+		srcCode, code, reason = websocket.StatusMessageTooBig, websocket.StatusNormalClosure, src.String()+" message too big"
+	default:
+		// Gone without a close frame (1006 is not sendable): the client
+		// hears that the gateway failed, Deepgram that the client went away.
+		o.cause = "vanished"
+		if src == sideUpstream {
+			code, reason = websocket.StatusBadGateway, "upstream went away"
+		} else {
+			code, reason = websocket.StatusGoingAway, "client went away"
+		}
+	}
+	if src == sideClient {
+		o.clientCode, o.upstreamCode, o.upstreamReason = srcCode, code, reason
+	} else {
+		o.upstreamCode, o.clientCode, o.clientReason = srcCode, code, reason
+	}
+	return o
+}
+
+// end closes both sides as o says, once; later calls do nothing. The two
+// closes run at once, since each may wait for its peer's close frame.
+func (s *session) end(o outcome) {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.ended, s.outcome = true, o
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		closeConn(s.upstream, o.upstreamCode, o.upstreamReason, o.closedBy == "upstream")
+	}()
+	closeConn(s.client, o.clientCode, o.clientReason, o.closedBy == "client")
+	<-done
+}
+
+// closeConn sends code and reason to c, unless c started the close (the
+// library has answered its close frame already, or sent 1009) or vanished.
+func closeConn(c *websocket.Conn, code websocket.StatusCode, reason string, initiator bool) {
+	switch {
+	case initiator && code == websocket.StatusMessageTooBig:
+		// The library wrote 1009; Close waits for the echo.
+		_ = c.Close(code, "")
+	case initiator, code == 0:
+		_ = c.CloseNow()
+	default:
+		_ = c.Close(code, reason)
+	}
+}
+
+// result is the outcome, for the log line once the session has stopped.
+func (s *session) result() outcome {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.outcome
+}
+
+// kill drops both connections without close frames: the last step of a drain
+// whose peers did not answer in time.
+func (s *session) kill() {
+	s.client.CloseNow()
+	s.upstream.CloseNow()
+}
+
+// pump copies every message from src to dst, in order, each with its type and
+// bytes, until a read or a write fails. This is the hot path: per message it
+// borrows a pooled buffer and touches two atomic counters, nothing else. The
+// context has no deadline on purpose: coder/websocket arms a timer for every
+// read and write under a context that can expire, so timeouts act on the
+// connections from outside instead.
+func pump(src, dst *websocket.Conn, f *flow) pumpError {
+	ctx := context.Background()
+	for {
+		typ, r, err := src.Reader(ctx)
+		if err != nil {
+			return pumpError{read: err}
+		}
+		n, pe := copyMessage(ctx, dst, typ, r)
+		if pe.read != nil || pe.write != nil {
+			return pe
+		}
+		f.messages.Add(1)
+		f.bytes.Add(n)
+	}
+}
+
+// copyMessage writes the message read from r to dst. A message that fits the
+// buffer goes out as one frame; a longer one streams through it, so memory
+// stays bounded whatever MAX_MESSAGE_BYTES is.
+func copyMessage(ctx context.Context, dst *websocket.Conn, typ websocket.MessageType, r io.Reader) (int64, pumpError) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+
+	n, err := io.ReadFull(r, buf)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if err := dst.Write(ctx, typ, buf[:n]); err != nil {
+			return 0, pumpError{write: err}
+		}
+		return int64(n), pumpError{}
+	}
+	if err != nil {
+		return 0, pumpError{read: err}
+	}
+
+	w, err := dst.Writer(ctx, typ)
+	if err != nil {
+		return 0, pumpError{write: err}
+	}
+	total := int64(0)
+	for {
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return total, pumpError{write: err}
+			}
+			total += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		n, err = io.ReadFull(r, buf)
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			// The message is cut; closing dst's writer would pass the
+			// truncated message on as if whole, so it stays open and the
+			// session ends on the read error.
+			return total, pumpError{read: err}
+		}
+	}
+	if err := w.Close(); err != nil {
+		return total, pumpError{write: err}
+	}
+	return total, pumpError{}
+}

@@ -1,0 +1,387 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
+)
+
+type message struct {
+	typ  websocket.MessageType
+	data []byte
+}
+
+// mixedMessages is a reproducible stream of text and binary messages from
+// 0 B to exactly 1 MiB, mostly audio-sized, as a session carries them.
+func mixedMessages(seed uint64, n int) []message {
+	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
+	sizes := []int{0, 1, copyBufferSize - 1, copyBufferSize, copyBufferSize + 1, 1 << 20}
+	out := make([]message, n)
+	for i := range out {
+		var size int
+		switch p := rng.IntN(100); {
+		case i < len(sizes):
+			size = sizes[i]
+		case p < 90:
+			size = rng.IntN(4096)
+		case p < 99:
+			size = rng.IntN(128 << 10)
+		default:
+			size = rng.IntN(1<<20 + 1)
+		}
+		data := make([]byte, size)
+		typ := websocket.MessageBinary
+		if rng.IntN(3) == 0 {
+			// Text the fake echoes as is: no JSON type it acts on.
+			typ = websocket.MessageText
+			for j := range data {
+				data[j] = byte('a' + rng.IntN(26))
+			}
+		} else {
+			for j := range data {
+				data[j] = byte(rng.Uint32())
+			}
+		}
+		out[i] = message{typ, data}
+	}
+	rng.Shuffle(n-len(sizes), func(i, j int) {
+		i, j = i+len(sizes), j+len(sizes)
+		out[i], out[j] = out[j], out[i]
+	})
+	return out
+}
+
+// TestRelayKeepsEveryMessage sends thousands of mixed messages through
+// several concurrent sessions and checks each echo's type, bytes and order.
+func TestRelayKeepsEveryMessage(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	const sessions, perSession = 4, 600
+	var wg sync.WaitGroup
+	errs := make(chan error, sessions)
+	for s := 0; s < sessions; s++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- relayAndCheck(h, uint64(s+1), perSession)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func relayAndCheck(h *harness, seed uint64, n int) error {
+	c, err := h.tryDial("service=agent", nil)
+	if err != nil {
+		return err
+	}
+	defer c.CloseNow()
+	msgs := mixedMessages(seed, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// Writing and reading at once: large messages would otherwise fill
+	// every buffer on the way and stall both sides.
+	werr := make(chan error, 1)
+	go func() {
+		for _, m := range msgs {
+			if err := c.Write(ctx, m.typ, m.data); err != nil {
+				werr <- err
+				return
+			}
+		}
+		werr <- nil
+	}()
+	typ, data, err := c.Read(ctx)
+	if err != nil || typ != websocket.MessageText || !bytes.Contains(data, []byte(`"Welcome"`)) {
+		return fmt.Errorf("session %d: want Welcome first, got %v %.60q %v", seed, typ, data, err)
+	}
+	for i, m := range msgs {
+		typ, data, err := c.Read(ctx)
+		if err != nil {
+			return fmt.Errorf("session %d: message %d: %v", seed, i, err)
+		}
+		if typ != m.typ || !bytes.Equal(data, m.data) {
+			return fmt.Errorf("session %d: message %d: got %v of %d B, want %v of %d B", seed, i, typ, len(data), m.typ, len(m.data))
+		}
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("session %d: write: %v", seed, err)
+	}
+	return c.Close(websocket.StatusNormalClosure, "")
+}
+
+// TestSettingsAtOpenArrives sends Settings the instant the socket opens, as
+// the React component does, and expects Deepgram to have it.
+func TestSettingsAtOpenArrives(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	c := h.dial("service=agent&token=abc")
+	settings := []byte(`{"type":"Settings","audio":{"input":{"encoding":"linear16","sample_rate":16000}}}`)
+	write(t, c, websocket.MessageText, settings)
+	expectType(t, c, "Welcome")
+	expectType(t, c, "SettingsApplied")
+	texts := h.fake.Texts()
+	if len(texts) != 1 || !bytes.Equal(texts[0], settings) {
+		t.Fatalf("upstream received %q, want exactly the Settings", texts)
+	}
+}
+
+// TestUpstreamHandshake checks what Deepgram sees: the key as a Token
+// header, the route by service, and exactly the forwarded query.
+func TestUpstreamHandshake(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{APIKey: testAPIKey})
+	cases := []struct {
+		query, path, forwarded string
+	}{
+		{"", "/v1/agent/converse", ""},
+		{"service=agent&token=eyJ.abc.def", "/v1/agent/converse", ""},
+		{"token=t&service=transcription&model=nova-3&encoding=linear16&sample_rate=16000&interim_results=true&keywords=a%20b&keywords=c",
+			"/v1/listen", "model=nova-3&encoding=linear16&sample_rate=16000&interim_results=true&keywords=a%20b&keywords=c"},
+		{"Token=x&tag=x+y&service=agent", "/v1/agent/converse", "tag=x+y"},
+	}
+	for _, tc := range cases {
+		c := h.dial(tc.query)
+		expectType(t, c, "Welcome")
+		c.Close(websocket.StatusNormalClosure, "")
+		h.upstreamClosed()
+		hs := h.fake.Handshakes()
+		got := hs[len(hs)-1]
+		if got.Header.Get("Authorization") != "Token "+testAPIKey {
+			t.Errorf("%q: Authorization header is not the key", tc.query)
+		}
+		if got.Path != tc.path || got.RawQuery != tc.forwarded {
+			t.Errorf("%q: upstream got %s?%s, want %s?%s", tc.query, got.Path, got.RawQuery, tc.path, tc.forwarded)
+		}
+		if strings.Contains(strings.ToLower(got.RawQuery), "token") || strings.Contains(got.RawQuery, "service") {
+			t.Errorf("%q: token or service forwarded: %s", tc.query, got.RawQuery)
+		}
+	}
+}
+
+func TestUpstreamHostHasNoDefaultPort(t *testing.T) {
+	for raw, want := range map[string]string{
+		"wss://agent.deepgram.com:443/v1/agent/converse": "agent.deepgram.com",
+		"wss://agent.deepgram.com/v1/agent/converse":     "agent.deepgram.com",
+		"ws://127.0.0.1:80/x":                            "127.0.0.1",
+		"ws://127.0.0.1:8081/x":                          "127.0.0.1:8081",
+		"wss://api.eu.deepgram.com:8443/v1/listen":       "api.eu.deepgram.com:8443",
+	} {
+		up, err := newUpstream(raw)
+		if err != nil || up.host != want {
+			t.Errorf("%s: host %q (%v), want %q", raw, up.host, err, want)
+		}
+	}
+	up, _ := newUpstream("wss://agent.deepgram.com/v1/agent/converse?mip_opt_out=true")
+	if got := up.target("model=x"); got != "wss://agent.deepgram.com/v1/agent/converse?mip_opt_out=true&model=x" {
+		t.Errorf("target keeps the upstream's own query first: %s", got)
+	}
+}
+
+// TestHTTPAnswers covers every refusal made before the upgrade.
+func TestHTTPAnswers(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	base := h.srv.URL
+	upgrade := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"},
+		"Sec-Websocket-Version": {"13"}, "Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}}
+	cases := []struct {
+		name   string
+		path   string
+		header http.Header
+		status int
+	}{
+		{"healthz", "/healthz", nil, 200},
+		{"readyz", "/readyz", nil, 200},
+		{"plain GET to the WebSocket path", "/ws/deepgram-proxy/", nil, 426},
+		{"plain GET without the trailing slash", "/ws/deepgram-proxy", nil, 426},
+		{"unknown service", "/ws/deepgram-proxy/?service=speak", upgrade, 400},
+		{"malformed query", "/ws/deepgram-proxy/?service=%zz", upgrade, 400},
+		{"conflicting services", "/ws/deepgram-proxy/?service=agent&service=transcription", upgrade, 400},
+		{"old WebSocket version", "/ws/deepgram-proxy/", http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Version": {"8"}}, 400},
+		{"other path", "/ws/deepgram-proxy/extra", upgrade, 404},
+	}
+	for _, tc := range cases {
+		if resp := get(t, base+tc.path, tc.header); resp.StatusCode != tc.status {
+			t.Errorf("%s: status %d, want %d", tc.name, resp.StatusCode, tc.status)
+		}
+	}
+	if n := len(h.fake.Handshakes()); n != 0 {
+		t.Errorf("%d upstream dials for requests refused before the upgrade", n)
+	}
+}
+
+// TestClosePaths checks that the first side to close ends the other with
+// the right code and reason.
+func TestClosePaths(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+
+	t.Run("client closes with a code", func(t *testing.T) {
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		c.Close(4000, "user hung up")
+		if got := h.upstreamClosed(); got.Code != 4000 || got.Reason != "user hung up" {
+			t.Fatalf("upstream got %+v", got)
+		}
+	})
+	t.Run("client closes without a code", func(t *testing.T) {
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		c.Close(websocket.StatusNoStatusRcvd, "")
+		if got := h.upstreamClosed(); got.Code != websocket.StatusNoStatusRcvd {
+			t.Fatalf("upstream got %+v, want a close frame without a code", got)
+		}
+	})
+	t.Run("upstream closes with a code", func(t *testing.T) {
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Close","code":4008,"reason":"NET-0001 no audio"}`))
+		if ce := expectClose(t, c, 4008); ce.Reason != "NET-0001 no audio" {
+			t.Fatalf("reason %q", ce.Reason)
+		}
+		h.upstreamClosed()
+	})
+	t.Run("upstream closes normally", func(t *testing.T) {
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Close","code":1000,"reason":""}`))
+		expectClose(t, c, websocket.StatusNormalClosure)
+		h.upstreamClosed()
+	})
+	t.Run("upstream vanishes", func(t *testing.T) {
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Vanish"}`))
+		if ce := expectClose(t, c, websocket.StatusBadGateway); ce.Reason != "upstream went away" {
+			t.Fatalf("reason %q", ce.Reason)
+		}
+		h.upstreamClosed()
+	})
+	t.Run("client vanishes", func(t *testing.T) {
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		c.CloseNow()
+		if got := h.upstreamClosed(); got.Code != websocket.StatusGoingAway {
+			t.Fatalf("upstream got %+v, want 1001", got)
+		}
+	})
+	if !strings.Contains(h.logs.String(), `"cause":"vanished"`) {
+		t.Errorf("no session end logged as vanished")
+	}
+}
+
+// TestOversizeMessage: a message over MAX_MESSAGE_BYTES closes its sender
+// with 1009 and the other side normally.
+func TestOversizeMessage(t *testing.T) {
+	h := newHarness(t, map[string]string{"MAX_MESSAGE_BYTES": "1000"}, fakedeepgram.Options{})
+
+	t.Run("from the client", func(t *testing.T) {
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		write(t, c, websocket.MessageBinary, make([]byte, 1000)) // at the limit: relayed
+		if typ, data := read(t, c); typ != websocket.MessageBinary || len(data) != 1000 {
+			t.Fatalf("message at the limit: got %v %d B", typ, len(data))
+		}
+		write(t, c, websocket.MessageBinary, make([]byte, 1001))
+		expectClose(t, c, websocket.StatusMessageTooBig)
+		if got := h.upstreamClosed(); got.Code != websocket.StatusNormalClosure {
+			t.Fatalf("upstream got %+v, want 1000", got)
+		}
+	})
+	t.Run("from the upstream", func(t *testing.T) {
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Send","bytes":1001,"binary":true}`))
+		ce := expectClose(t, c, websocket.StatusNormalClosure)
+		if ce.Reason != "upstream message too big" {
+			t.Fatalf("reason %q", ce.Reason)
+		}
+		if got := h.upstreamClosed(); got.Code != websocket.StatusMessageTooBig {
+			t.Fatalf("upstream got %+v, want 1009", got)
+		}
+	})
+}
+
+// TestUpstreamFailures: Deepgram's refusal or absence reaches the browser as
+// an in-band Error frame, then close 1014, and never holds the key.
+func TestUpstreamFailures(t *testing.T) {
+	closedPort := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
+	}()
+	cases := []struct {
+		name string
+		env  map[string]string
+		opts fakedeepgram.Options
+		code string
+	}{
+		{"wrong key", nil, fakedeepgram.Options{APIKey: "another-key"}, "UPSTREAM_AUTH"},
+		{"refused", map[string]string{"DEEPGRAM_AGENT_URL": "ws://" + closedPort + "/v1/agent/converse"}, fakedeepgram.Options{}, "UPSTREAM_UNAVAILABLE"},
+		{"timed out", nil, fakedeepgram.Options{HandshakeDelay: 5 * time.Second}, "UPSTREAM_UNAVAILABLE"},
+		{"bad request", nil, fakedeepgram.Options{RejectStatus: 400}, "UPSTREAM_REJECTED"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.env, tc.opts)
+			h.relay.dialTimeout = 300 * time.Millisecond
+			c := h.dial("service=agent&token=abc")
+			typ, data := read(t, c)
+			if typ != websocket.MessageText || !bytes.Contains(data, []byte(`"type":"Error"`)) ||
+				!bytes.Contains(data, []byte(`"code":"`+tc.code+`"`)) || !bytes.Contains(data, []byte(`"description":"`)) {
+				t.Fatalf("want an Error frame with %s, got %s", tc.code, data)
+			}
+			if bytes.Contains(data, []byte(testAPIKey)) || bytes.Contains(data, []byte("another-key")) {
+				t.Fatalf("the Error frame holds a key: %s", data)
+			}
+			ce := expectClose(t, c, websocket.StatusBadGateway)
+			if strings.Contains(ce.Reason, testAPIKey) {
+				t.Fatal("the close reason holds the key")
+			}
+			h.relay.drain(time.Second) // waits for the handler to log
+			if !strings.Contains(h.logs.String(), `"code":"`+tc.code+`"`) {
+				t.Errorf("the failure is not logged with its code:\n%s", h.logs.String())
+			}
+		})
+	}
+}
+
+// TestSessionEndLog checks the one line a session leaves: counts both ways,
+// who closed, both codes and Deepgram's request id, and no token or query.
+func TestSessionEndLog(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	c := h.dial("service=agent&token=user-jwt-SECRET&model=m")
+	expectType(t, c, "Welcome")
+	write(t, c, websocket.MessageBinary, make([]byte, 640))
+	read(t, c)
+	c.Close(websocket.StatusNormalClosure, "bye")
+	h.upstreamClosed()
+	h.relay.drain(time.Second) // waits for the handler to log
+	logs := h.logs.String()
+	for _, want := range []string{`"message":"session end"`, `"severity":"INFO"`, `"service":"agent"`,
+		`"up_messages":1`, `"up_bytes":640`, `"down_messages":2`, `"closed_by":"client"`,
+		`"client_close":1000`, `"upstream_close":1000`, `"dg_request_id":"`, `"remote":"127.0.0.1:`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("session end log lacks %s:\n%s", want, logs)
+		}
+	}
+	if strings.Contains(logs, "user-jwt-SECRET") || strings.Contains(logs, "model=m") {
+		t.Errorf("a token or the raw query is logged:\n%s", logs)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"reflect"
 	"strings"
 	"time"
 
@@ -53,12 +54,27 @@ const upstreamDialTimeout = 10 * time.Second
 func loadConfig(ctx context.Context, lookup envconfig.Lookuper) (*Config, error) {
 	var c Config
 	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: lookup}); err != nil {
-		return nil, fmt.Errorf("configuration: %w", err)
+		return nil, fmt.Errorf("configuration: %s", withVariableName(err))
 	}
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("configuration: %w", err)
 	}
 	return &c, nil
+}
+
+// withVariableName rewrites envconfig's "Field: problem" as "VARIABLE:
+// problem", since the operator sets variables, not Go fields.
+func withVariableName(err error) string {
+	field, rest, ok := strings.Cut(err.Error(), ":")
+	if !ok {
+		return err.Error()
+	}
+	f, found := reflect.TypeFor[Config]().FieldByName(field)
+	if !found {
+		return err.Error()
+	}
+	name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+	return name + ":" + rest
 }
 
 func (c *Config) validate() error {

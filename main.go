@@ -70,12 +70,7 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		log.Error("dgrelay cannot start", "error", fmt.Errorf("listen on port %d: %w", cfg.Port, err).Error())
 		return 1
 	}
-	srv := &http.Server{
-		Handler:           rl.routes(),
-		ReadHeaderTimeout: readHeaderTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := rl.httpServer()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
@@ -94,16 +89,32 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		log.Error("server stopped", "error", err.Error())
 		return 1
 	}
+	drained := make(chan struct{})
+	defer close(drained)
 	go func() {
-		s := <-sig
-		log.Warn("second signal: exiting now", "signal", s.String(), "sessions", rl.sessions.active())
-		os.Exit(1)
+		select {
+		case s := <-sig:
+			log.Warn("second signal: exiting now", "signal", s.String(), "sessions", rl.sessions.active())
+			os.Exit(1)
+		case <-drained:
+		}
 	}()
 
 	rl.drain(cfg.DrainTimeout)
 	_ = srv.Close()
 	log.Info("dgrelay stopped")
 	return 0
+}
+
+// httpServer is the public server, with the handshake bounds that apply
+// before any of the relay's code runs.
+func (rl *relay) httpServer() *http.Server {
+	return &http.Server{
+		Handler:           rl.routes(),
+		ReadHeaderTimeout: readHeaderTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn),
+	}
 }
 
 // routes is the public mux: the WebSocket route under PROXY_PATH, with and

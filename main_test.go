@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -82,7 +84,9 @@ func newHarness(t *testing.T, env map[string]string, fakeOpts fakedeepgram.Optio
 	if err != nil {
 		t.Fatalf("relay: %v", err)
 	}
-	srv := httptest.NewServer(rl.routes())
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = rl.httpServer()
+	srv.Start()
 	h := &harness{t: t, fake: fake, relay: rl, srv: srv, logs: logs,
 		wsURL: "ws" + strings.TrimPrefix(srv.URL, "http") + cfg.ProxyPath}
 	t.Cleanup(func() {
@@ -201,4 +205,27 @@ func get(t *testing.T, url string, header http.Header) *http.Response {
 	}
 	resp.Body.Close()
 	return resp
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+}
+
+// waitForLog waits until the logs hold want.
+func waitForLog(t *testing.T, logs interface{ String() string }, want string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q:\n%s", want, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -218,6 +218,10 @@ func TestHTTPAnswers(t *testing.T) {
 			t.Errorf("%s: status %d, want %d", tc.name, resp.StatusCode, tc.status)
 		}
 	}
+	big := http.Header{"X-Padding": {strings.Repeat("p", 24<<10)}}
+	if resp := get(t, base+"/ws/deepgram-proxy/", big); resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("oversized headers: status %d, want 431", resp.StatusCode)
+	}
 	if n := len(h.fake.Handshakes()); n != 0 {
 		t.Errorf("%d upstream dials for requests refused before the upgrade", n)
 	}

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := loadConfig(context.Background(), envconfig.MapLookuper(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Port:            8080,
+		AgentURL:        "wss://agent.deepgram.com/v1/agent/converse",
+		ListenURL:       "wss://api.deepgram.com/v1/listen",
+		ProxyPath:       "/ws/deepgram-proxy/",
+		MaxMessageBytes: 1 << 20,
+		DrainTimeout:    8 * time.Second,
+		LogLevel:        "info",
+	}
+	if *cfg != want {
+		t.Fatalf("defaults:\n got %+v\nwant %+v", *cfg, want)
+	}
+}
+
+// TestConfigErrorsNameTheVariable: every bad value stops the start with a
+// message that names its variable, and run exits non-zero.
+func TestConfigErrorsNameTheVariable(t *testing.T) {
+	cases := map[string]string{
+		"PORT":                "eighty",
+		"MAX_MESSAGE_BYTES":   "0",
+		"DRAIN_TIMEOUT":       "soon",
+		"LOG_LEVEL":           "loud",
+		"DEEPGRAM_AGENT_URL":  "https://agent.deepgram.com/v1/agent/converse",
+		"DEEPGRAM_LISTEN_URL": "wss://user:pass@api.deepgram.com/v1/listen",
+		"PROXY_PATH":          "/openai/proxy",
+	}
+	for name, value := range cases {
+		env := map[string]string{"DEEPGRAM_API_KEY": testAPIKey, name: value}
+		logs := &lockedBuffer{}
+		code := run(context.Background(), envconfig.MapLookuper(env), logs, make(chan os.Signal))
+		if code == 0 {
+			t.Errorf("%s=%s: exit code 0", name, value)
+		}
+		out := logs.String()
+		if !strings.Contains(out, name) || !strings.Contains(out, `"severity":"ERROR"`) {
+			t.Errorf("%s=%s: the error does not name the variable: %s", name, value, out)
+		}
+		if strings.Contains(out, "pass@") {
+			t.Errorf("%s: the error echoes a credential: %s", name, out)
+		}
+	}
+}
+
+func TestProxyPatterns(t *testing.T) {
+	for path, want := range map[string]string{
+		"/ws/deepgram-proxy/": "/ws/deepgram-proxy /ws/deepgram-proxy/{$}",
+		"/ws/deepgram-proxy":  "/ws/deepgram-proxy /ws/deepgram-proxy/{$}",
+		"/":                   "/{$}",
+	} {
+		if got := strings.Join(proxyPatterns(path), " "); got != want {
+			t.Errorf("%s: %s, want %s", path, got, want)
+		}
+	}
+}

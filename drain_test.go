@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// builtBinary compiles dgrelay once per test run, as the Dockerfile does.
+func builtBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "dgrelay-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "dgrelay")
+		out, err := exec.Command("go", "build", "-trimpath", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = errors.New(string(out))
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("go build: %v", buildErr)
+	}
+	return binPath
+}
+
+// process is the built relay running as a subprocess.
+type process struct {
+	cmd  *exec.Cmd
+	logs *lockedBuffer
+	base string // http://127.0.0.1:PORT
+	exit chan int
+}
+
+func startProcess(t *testing.T, fake *fakedeepgram.Server, env ...string) *process {
+	t.Helper()
+	port := freePort(t)
+	cmd := exec.Command(builtBinary(t))
+	cmd.Env = append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"PORT=" + port,
+		"DEEPGRAM_API_KEY=" + testAPIKey,
+		"DEEPGRAM_AGENT_URL=" + fake.URL + "/v1/agent/converse",
+	}, env...)
+	p := &process{cmd: cmd, logs: &lockedBuffer{}, base: "http://127.0.0.1:" + port, exit: make(chan int, 1)}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = cmd.Wait()
+		p.exit <- cmd.ProcessState.ExitCode()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.exit
+	})
+	waitForLog(t, p.logs, "dgrelay started")
+	return p
+}
+
+func (p *process) dial(t *testing.T) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+p.base[len("http"):]+"/ws/deepgram-proxy/?service=agent", nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	expectType(t, c, "Welcome")
+	return c
+}
+
+func (p *process) waitExit(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case code := <-p.exit:
+		p.exit <- code // for Cleanup
+		return code
+	case <-time.After(within):
+		t.Fatalf("the relay did not exit within %s:\n%s", within, p.logs.String())
+	}
+	return -1
+}
+
+// TestDrainOnSIGTERM runs the built binary: after SIGTERM a live session
+// keeps relaying, a new upgrade gets 503, /readyz turns 503, a straggler gets
+// 1012 at the deadline, and the process exits 0.
+func TestDrainOnSIGTERM(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{})
+	defer fake.Close()
+	p := startProcess(t, fake, "DRAIN_TIMEOUT=2s")
+	finisher := p.dial(t)
+	straggler := p.dial(t)
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, p.logs, "shutdown signal")
+
+	if resp := get(t, p.base+"/readyz", nil); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz during the drain: %d", resp.StatusCode)
+	}
+	if resp := get(t, p.base+"/healthz", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz during the drain: %d", resp.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, resp, err := websocket.Dial(ctx, "ws"+p.base[len("http"):]+"/ws/deepgram-proxy/", nil)
+	cancel()
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a new upgrade during the drain: %v %v", resp, err)
+	}
+
+	// The finisher's call goes on through the drain, then ends by itself.
+	for i := 0; i < 3; i++ {
+		write(t, finisher, websocket.MessageBinary, []byte{1, 2, 3, byte(i)})
+		if typ, data := read(t, finisher); typ != websocket.MessageBinary || len(data) != 4 || data[3] != byte(i) {
+			t.Fatalf("relaying during the drain: got %v %v", typ, data)
+		}
+	}
+	finisher.Close(websocket.StatusNormalClosure, "call over")
+
+	if ce := expectClose(t, straggler, websocket.StatusServiceRestart); ce.Reason != "service restart" {
+		t.Errorf("straggler reason %q", ce.Reason)
+	}
+	if code := p.waitExit(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit code %d:\n%s", code, p.logs.String())
+	}
+	codes := map[websocket.StatusCode]int{}
+	for i := 0; i < 2; i++ {
+		select {
+		case c := <-fake.Closed():
+			codes[c.Code]++
+		case <-time.After(5 * time.Second):
+			t.Fatal("an upstream session did not end")
+		}
+	}
+	if codes[websocket.StatusNormalClosure] != 2 {
+		t.Errorf("upstream closes %v, want two normal closes", codes)
+	}
+}
+
+// TestDrainEndsWhenSessionsDo: with a long DRAIN_TIMEOUT, the process exits
+// as soon as its last session ends, not at the deadline.
+func TestDrainEndsWhenSessionsDo(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{})
+	defer fake.Close()
+	p := startProcess(t, fake, "DRAIN_TIMEOUT=60s")
+	c := p.dial(t)
+	_ = p.cmd.Process.Signal(syscall.SIGINT) // Fly's default kill signal
+	waitForLog(t, p.logs, "shutdown signal")
+	c.Close(websocket.StatusNormalClosure, "")
+	if code := p.waitExit(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
+// TestSecondSignalExitsAtOnce: an operator's second Ctrl-C does not wait.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{})
+	defer fake.Close()
+	p := startProcess(t, fake, "DRAIN_TIMEOUT=60s")
+	p.dial(t)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	waitForLog(t, p.logs, "shutdown signal")
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.waitExit(t, 10*time.Second); code == 0 {
+		t.Fatalf("exit code 0 after a forced exit")
+	}
+}

@@ -42,6 +42,38 @@ type Config struct {
 	DrainTimeout time.Duration `env:"DRAIN_TIMEOUT, default=8s"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `env:"LOG_LEVEL, default=info"`
+
+	// JWTSecret verifies users' HS256 tokens.
+	JWTSecret string `env:"JWT_SECRET"`
+	// JWKSURL verifies users' RS256/ES256/EdDSA tokens with the issuer's keys.
+	JWKSURL string `env:"JWKS_URL"`
+	// JWTIssuer, when set, must equal a token's iss.
+	JWTIssuer string `env:"JWT_ISSUER"`
+	// JWTAudience, when set, must include one of a token's aud (comma-separated).
+	JWTAudience []string `env:"JWT_AUDIENCE"`
+	// JWTLeeway is the clock skew allowed on exp, nbf and iat.
+	JWTLeeway time.Duration `env:"JWT_LEEWAY, default=30s"`
+	// AllowUnauthenticated lets the relay start without JWT_SECRET or JWKS_URL.
+	AllowUnauthenticated bool `env:"ALLOW_UNAUTHENTICATED, default=false"`
+	// AllowedOrigins are the browser origins allowed besides the relay's own
+	// host: coder/websocket OriginPatterns (e.g. app.example.com, *.example.com).
+	AllowedOrigins []string `env:"ALLOWED_ORIGINS"`
+	// TrustProxyHeaders takes the client IP from Fly-Client-IP or the first
+	// X-Forwarded-For hop instead of the socket.
+	TrustProxyHeaders bool `env:"TRUST_PROXY_HEADERS, default=false"`
+
+	// MaxSessions caps live sessions on this instance.
+	MaxSessions int `env:"MAX_SESSIONS, default=1000"`
+	// MaxSessionsPerUser caps one identity's live sessions (0: no cap).
+	MaxSessionsPerUser int `env:"MAX_SESSIONS_PER_USER, default=5"`
+	// SessionRatePerMinute caps one identity's new sessions (0: no cap).
+	SessionRatePerMinute int `env:"SESSION_RATE_PER_MINUTE, default=30"`
+	// MaxSessionDuration ends a session at this age (0: never).
+	MaxSessionDuration time.Duration `env:"MAX_SESSION_DURATION, default=2h"`
+	// IdleTimeout ends a session with no message either way for this long (0: never).
+	IdleTimeout time.Duration `env:"IDLE_TIMEOUT, default=60s"`
+	// WriteTimeout ends a session whose peer does not take a message for this long.
+	WriteTimeout time.Duration `env:"WRITE_TIMEOUT, default=10s"`
 }
 
 // upstreamDialTimeout bounds the TCP, TLS and WebSocket handshake with
@@ -100,8 +132,34 @@ func (c *Config) validate() error {
 	if c.MaxMessageBytes < 1 {
 		return fmt.Errorf("MAX_MESSAGE_BYTES: %d must be at least 1", c.MaxMessageBytes)
 	}
-	if c.DrainTimeout < 0 {
-		return fmt.Errorf("DRAIN_TIMEOUT: %s must not be negative", c.DrainTimeout)
+	for _, n := range []struct {
+		name  string
+		value int
+		min   int
+	}{
+		{"MAX_SESSIONS", c.MaxSessions, 1},
+		{"MAX_SESSIONS_PER_USER", c.MaxSessionsPerUser, 0},
+		{"SESSION_RATE_PER_MINUTE", c.SessionRatePerMinute, 0},
+	} {
+		if n.value < n.min {
+			return fmt.Errorf("%s: %d must be at least %d", n.name, n.value, n.min)
+		}
+	}
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+	}{
+		{"DRAIN_TIMEOUT", c.DrainTimeout},
+		{"JWT_LEEWAY", c.JWTLeeway},
+		{"MAX_SESSION_DURATION", c.MaxSessionDuration},
+		{"IDLE_TIMEOUT", c.IdleTimeout},
+	} {
+		if d.value < 0 {
+			return fmt.Errorf("%s: %s must not be negative", d.name, d.value)
+		}
+	}
+	if c.WriteTimeout <= 0 {
+		return fmt.Errorf("WRITE_TIMEOUT: %s must be positive", c.WriteTimeout)
 	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("LOG_LEVEL: %w", err)

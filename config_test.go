@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -24,7 +25,10 @@ func TestConfigDefaults(t *testing.T) {
 		DrainTimeout:    8 * time.Second,
 		LogLevel:        "info",
 	}
-	if *cfg != want {
+	want.JWTLeeway = 30 * time.Second
+	want.MaxSessions, want.MaxSessionsPerUser, want.SessionRatePerMinute = 1000, 5, 30
+	want.MaxSessionDuration, want.IdleTimeout, want.WriteTimeout = 2*time.Hour, time.Minute, 10*time.Second
+	if !reflect.DeepEqual(*cfg, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", *cfg, want)
 	}
 }
@@ -42,7 +46,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		"PROXY_PATH":          "/openai/proxy",
 	}
 	for name, value := range cases {
-		env := map[string]string{"DEEPGRAM_API_KEY": testAPIKey, name: value}
+		env := map[string]string{"DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true", name: value}
 		logs := &lockedBuffer{}
 		code := run(context.Background(), envconfig.MapLookuper(env), logs, make(chan os.Signal))
 		if code == 0 {

@@ -61,6 +61,7 @@ func startProcess(t *testing.T, fake *fakedeepgram.Server, env ...string) *proce
 		"PORT=" + port,
 		"DEEPGRAM_API_KEY=" + testAPIKey,
 		"DEEPGRAM_AGENT_URL=" + fake.URL + "/v1/agent/converse",
+		"ALLOW_UNAUTHENTICATED=true",
 	}, env...)
 	p := &process{cmd: cmd, logs: &lockedBuffer{}, base: "http://127.0.0.1:" + port, exit: make(chan int, 1)}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs

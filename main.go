@@ -64,6 +64,10 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		log.Error("dgrelay cannot start", "error", err.Error())
 		return 1
 	}
+	defer rl.close()
+	if !rl.auth.enabled() {
+		log.Warn("ALLOW_UNAUTHENTICATED=true: anyone who can reach this relay can spend your Deepgram key")
+	}
 
 	ln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
 	if err != nil {
@@ -80,7 +84,8 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		"path", cfg.ProxyPath,
 		"agent_upstream", rl.agent.host,
 		"listen_upstream", rl.listen.host,
-		"key_source", keySource)
+		"key_source", keySource,
+		"auth", rl.auth.mode(cfg))
 
 	select {
 	case s := <-sig:

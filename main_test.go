@@ -70,6 +70,8 @@ func newHarness(t *testing.T, env map[string]string, fakeOpts fakedeepgram.Optio
 		"DEEPGRAM_AGENT_URL":  fake.URL + "/v1/agent/converse",
 		"DEEPGRAM_LISTEN_URL": fake.URL + "/v1/listen",
 		"LOG_LEVEL":           "debug",
+		// The core tests run without user tokens; auth_test.go sets them.
+		"ALLOW_UNAUTHENTICATED": "true",
 	}
 	for k, v := range env {
 		vars[k] = v
@@ -91,6 +93,7 @@ func newHarness(t *testing.T, env map[string]string, fakeOpts fakedeepgram.Optio
 		wsURL: "ws" + strings.TrimPrefix(srv.URL, "http") + cfg.ProxyPath}
 	t.Cleanup(func() {
 		rl.drain(0)
+		rl.close()
 		srv.Close()
 		fake.Close()
 		if strings.Contains(logs.String(), testAPIKey) {

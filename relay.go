@@ -75,10 +75,17 @@ type relay struct {
 	listen   upstream
 	dialOpts websocket.DialOptions
 	sessions sessionSet
+	auth     *authenticator
+	origins  *originChecker
+	users    *userLimits
+	watchdog watchdog
 	// dialTimeout is upstreamDialTimeout; tests shorten it.
 	dialTimeout time.Duration
 	// draining is set by the first shutdown signal: new upgrades get 503.
 	draining atomic.Bool
+	// stop ends the watchdog and the JWKS refresher; stopped says they ended.
+	stop    context.CancelFunc
+	stopped chan struct{}
 }
 
 func newRelay(cfg *Config, apiKey string, log *slog.Logger) (*relay, error) {
@@ -97,21 +104,73 @@ func newRelay(cfg *Config, apiKey string, log *slog.Logger) (*relay, error) {
 	// A WebSocket handshake is HTTP/1.1; offering h2 would only cost a round trip.
 	transport.ForceAttemptHTTP2 = false
 	transport.TLSClientConfig = nil
+	origins, err := newOriginChecker(cfg.AllowedOrigins)
+	if err != nil {
+		return nil, err
+	}
+	upstreamClient := &http.Client{Transport: transport}
+	auth, err := newAuthenticator(cfg, upstreamClient, log)
+	if err != nil {
+		return nil, err
+	}
 	rl := &relay{
 		cfg:         cfg,
+		auth:        auth,
+		origins:     origins,
+		users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute),
+		watchdog:    newWatchdog(cfg.IdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration),
+		stopped:     make(chan struct{}),
 		log:         log,
 		apiKey:      apiKey,
 		dialTimeout: upstreamDialTimeout,
 		agent:       agent,
 		listen:      listen,
 		dialOpts: websocket.DialOptions{
-			HTTPClient:      &http.Client{Transport: transport},
+			HTTPClient:      upstreamClient,
 			HTTPHeader:      http.Header{"Authorization": {"Token " + apiKey}},
 			CompressionMode: websocket.CompressionDisabled,
 		},
 	}
 	rl.sessions.init()
+	ctx, stop := context.WithCancel(context.Background())
+	rl.stop = func() { stop(); auth.stop() }
+	go rl.watch(ctx)
 	return rl, nil
+}
+
+// close stops the relay's background work: the watchdog and the JWKS
+// refresher. Sessions are the drain's business.
+func (rl *relay) close() {
+	rl.stop()
+	<-rl.stopped
+}
+
+// watch runs the watchdog over the live sessions until ctx ends, and now and
+// then forgets idle identities.
+func (rl *relay) watch(ctx context.Context) {
+	defer close(rl.stopped)
+	tick := time.NewTicker(rl.watchdog.tick)
+	defer tick.Stop()
+	lastForget := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			for _, s := range rl.sessions.snapshot() {
+				if s.hasEnded() {
+					continue // closing already
+				}
+				if o, ok := rl.watchdog.check(s, now); ok {
+					go s.end(o)
+				}
+			}
+			if now.Sub(lastForget) >= time.Minute {
+				rl.users.forget(now)
+				lastForget = now
+			}
+		}
+	}
 }
 
 // routeError is a request refused before the upgrade, with its HTTP status.
@@ -167,11 +226,9 @@ func isWebSocketUpgrade(r *http.Request) bool {
 }
 
 func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
+	for _, t := range headerTokens(h, name) {
+		if strings.EqualFold(t, token) {
+			return true
 		}
 	}
 	return false
@@ -204,20 +261,55 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, re.msg, re.status)
 		return
 	}
-
-	if !rl.sessions.begin() {
-		w.Header().Set("Retry-After", "2")
-		http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
+	if !rl.origins.allowed(r) {
+		rl.log.Info("session refused", "refusal", "origin", "remote", r.RemoteAddr)
+		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
 	}
-	defer rl.sessions.done()
+	token, err := tokenFrom(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 
 	s := &session{
 		id:      newSessionID(),
 		service: service,
-		remote:  r.RemoteAddr,
+		remote:  clientIP(r, rl.cfg.TrustProxyHeaders),
 		started: time.Now(),
 	}
+	if rl.auth.enabled() {
+		sub, err := rl.auth.verify(token)
+		if err != nil {
+			f := errTokenInvalid
+			errors.As(err, &f)
+			rl.refuseAfterUpgrade(w, r, s, 4401, f.reason, "token_"+f.label)
+			return
+		}
+		s.user, s.identity = sub, "sub:"+sub
+	} else {
+		s.identity = "ip:" + s.remote
+	}
+
+	switch rl.sessions.begin(rl.cfg.MaxSessions) {
+	case admitClosed:
+		w.Header().Set("Retry-After", "2")
+		http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
+		return
+	case admitFull:
+		rl.refuseAfterUpgrade(w, r, s, websocket.StatusTryAgainLater, "relay full, try again", "instance_full")
+		return
+	}
+	defer rl.sessions.done()
+	if ok, limit := rl.users.acquire(s.identity, s.started); !ok {
+		reason := "too many sessions"
+		if limit == "rate" {
+			reason = "too many new sessions"
+		}
+		rl.refuseAfterUpgrade(w, r, s, 4429, reason, limit)
+		return
+	}
+	defer rl.users.release(s.identity)
 
 	// The upstream is dialled before the client's upgrade is accepted: the
 	// browser cannot send until its socket opens, so the Settings it sends
@@ -226,10 +318,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// for Deepgram's, which a browser does anyway before Welcome.
 	upConn, failure := rl.dial(r.Context(), up, forwarded, s)
 
-	client, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		Subprotocols:    []string{"bearer"},
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	client, err := rl.accept(w, r)
 	if err != nil {
 		// Accept has written the HTTP answer; a client that left during the
 		// dial lands here too.
@@ -255,6 +344,29 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rl.sessions.remove(s)
 	}
 	rl.logEnd(s)
+}
+
+// accept upgrades the client's connection. The origin was checked already;
+// the same patterns go to the library so that both agree. A client that
+// offered "bearer" gets it selected, or its browser would fail the handshake.
+func (rl *relay) accept(w http.ResponseWriter, r *http.Request) (*websocket.Conn, error) {
+	return websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:    []string{"bearer"},
+		OriginPatterns:  rl.cfg.AllowedOrigins,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+}
+
+// refuseAfterUpgrade answers a refusal that must be a close code: the
+// browser's WebSocket API shows close codes, not HTTP statuses. Nothing is
+// dialled upstream.
+func (rl *relay) refuseAfterUpgrade(w http.ResponseWriter, r *http.Request, s *session, code websocket.StatusCode, reason, label string) {
+	rl.log.Info("session refused", "refusal", label, "close", int(code), "user", s.user, "remote", s.remote)
+	c, err := rl.accept(w, r)
+	if err != nil {
+		return
+	}
+	_ = c.Close(code, reason)
 }
 
 // upstreamFailure is why a session could not reach Deepgram, in the words the
@@ -356,6 +468,7 @@ func (rl *relay) logEnd(s *session) {
 		"closed_by", o.closedBy, "cause", o.cause,
 		"client_close", int(o.clientCode), "upstream_close", int(o.upstreamCode),
 		"dg_request_id", s.dgRequestID,
+		"user", s.user,
 		"remote", s.remote)
 }
 
@@ -370,6 +483,9 @@ func newSessionID() string {
 type flow struct {
 	messages atomic.Int64
 	bytes    atomic.Int64
+	// writing is true while a write to this direction's destination is in
+	// progress: the watchdog's view of a peer that stopped reading.
+	writing atomic.Bool
 }
 
 // outcome is how a session ended: who ended it and the close each side got
@@ -394,12 +510,15 @@ var restartOutcome = outcome{closedBy: "relay", cause: "drain",
 type session struct {
 	id          string
 	service     string
-	remote      string
+	remote      string // client IP
+	user        string // the token's sub; empty when unauthenticated
+	identity    string // what the per-user limits count: sub or IP
 	dgRequestID string
 	started     time.Time
 	client      *websocket.Conn
 	upstream    *websocket.Conn
 	up, down    flow // client→upstream, upstream→client
+	timers      timers
 
 	mu      sync.Mutex // guards ended and outcome
 	ended   bool
@@ -523,6 +642,13 @@ func closeConn(c *websocket.Conn, code websocket.StatusCode, reason string, init
 	}
 }
 
+// hasEnded reports whether end has run (its closes may still be waiting).
+func (s *session) hasEnded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended
+}
+
 // result is the outcome, for the log line once the session has stopped.
 func (s *session) result() outcome {
 	s.mu.Lock()
@@ -550,7 +676,7 @@ func pump(src, dst *websocket.Conn, f *flow) pumpError {
 		if err != nil {
 			return pumpError{read: err}
 		}
-		n, pe := copyMessage(ctx, dst, typ, r)
+		n, pe := copyMessage(ctx, dst, typ, r, &f.writing)
 		if pe.read != nil || pe.write != nil {
 			return pe
 		}
@@ -562,14 +688,17 @@ func pump(src, dst *websocket.Conn, f *flow) pumpError {
 // copyMessage writes the message read from r to dst. A message that fits the
 // buffer goes out as one frame; a longer one streams through it, so memory
 // stays bounded whatever MAX_MESSAGE_BYTES is.
-func copyMessage(ctx context.Context, dst *websocket.Conn, typ websocket.MessageType, r io.Reader) (int64, pumpError) {
+func copyMessage(ctx context.Context, dst *websocket.Conn, typ websocket.MessageType, r io.Reader, writing *atomic.Bool) (int64, pumpError) {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	buf := *bp
 
 	n, err := io.ReadFull(r, buf)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		if err := dst.Write(ctx, typ, buf[:n]); err != nil {
+		writing.Store(true)
+		err := dst.Write(ctx, typ, buf[:n])
+		writing.Store(false)
+		if err != nil {
 			return 0, pumpError{write: err}
 		}
 		return int64(n), pumpError{}
@@ -578,14 +707,21 @@ func copyMessage(ctx context.Context, dst *websocket.Conn, typ websocket.Message
 		return 0, pumpError{read: err}
 	}
 
+	// Only the writes count as writing: a sender that is slow mid-message
+	// is not a receiver that stopped reading.
+	writing.Store(true)
 	w, err := dst.Writer(ctx, typ)
+	writing.Store(false)
 	if err != nil {
 		return 0, pumpError{write: err}
 	}
 	total := int64(0)
 	for {
 		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
+			writing.Store(true)
+			_, err := w.Write(buf[:n])
+			writing.Store(false)
+			if err != nil {
 				return total, pumpError{write: err}
 			}
 			total += int64(n)
@@ -601,7 +737,10 @@ func copyMessage(ctx context.Context, dst *websocket.Conn, typ websocket.Message
 			return total, pumpError{read: err}
 		}
 	}
-	if err := w.Close(); err != nil {
+	writing.Store(true)
+	err = w.Close()
+	writing.Store(false)
+	if err != nil {
 		return total, pumpError{write: err}
 	}
 	return total, pumpError{}

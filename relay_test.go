@@ -380,7 +380,7 @@ func TestSessionEndLog(t *testing.T) {
 	logs := h.logs.String()
 	for _, want := range []string{`"message":"session end"`, `"severity":"INFO"`, `"service":"agent"`,
 		`"up_messages":1`, `"up_bytes":640`, `"down_messages":2`, `"closed_by":"client"`,
-		`"client_close":1000`, `"upstream_close":1000`, `"dg_request_id":"`, `"remote":"127.0.0.1:`} {
+		`"client_close":1000`, `"upstream_close":1000`, `"dg_request_id":"`, `"remote":"127.0.0.1"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("session end log lacks %s:\n%s", want, logs)
 		}

@@ -140,6 +140,7 @@ func TestRunReadsKeyFromSecretManager(t *testing.T) {
 			"PORT":                        freePort(t),
 			"DEEPGRAM_API_KEY_SECRET":     name,
 			"SECRETMANAGER_EMULATOR_HOST": host,
+			"ALLOW_UNAUTHENTICATED":       "true",
 		}), logs, sig)
 	}()
 	waitForLog(t, logs, "dgrelay started")

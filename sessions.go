@@ -26,15 +26,28 @@ func (ss *sessionSet) init() {
 	ss.changed = make(chan struct{}, 1)
 }
 
-// begin admits a request; it is false once the set is closed.
-func (ss *sessionSet) begin() bool {
+// admission is begin's answer.
+type admission int
+
+const (
+	admitted    admission = iota
+	admitClosed           // the drain deadline passed
+	admitFull             // MAX_SESSIONS requests are in the relay already
+)
+
+// begin admits a request unless the set is closed or max requests are in
+// the relay already, dialling or relaying.
+func (ss *sessionSet) begin(max int) admission {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.closed {
-		return false
+	switch {
+	case ss.closed:
+		return admitClosed
+	case ss.handshakes >= max:
+		return admitFull
 	}
 	ss.handshakes++
-	return true
+	return admitted
 }
 
 // done is begin's counterpart, when the handler returns.
@@ -75,8 +88,15 @@ func (ss *sessionSet) active() int {
 // close stops new sessions and returns the live ones.
 func (ss *sessionSet) close() []*session {
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
 	ss.closed = true
+	ss.mu.Unlock()
+	return ss.snapshot()
+}
+
+// snapshot returns the live sessions.
+func (ss *sessionSet) snapshot() []*session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
 	out := make([]*session, 0, len(ss.live))
 	for s := range ss.live {
 		out = append(out, s)

@@ -1,0 +1,311 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/MicahParks/keyfunc/v3"
+	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/time/rate"
+)
+
+const (
+	// maxTokenBytes bounds what is handed to the JWT parser; real ID tokens
+	// are 1-2 KiB.
+	maxTokenBytes = 8 << 10
+	// minSecretBytes is HS256's key size: a shorter JWT_SECRET can be guessed.
+	minSecretBytes = 32
+	// jwksTimeout bounds one JWKS fetch, at start and on refresh.
+	jwksTimeout = 5 * time.Second
+	// jwksRefreshInterval is how often the key set is fetched anyway.
+	jwksRefreshInterval = time.Hour
+	// jwksUnknownKIDEvery spaces the refreshes that an unknown kid triggers,
+	// so a flood of forged kids cannot make the relay hammer the issuer.
+	jwksUnknownKIDEvery = 30 * time.Second
+)
+
+// hmacMethods and publicKeyMethods pin the algorithm to the kind of key
+// configured: a JWKS relay never accepts an HS256 token (which could be signed
+// with a public key), a shared-secret relay never accepts anything else, and
+// "none" is in neither list.
+var (
+	hmacMethods      = []string{"HS256"}
+	publicKeyMethods = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+// authFailure is why a token was refused: reason is the close reason the
+// client sees (short, fixed), label the finer cause for logs and metrics.
+type authFailure struct {
+	reason string
+	label  string
+}
+
+var (
+	errTokenMissing  = &authFailure{"token missing", "missing"}
+	errTokenTooLong  = &authFailure{"token invalid", "too_long"}
+	errTokenExpired  = &authFailure{"token expired", "expired"}
+	errTokenInvalid  = &authFailure{"token invalid", "invalid"}
+	errTokenNotYet   = &authFailure{"token invalid", "not_yet_valid"}
+	errTokenIssuer   = &authFailure{"token invalid", "wrong_issuer"}
+	errTokenAudience = &authFailure{"token invalid", "wrong_audience"}
+	errTokenSig      = &authFailure{"token invalid", "bad_signature"}
+	errTokenKey      = &authFailure{"token invalid", "unknown_key"}
+	errTokenSubject  = &authFailure{"token invalid", "no_subject"}
+)
+
+func (f *authFailure) Error() string { return f.label }
+
+// authenticator verifies users' tokens. With neither a secret nor a JWKS URL
+// (ALLOW_UNAUTHENTICATED) it verifies nothing and the client's address is
+// the identity.
+type authenticator struct {
+	parser  *jwt.Parser
+	keyfunc jwt.Keyfunc
+	stop    context.CancelFunc
+}
+
+// newAuthenticator builds the verifier the configuration asks for. A JWKS
+// is fetched once here, so a wrong URL fails the start, not the first call.
+func newAuthenticator(cfg *Config, client *http.Client, log *slog.Logger) (*authenticator, error) {
+	hasSecret, hasJWKS := cfg.JWTSecret != "", cfg.JWKSURL != ""
+	switch {
+	case hasSecret && hasJWKS:
+		return nil, errors.New("both JWT_SECRET and JWKS_URL are set; set one")
+	case !hasSecret && !hasJWKS && !cfg.AllowUnauthenticated:
+		return nil, errors.New("no user authentication: set JWT_SECRET (HS256) or JWKS_URL (RS256/ES256/EdDSA), " +
+			"or ALLOW_UNAUTHENTICATED=true to let anyone spend your Deepgram key")
+	case !hasSecret && !hasJWKS:
+		return &authenticator{stop: func() {}}, nil
+	}
+
+	opts := []jwt.ParserOption{jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithLeeway(cfg.JWTLeeway)}
+	if cfg.JWTIssuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.JWTIssuer))
+	}
+	if len(cfg.JWTAudience) > 0 {
+		opts = append(opts, jwt.WithAudience(cfg.JWTAudience...))
+	}
+
+	if hasSecret {
+		if len(cfg.JWTSecret) < minSecretBytes {
+			return nil, fmt.Errorf("JWT_SECRET: at least %d bytes are needed for HS256, got %d", minSecretBytes, len(cfg.JWTSecret))
+		}
+		secret := []byte(cfg.JWTSecret)
+		return &authenticator{
+			parser:  jwt.NewParser(append(opts, jwt.WithValidMethods(hmacMethods))...),
+			keyfunc: func(*jwt.Token) (any, error) { return secret, nil },
+			stop:    func() {},
+		}, nil
+	}
+
+	if err := checkJWKSURL(cfg.JWKSURL); err != nil {
+		return nil, fmt.Errorf("JWKS_URL: %w", err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	noStartWithoutKeys := false
+	kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{cfg.JWKSURL}, keyfunc.Override{
+		Client:                    client,
+		HTTPTimeout:               jwksTimeout,
+		RefreshInterval:           jwksRefreshInterval,
+		RefreshUnknownKID:         rate.NewLimiter(rate.Every(jwksUnknownKIDEvery), 1),
+		RateLimitWaitMax:          jwksTimeout,
+		NoErrorReturnFirstHTTPReq: &noStartWithoutKeys,
+		RefreshErrorHandlerFunc: func(u string) func(context.Context, error) {
+			return func(_ context.Context, err error) {
+				log.Warn("JWKS refresh failed", "jwks_url", u, "error", err.Error())
+			}
+		},
+	})
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("JWKS_URL: %w", err)
+	}
+	return &authenticator{
+		parser:  jwt.NewParser(append(opts, jwt.WithValidMethods(publicKeyMethods))...),
+		keyfunc: kf.KeyfuncCtx(ctx),
+		stop:    stop,
+	}, nil
+}
+
+// checkJWKSURL insists on https, so a network attacker cannot swap the keys;
+// plain http is allowed on loopback only (tests, local issuers).
+func checkJWKSURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return errors.New("not a valid URL")
+	}
+	if u.Scheme == "https" {
+		return nil
+	}
+	if u.Scheme == "http" {
+		if ip := net.ParseIP(u.Hostname()); (ip != nil && ip.IsLoopback()) || u.Hostname() == "localhost" {
+			return nil
+		}
+	}
+	return fmt.Errorf("scheme %q: must be https (http only on loopback)", u.Scheme)
+}
+
+// mode names the authentication in force, for the start line.
+func (a *authenticator) mode(cfg *Config) string {
+	switch {
+	case cfg.JWKSURL != "":
+		return "jwks"
+	case cfg.JWTSecret != "":
+		return "hs256"
+	}
+	return "none"
+}
+
+// enabled reports whether tokens are checked at all.
+func (a *authenticator) enabled() bool { return a.parser != nil }
+
+// verify checks token and returns its subject, the user's identity.
+func (a *authenticator) verify(token string) (string, error) {
+	if token == "" {
+		return "", errTokenMissing
+	}
+	if len(token) > maxTokenBytes {
+		return "", errTokenTooLong
+	}
+	var claims jwt.RegisteredClaims
+	if _, err := a.parser.ParseWithClaims(token, &claims, a.keyfunc); err != nil {
+		return "", classifyTokenError(err)
+	}
+	if claims.Subject == "" {
+		return "", errTokenSubject
+	}
+	return claims.Subject, nil
+}
+
+// classifyTokenError maps a parser error to a fixed failure: the parser's
+// own text is never logged, so nothing of the token is either.
+func classifyTokenError(err error) *authFailure {
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return errTokenExpired
+	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return errTokenNotYet
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return errTokenIssuer
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return errTokenAudience
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return errTokenSig
+	case errors.Is(err, jwt.ErrTokenUnverifiable):
+		// The keyfunc failed: an unknown kid, or a method outside the pinned list.
+		return errTokenKey
+	}
+	return errTokenInvalid
+}
+
+// errNoBearer is a handshake that offers subprotocols but not "bearer": the
+// relay could select none, and the browser would fail the handshake anyway.
+var errNoBearer = errors.New(`offer the "bearer" subprotocol (with the token after it) or none`)
+
+// tokenFrom returns the user's token: from the subprotocol pair
+// "bearer, <jwt>" (which keeps it out of URLs and request logs) or else from
+// ?token=.
+func tokenFrom(r *http.Request) (string, error) {
+	if offered := headerTokens(r.Header, "Sec-WebSocket-Protocol"); len(offered) > 0 {
+		for i, p := range offered {
+			if strings.EqualFold(p, "bearer") {
+				if i+1 < len(offered) {
+					return offered[i+1], nil
+				}
+				return "", nil
+			}
+		}
+		return "", errNoBearer
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return "", nil // route has answered 400 for a malformed query already
+	}
+	return q.Get("token"), nil
+}
+
+// headerTokens splits every value of a comma-separated header into trimmed,
+// non-empty tokens.
+func headerTokens(h http.Header, name string) []string {
+	var out []string
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+// originChecker allows a browser's Origin by the coder/websocket
+// OriginPatterns rules: the relay's own host always, else a pattern match
+// on host[:port] (or scheme://host when the pattern has a scheme). A request
+// without Origin is not from a browser and passes, to meet authentication.
+type originChecker struct {
+	patterns []string
+}
+
+func newOriginChecker(patterns []string) (*originChecker, error) {
+	for _, p := range patterns {
+		if _, err := path.Match(strings.ToLower(p), ""); err != nil {
+			return nil, fmt.Errorf("ALLOWED_ORIGINS: bad pattern %q: %w", p, err)
+		}
+	}
+	return &originChecker{patterns: patterns}, nil
+}
+
+func (oc *originChecker) allowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(r.Host, u.Host) {
+		return true
+	}
+	for _, p := range oc.patterns {
+		target := u.Host
+		if strings.Contains(p, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(target)); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// clientIP is the caller's address: from the platform's header when
+// TRUST_PROXY_HEADERS is set (Fly's Fly-Client-IP, else the first
+// X-Forwarded-For hop, which Cloud Run's front end writes), else from the
+// socket. Without a trusted proxy in front, those headers are the client's
+// own words and would let it pick its rate-limit bucket.
+func clientIP(r *http.Request, trustProxy bool) string {
+	if trustProxy {
+		if ip := net.ParseIP(strings.TrimSpace(r.Header.Get("Fly-Client-IP"))); ip != nil {
+			return ip.String()
+		}
+		if first, _, _ := strings.Cut(r.Header.Get("X-Forwarded-For"), ","); first != "" {
+			if ip := net.ParseIP(strings.TrimSpace(first)); ip != nil {
+				return ip.String()
+			}
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

@@ -326,6 +326,7 @@ func TestAuthStartErrors(t *testing.T) {
 	for _, tc := range cases {
 		tc.env["DEEPGRAM_API_KEY"] = testAPIKey
 		tc.env["PORT"] = freePort(t)
+		tc.env["METRICS_PORT"] = "0"
 		logs := &lockedBuffer{}
 		if code := run(context.Background(), envconfig.MapLookuper(tc.env), logs, nil); code == 0 {
 			t.Errorf("%v: started", tc.env)

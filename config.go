@@ -34,6 +34,10 @@ type Config struct {
 	// ListenURL is the upstream for service=transcription.
 	ListenURL string `env:"DEEPGRAM_LISTEN_URL, default=wss://api.deepgram.com/v1/listen"`
 
+	// MetricsPort serves Prometheus metrics on 0.0.0.0:METRICS_PORT/metrics,
+	// apart from the public port (0: off).
+	MetricsPort int `env:"METRICS_PORT, default=9091"`
+
 	// ProxyPath is the WebSocket route, served with and without a trailing slash.
 	ProxyPath string `env:"PROXY_PATH, default=/ws/deepgram-proxy/"`
 	// MaxMessageBytes is the read limit on both connections of a session.
@@ -112,6 +116,9 @@ func withVariableName(err error) string {
 func (c *Config) validate() error {
 	if c.Port < 1 || c.Port > 65535 {
 		return fmt.Errorf("PORT: %d is not a TCP port (1-65535)", c.Port)
+	}
+	if c.MetricsPort < 0 || c.MetricsPort > 65535 || (c.MetricsPort != 0 && c.MetricsPort == c.Port) {
+		return fmt.Errorf("METRICS_PORT: %d must be a TCP port other than PORT, or 0 for none", c.MetricsPort)
 	}
 	for _, u := range []struct{ name, value string }{
 		{"DEEPGRAM_AGENT_URL", c.AgentURL},

@@ -18,6 +18,7 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	want := Config{
 		Port:            8080,
+		MetricsPort:     9091,
 		AgentURL:        "wss://agent.deepgram.com/v1/agent/converse",
 		ListenURL:       "wss://api.deepgram.com/v1/listen",
 		ProxyPath:       "/ws/deepgram-proxy/",

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -46,24 +47,27 @@ func builtBinary(t *testing.T) string {
 
 // process is the built relay running as a subprocess.
 type process struct {
-	cmd  *exec.Cmd
-	logs *lockedBuffer
-	base string // http://127.0.0.1:PORT
-	exit chan int
+	cmd     *exec.Cmd
+	logs    *lockedBuffer
+	base    string // http://127.0.0.1:PORT
+	metrics string // the metrics URL
+	exit    chan int
 }
 
 func startProcess(t *testing.T, fake *fakedeepgram.Server, env ...string) *process {
 	t.Helper()
-	port := freePort(t)
+	port, metricsPort := freePort(t), freePort(t)
 	cmd := exec.Command(builtBinary(t))
 	cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		"PORT=" + port,
+		"METRICS_PORT=" + metricsPort,
 		"DEEPGRAM_API_KEY=" + testAPIKey,
 		"DEEPGRAM_AGENT_URL=" + fake.URL + "/v1/agent/converse",
 		"ALLOW_UNAUTHENTICATED=true",
 	}, env...)
-	p := &process{cmd: cmd, logs: &lockedBuffer{}, base: "http://127.0.0.1:" + port, exit: make(chan int, 1)}
+	p := &process{cmd: cmd, logs: &lockedBuffer{}, base: "http://127.0.0.1:" + port,
+		metrics: "http://127.0.0.1:" + metricsPort + "/metrics", exit: make(chan int, 1)}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -131,6 +135,10 @@ func TestDrainOnSIGTERM(t *testing.T) {
 	cancel()
 	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("a new upgrade during the drain: %v %v", resp, err)
+	}
+
+	if body := scrape(t, p.metrics); !strings.Contains(body, "dgrelay_draining 1") || !strings.Contains(body, `dgrelay_sessions_active{service="agent"} 2`) {
+		t.Errorf("metrics during the drain:\n%s", body)
 	}
 
 	// The finisher's call goes on through the drain, then ends by itself.

@@ -75,12 +75,24 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		return 1
 	}
 	srv := rl.httpServer()
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
+	if cfg.MetricsPort != 0 {
+		mln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.MetricsPort))
+		if err != nil {
+			log.Error("dgrelay cannot start", "error", fmt.Errorf("METRICS_PORT: listen on %d: %w", cfg.MetricsPort, err).Error())
+			_ = srv.Close()
+			return 1
+		}
+		msrv := rl.metricsServer()
+		go func() { serveErr <- msrv.Serve(mln) }()
+		defer msrv.Close()
+	}
 
 	log.Info("dgrelay started",
 		"version", version,
 		"port", cfg.Port,
+		"metrics_port", cfg.MetricsPort,
 		"path", cfg.ProxyPath,
 		"agent_upstream", rl.agent.host,
 		"listen_upstream", rl.listen.host,
@@ -120,6 +132,15 @@ func (rl *relay) httpServer() *http.Server {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn),
 	}
+}
+
+// metricsServer serves /metrics, on its own port so that the public one
+// never exposes it.
+func (rl *relay) metricsServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", rl.metrics.handler())
+	return &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog: slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn)}
 }
 
 // routes is the public mux: the WebSocket route under PROXY_PATH, with and
@@ -164,6 +185,8 @@ func proxyPatterns(path string) []string {
 // is left.
 func (rl *relay) drain(timeout time.Duration) {
 	rl.draining.Store(true)
+	rl.metrics.drains.Inc()
+	rl.metrics.draining.Set(1)
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	if rl.sessions.waitIdle(deadline.C) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -231,4 +232,16 @@ func waitForLog(t *testing.T, logs interface{ String() string }, want string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// scrape returns the Prometheus text at url.
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
 }

@@ -79,6 +79,7 @@ type relay struct {
 	origins  *originChecker
 	users    *userLimits
 	watchdog watchdog
+	metrics  *metrics
 	// dialTimeout is upstreamDialTimeout; tests shorten it.
 	dialTimeout time.Duration
 	// draining is set by the first shutdown signal: new upgrades get 503.
@@ -119,6 +120,7 @@ func newRelay(cfg *Config, apiKey string, log *slog.Logger) (*relay, error) {
 		origins:     origins,
 		users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute),
 		watchdog:    newWatchdog(cfg.IdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration),
+		metrics:     newMetrics(version),
 		stopped:     make(chan struct{}),
 		log:         log,
 		apiKey:      apiKey,
@@ -158,6 +160,7 @@ func (rl *relay) watch(ctx context.Context) {
 			return
 		case now := <-tick.C:
 			for _, s := range rl.sessions.snapshot() {
+				rl.metrics.flush(s)
 				if s.hasEnded() {
 					continue // closing already
 				}
@@ -239,6 +242,7 @@ func headerHasToken(h http.Header, name, token string) bool {
 // for a request that will be refused.
 func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rl.draining.Load() {
+		rl.metrics.refusals.WithLabelValues("draining").Inc()
 		w.Header().Set("Retry-After", "2")
 		http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
 		return
@@ -262,6 +266,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !rl.origins.allowed(r) {
+		rl.metrics.refusals.WithLabelValues("origin").Inc()
 		rl.log.Info("session refused", "refusal", "origin", "remote", r.RemoteAddr)
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
@@ -293,6 +298,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	switch rl.sessions.begin(rl.cfg.MaxSessions) {
 	case admitClosed:
+		rl.metrics.refusals.WithLabelValues("draining").Inc()
 		w.Header().Set("Retry-After", "2")
 		http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
 		return
@@ -336,6 +342,8 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	upConn.SetReadLimit(rl.cfg.MaxMessageBytes)
 	s.client, s.upstream = client, upConn
 
+	active := rl.metrics.sessionsActive.WithLabelValues(service)
+	active.Inc()
 	if !rl.sessions.add(s) {
 		// The drain deadline passed while this session was dialling.
 		s.end(restartOutcome)
@@ -343,7 +351,8 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.run()
 		rl.sessions.remove(s)
 	}
-	rl.logEnd(s)
+	active.Dec()
+	rl.sessionEnded(s)
 }
 
 // accept upgrades the client's connection. The origin was checked already;
@@ -361,6 +370,11 @@ func (rl *relay) accept(w http.ResponseWriter, r *http.Request) (*websocket.Conn
 // browser's WebSocket API shows close codes, not HTTP statuses. Nothing is
 // dialled upstream.
 func (rl *relay) refuseAfterUpgrade(w http.ResponseWriter, r *http.Request, s *session, code websocket.StatusCode, reason, label string) {
+	if cause, ok := strings.CutPrefix(label, "token_"); ok {
+		rl.metrics.authFailures.WithLabelValues(cause).Inc()
+	} else {
+		rl.metrics.refusals.WithLabelValues(label).Inc()
+	}
 	rl.log.Info("session refused", "refusal", label, "close", int(code), "user", s.user, "remote", s.remote)
 	c, err := rl.accept(w, r)
 	if err != nil {
@@ -386,7 +400,13 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 	defer cancel()
 	opts := rl.dialOpts
 	opts.Host = up.host
+	start := time.Now()
 	conn, resp, err := websocket.Dial(ctx, up.target(forwarded), &opts)
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	rl.metrics.dialDuration.WithLabelValues(s.service, result).Observe(time.Since(start).Seconds())
 	if resp != nil {
 		s.dgRequestID = resp.Header.Get("dg-request-id")
 	}
@@ -451,13 +471,23 @@ func (rl *relay) refuse(client *websocket.Conn, s *session, f *upstreamFailure) 
 		reason = "upstream refused the session"
 	}
 	_ = client.Close(websocket.StatusBadGateway, reason)
+	rl.metrics.upstreamErrors.WithLabelValues(f.Code).Inc()
+	rl.metrics.sessionsTotal.WithLabelValues(s.service, "upstream_failed").Inc()
+	rl.metrics.closeCodes.WithLabelValues("client", codeLabel(websocket.StatusBadGateway)).Inc()
 	rl.log.Warn("upstream dial failed",
 		"session", s.id, "service", s.service, "code", f.Code, "upstream_status", f.status,
 		"dg_request_id", s.dgRequestID, "remote", s.remote, "error", rl.redact(f.cause.Error()))
 }
 
-func (rl *relay) logEnd(s *session) {
+// sessionEnded records a relayed session in the metrics and its log line.
+func (rl *relay) sessionEnded(s *session) {
 	o := s.result()
+	m := rl.metrics
+	m.flush(s)
+	m.sessionsTotal.WithLabelValues(s.service, o.cause).Inc()
+	m.sessionDuration.WithLabelValues(s.service).Observe(time.Since(s.started).Seconds())
+	m.closeCodes.WithLabelValues("client", codeLabel(o.clientCode)).Inc()
+	m.closeCodes.WithLabelValues("upstream", codeLabel(o.upstreamCode)).Inc()
 	up, down := &s.up, &s.down
 	rl.log.Info("session end",
 		"session", s.id,
@@ -520,7 +550,11 @@ type session struct {
 	up, down    flow // client→upstream, upstream→client
 	timers      timers
 
-	mu      sync.Mutex // guards ended and outcome
+	// upReported and downReported are what the metrics have counted of up
+	// and down; guarded by mu.
+	upReported, downReported flowReported
+
+	mu      sync.Mutex // guards ended, outcome and the reported counts
 	ended   bool
 	outcome outcome
 }

@@ -141,6 +141,7 @@ func TestRunReadsKeyFromSecretManager(t *testing.T) {
 			"DEEPGRAM_API_KEY_SECRET":     name,
 			"SECRETMANAGER_EMULATOR_HOST": host,
 			"ALLOW_UNAUTHENTICATED":       "true",
+			"METRICS_PORT":                freePort(t),
 		}), logs, sig)
 	}()
 	waitForLog(t, logs, "dgrelay started")

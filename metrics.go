@@ -1,0 +1,130 @@
+package main
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the relay's Prometheus collectors, on a registry of its own
+// (the one piece of shared mutable state the relay keeps). Labels are fixed
+// sets: service, direction, side, reason, cause, close code. No user id,
+// token or key is ever a label value.
+type metrics struct {
+	registry *prometheus.Registry
+
+	sessionsActive  *prometheus.GaugeVec
+	sessionsTotal   *prometheus.CounterVec
+	sessionDuration *prometheus.HistogramVec
+	closeCodes      *prometheus.CounterVec
+	bytes           *prometheus.CounterVec
+	messages        *prometheus.CounterVec
+	dialDuration    *prometheus.HistogramVec
+	upstreamErrors  *prometheus.CounterVec
+	authFailures    *prometheus.CounterVec
+	refusals        *prometheus.CounterVec
+	drains          prometheus.Counter
+	draining        prometheus.Gauge
+}
+
+func newMetrics(version string) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		sessionsActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dgrelay_sessions_active", Help: "Sessions relaying now.",
+		}, []string{"service"}),
+		sessionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (closed, vanished, too_big, idle, duration, slow_client, slow_upstream, drain, upstream_failed).",
+		}, []string{"service", "outcome"}),
+		sessionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "dgrelay_session_duration_seconds", Help: "How long relayed sessions lasted.",
+			Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200},
+		}, []string{"service"}),
+		closeCodes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_close_codes_total", Help: "Close codes of ended sessions, on the client's and on Deepgram's connection (0: dropped without a close frame).",
+		}, []string{"side", "code"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_bytes_total", Help: "Message bytes relayed, by direction (up: client to Deepgram).",
+		}, []string{"direction"}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_messages_total", Help: "Messages relayed, by direction (up: client to Deepgram).",
+		}, []string{"direction"}),
+		dialDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "dgrelay_upstream_dial_seconds", Help: "Time to open the Deepgram WebSocket, by result.",
+			Buckets: []float64{.025, .05, .1, .2, .4, .8, 1.6, 3.2, 6.4, 10},
+		}, []string{"service", "result"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_upstream_failures_total", Help: "Sessions that could not reach Deepgram, by the Error code sent to the client.",
+		}, []string{"code"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_auth_failures_total", Help: "Tokens refused, by cause.",
+		}, []string{"reason"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_refusals_total", Help: "Sessions refused by a limit or check (origin, rate, user_sessions, instance_full, draining).",
+		}, []string{"reason"}),
+		drains: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dgrelay_drains_total", Help: "Shutdown drains started.",
+		}),
+		draining: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "dgrelay_draining", Help: "1 while the relay drains after a shutdown signal.",
+		}),
+	}
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "dgrelay_build_info", Help: "The running build.", ConstLabels: prometheus.Labels{"version": version},
+	})
+	build.Set(1)
+	m.registry.MustRegister(m.sessionsActive, m.sessionsTotal, m.sessionDuration, m.closeCodes, m.bytes, m.messages,
+		m.dialDuration, m.upstreamErrors, m.authFailures, m.refusals, m.drains, m.draining, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// handler serves the registry in the Prometheus text format.
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// codeLabel keeps the close-code label a small set: the protocol's codes and
+// dgrelay's own by number, other application codes by range.
+func codeLabel(code websocket.StatusCode) string {
+	switch {
+	case code == 0:
+		return "0"
+	case code >= 1000 && code <= 1015, code == 4401, code == 4429:
+		return strconv.Itoa(int(code))
+	case code >= 3000 && code <= 3999:
+		return "3xxx"
+	case code >= 4000 && code <= 4999:
+		return "4xxx"
+	}
+	return "other"
+}
+
+// flush adds what s relayed since the last flush to the byte and message
+// counters. The watchdog calls it every tick and the handler once at the
+// end, so the counters move while long sessions run and no frame touches a
+// shared counter.
+func (m *metrics) flush(s *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range []struct {
+		f         *flow
+		reported  *flowReported
+		direction string
+	}{{&s.up, &s.upReported, "up"}, {&s.down, &s.downReported, "down"}} {
+		msgs, bytes := d.f.messages.Load(), d.f.bytes.Load()
+		m.messages.WithLabelValues(d.direction).Add(float64(msgs - d.reported.messages))
+		m.bytes.WithLabelValues(d.direction).Add(float64(bytes - d.reported.bytes))
+		d.reported.messages, d.reported.bytes = msgs, bytes
+	}
+}
+
+// flowReported is how much of a flow the counters have seen; guarded by the
+// session's mutex.
+type flowReported struct {
+	messages, bytes int64
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
+)
+
+// TestMetrics drives sessions that end every way and reads the registry as
+// Prometheus would.
+func TestMetrics(t *testing.T) {
+	h := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": "app.example.com", "IDLE_TIMEOUT": "4s"}), fakedeepgram.Options{})
+	m := httptest.NewServer(h.relay.metricsServer().Handler)
+	defer m.Close()
+	tok := userToken(t, "metrics-user-sub")
+
+	// A long session's bytes show while it runs: the watchdog flushes them.
+	c := h.dial("service=agent&token=" + tok)
+	expectType(t, c, "Welcome")
+	write(t, c, websocket.MessageBinary, make([]byte, 640))
+	read(t, c)
+	waitFor(t, func() bool {
+		return strings.Contains(scrape(t, m.URL+"/metrics"), `dgrelay_bytes_total{direction="up"} 640`)
+	})
+	c.Close(4000, "done")
+	h.upstreamClosed()
+
+	expectRefused(t, h, "token="+hs256(t, testJWTSecret, claims{sub: "x", exp: -time.Hour}), nil, 4401, "token expired")
+
+	h.fake.SetOptions(fakedeepgram.Options{APIKey: "not-the-relay-key"})
+	c = h.dial("service=transcription&token=" + tok)
+	expectType(t, c, "Error")
+	expectClose(t, c, websocket.StatusBadGateway)
+	h.relay.drain(time.Second)
+
+	body := scrape(t, m.URL+"/metrics")
+	for _, want := range []string{
+		`dgrelay_sessions_total{outcome="closed",service="agent"} 1`,
+		`dgrelay_sessions_total{outcome="upstream_failed",service="transcription"} 1`,
+		`dgrelay_sessions_active{service="agent"} 0`,
+		`dgrelay_close_codes_total{code="4xxx",side="client"} 1`,
+		`dgrelay_close_codes_total{code="4xxx",side="upstream"} 1`,
+		`dgrelay_close_codes_total{code="1014",side="client"} 1`,
+		`dgrelay_bytes_total{direction="up"} 640`,
+		`dgrelay_messages_total{direction="down"} 2`,
+		`dgrelay_upstream_failures_total{code="UPSTREAM_AUTH"} 1`,
+		`dgrelay_auth_failures_total{reason="expired"} 1`,
+		`dgrelay_upstream_dial_seconds_count{result="ok",service="agent"} 1`,
+		`dgrelay_upstream_dial_seconds_count{result="error",service="transcription"} 1`,
+		`dgrelay_session_duration_seconds_count{service="agent"} 1`,
+		`dgrelay_drains_total 1`,
+		`dgrelay_build_info{version="dev"} 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	for _, secret := range []string{testAPIKey, tok, "metrics-user-sub", testJWTSecret} {
+		if strings.Contains(body, secret) {
+			t.Errorf("metrics hold a secret or a user id: %.20s...", secret)
+		}
+	}
+}
+
+func TestCodeLabel(t *testing.T) {
+	for code, want := range map[websocket.StatusCode]string{0: "0", 1000: "1000", 1014: "1014", 4401: "4401", 4429: "4429", 4008: "4xxx", 3001: "3xxx", 1016: "other"} {
+		if got := codeLabel(code); got != want {
+			t.Errorf("%d: %s, want %s", code, got, want)
+		}
+	}
+}

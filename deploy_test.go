@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"os"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/BurntSushi/toml"
+	"github.com/sethvargo/go-envconfig"
+	"go.yaml.in/yaml/v3"
+)
+
+// These tests hold the deploy files against the code, since no Docker engine
+// or cloud account runs here: a port, a variable name or a timeout that
+// drifts apart fails here instead of in a user's deploy.
+
+type flyConfig struct {
+	KillSignal  string            `toml:"kill_signal"`
+	KillTimeout string            `toml:"kill_timeout"`
+	Env         map[string]string `toml:"env"`
+	HTTPService struct {
+		InternalPort     int    `toml:"internal_port"`
+		ForceHTTPS       bool   `toml:"force_https"`
+		AutoStopMachines string `toml:"auto_stop_machines"`
+		Concurrency      struct {
+			Type      string `toml:"type"`
+			SoftLimit int    `toml:"soft_limit"`
+			HardLimit int    `toml:"hard_limit"`
+		} `toml:"concurrency"`
+		Checks []struct {
+			Method string `toml:"method"`
+			Path   string `toml:"path"`
+		} `toml:"checks"`
+	} `toml:"http_service"`
+	Metrics struct {
+		Port int    `toml:"port"`
+		Path string `toml:"path"`
+	} `toml:"metrics"`
+}
+
+// envNames is every variable the Config struct reads.
+func envNames() map[string]bool {
+	names := map[string]bool{}
+	t := reflect.TypeFor[Config]()
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("env"), ",")
+		names[name] = true
+	}
+	return names
+}
+
+// configFrom loads the Config a deploy's environment produces.
+func configFrom(t *testing.T, env map[string]string) *Config {
+	t.Helper()
+	cfg, err := loadConfig(context.Background(), envconfig.MapLookuper(env))
+	if err != nil {
+		t.Fatalf("the deploy's environment is not a valid configuration: %v", err)
+	}
+	return cfg
+}
+
+func TestFlyToml(t *testing.T) {
+	var fly flyConfig
+	if _, err := toml.DecodeFile("fly.toml", &fly); err != nil {
+		t.Fatal(err)
+	}
+	for name := range fly.Env {
+		if !envNames()[name] {
+			t.Errorf("fly.toml [env] sets %s, which dgrelay does not read", name)
+		}
+	}
+	cfg := configFrom(t, fly.Env)
+	if fly.HTTPService.InternalPort != cfg.Port {
+		t.Errorf("internal_port %d, but dgrelay listens on %d", fly.HTTPService.InternalPort, cfg.Port)
+	}
+	if fly.Metrics.Port != cfg.MetricsPort || fly.Metrics.Path != "/metrics" {
+		t.Errorf("[metrics] %d%s, but dgrelay serves :%d/metrics", fly.Metrics.Port, fly.Metrics.Path, cfg.MetricsPort)
+	}
+	if fly.KillSignal != "SIGTERM" {
+		t.Errorf("kill_signal %q, want SIGTERM", fly.KillSignal)
+	}
+	kill, err := time.ParseDuration(fly.KillTimeout)
+	if err != nil || kill <= cfg.DrainTimeout+2*time.Second || kill > 300*time.Second {
+		t.Errorf("kill_timeout %q must exceed DRAIN_TIMEOUT %s (plus the close grace) and stay within Fly's 300s", fly.KillTimeout, cfg.DrainTimeout)
+	}
+	c := fly.HTTPService.Concurrency
+	if c.Type != "connections" || c.HardLimit != cfg.MaxSessions || c.SoftLimit <= 0 || c.SoftLimit > c.HardLimit {
+		t.Errorf("concurrency %+v: want connections with hard_limit = MAX_SESSIONS (%d)", c, cfg.MaxSessions)
+	}
+	if !fly.HTTPService.ForceHTTPS {
+		t.Error("force_https is off: tokens would cross the internet in clear")
+	}
+	if fly.HTTPService.AutoStopMachines != "off" {
+		t.Errorf("auto_stop_machines %q stops machines with live calls", fly.HTTPService.AutoStopMachines)
+	}
+	if len(fly.HTTPService.Checks) == 0 {
+		t.Fatal("no health check")
+	}
+	h := newHarness(t, fly.Env, fakedeepgram.Options{})
+	for _, check := range fly.HTTPService.Checks {
+		if resp := get(t, h.srv.URL+check.Path, nil); check.Method != "GET" || resp.StatusCode != 200 || check.Path != "/readyz" {
+			t.Errorf("health check %s %s: status %d; want GET /readyz", check.Method, check.Path, resp.StatusCode)
+		}
+	}
+}
+
+type cloudBuild struct {
+	Substitutions map[string]string `yaml:"substitutions"`
+	Steps         []struct {
+		ID         string   `yaml:"id"`
+		Name       string   `yaml:"name"`
+		Entrypoint string   `yaml:"entrypoint"`
+		Args       []string `yaml:"args"`
+	} `yaml:"steps"`
+	Images []string `yaml:"images"`
+}
+
+// substitute expands ${_NAME} and ${PROJECT_ID}-style references as Cloud
+// Build would, with the file's defaults.
+func (cb cloudBuild) substitute(s string) string {
+	return regexp.MustCompile(`\$\{(\w+)\}`).ReplaceAllStringFunc(s, func(m string) string {
+		name := m[2 : len(m)-1]
+		if v, ok := cb.Substitutions[name]; ok {
+			return v
+		}
+		return map[string]string{"PROJECT_ID": "my-project", "BUILD_ID": "build-1"}[name]
+	})
+}
+
+func TestCloudBuild(t *testing.T) {
+	raw, err := os.ReadFile("cloudbuild.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cb cloudBuild
+	if err := yaml.Unmarshal(raw, &cb); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"_REGION", "_REPOSITORY", "_SERVICE", "_SECRET", "_SERVICE_ACCOUNT"} {
+		if cb.Substitutions[name] == "" {
+			t.Errorf("substitution %s has no default", name)
+		}
+	}
+	var deploy []string
+	for _, s := range cb.Steps {
+		if s.Entrypoint == "gcloud" && len(s.Args) > 2 && s.Args[0] == "run" && s.Args[1] == "deploy" {
+			for _, a := range s.Args {
+				deploy = append(deploy, cb.substitute(a))
+			}
+		}
+	}
+	if deploy == nil {
+		t.Fatal("no gcloud run deploy step")
+	}
+	flags := map[string]string{}
+	for _, a := range deploy[2:] {
+		if k, v, ok := strings.Cut(a, "="); ok {
+			flags[k] = v
+		} else {
+			flags[a] = ""
+		}
+	}
+	env := map[string]string{}
+	if vars, ok := strings.CutPrefix(flags["--set-env-vars"], "^|^"); ok {
+		for _, kv := range strings.Split(vars, "|") {
+			k, v, _ := strings.Cut(kv, "=")
+			env[k] = v
+		}
+	} else {
+		t.Fatal(`--set-env-vars must use the "^|^" separator (values hold commas)`)
+	}
+	for name := range env {
+		if !envNames()[name] {
+			t.Errorf("cloudbuild.yaml sets %s, which dgrelay does not read", name)
+		}
+	}
+	if !secretVersionName.MatchString(env["DEEPGRAM_API_KEY_SECRET"]) {
+		t.Errorf("DEEPGRAM_API_KEY_SECRET %q is not a secret version name", env["DEEPGRAM_API_KEY_SECRET"])
+	}
+	env["DEEPGRAM_API_KEY_SECRET"] = "" // read at start on Cloud Run; the config check needs no key
+	cfg := configFrom(t, env)
+	if flags["--port"] != strconv.Itoa(cfg.Port) {
+		t.Errorf("--port %s, but dgrelay listens on %d", flags["--port"], cfg.Port)
+	}
+	if flags["--timeout"] != "3600" {
+		t.Errorf("--timeout %s: a WebSocket lives at most as long as the request, so use Cloud Run's 3600", flags["--timeout"])
+	}
+	if flags["--concurrency"] != strconv.Itoa(cfg.MaxSessions) {
+		t.Errorf("--concurrency %s, MAX_SESSIONS %d", flags["--concurrency"], cfg.MaxSessions)
+	}
+	if _, ok := flags["--session-affinity"]; !ok {
+		t.Error("no --session-affinity")
+	}
+	if !strings.HasSuffix(flags["--service-account"], ".iam.gserviceaccount.com") {
+		t.Errorf("--service-account %q", flags["--service-account"])
+	}
+	// Cloud Run sends SIGKILL 10 s after SIGTERM: the drain and its close
+	// grace must fit.
+	if cfg.DrainTimeout+drainGrace >= 10*time.Second {
+		t.Errorf("DRAIN_TIMEOUT %s does not fit Cloud Run's 10 s", cfg.DrainTimeout)
+	}
+	if len(cb.Images) != 1 || !strings.HasPrefix(flags["--image"], cb.substitute(cb.Images[0])) {
+		t.Errorf("the deployed image %s is not the one built and pushed %v", flags["--image"], cb.Images)
+	}
+}
+
+func TestDockerfile(t *testing.T) {
+	raw, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(raw)
+	gomod, err := os.ReadFile("go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	modGo := regexp.MustCompile(`(?m)^go (\S+)$`).FindStringSubmatch(string(gomod))
+	dockerGo := regexp.MustCompile(`(?m)^ARG GO_VERSION=(\S+)$`).FindStringSubmatch(df)
+	if modGo == nil || dockerGo == nil {
+		t.Fatal("cannot find the Go versions in go.mod and the Dockerfile")
+	}
+	if compareVersions(dockerGo[1], modGo[1]) < 0 {
+		t.Errorf("the Dockerfile builds with Go %s, older than go.mod's %s", dockerGo[1], modGo[1])
+	}
+	for _, want := range []string{
+		"FROM golang:${GO_VERSION}",
+		"CGO_ENABLED=0",
+		"-trimpath",
+		`-ldflags "-s -w -X main.version=${VERSION}"`,
+		"FROM gcr.io/distroless/static-debian12:nonroot",
+		"USER nonroot",
+		`ENTRYPOINT ["/dgrelay"]`,
+	} {
+		if !strings.Contains(df, want) {
+			t.Errorf("the Dockerfile lacks %s", want)
+		}
+	}
+	cfg := configFrom(t, nil)
+	if !regexp.MustCompile(`(?m)^EXPOSE .*\b` + strconv.Itoa(cfg.Port) + `\b.*\b` + strconv.Itoa(cfg.MetricsPort) + `\b`).MatchString(df) {
+		t.Errorf("EXPOSE does not name PORT %d and METRICS_PORT %d", cfg.Port, cfg.MetricsPort)
+	}
+	// No secret in any layer: no ENV or ARG that names a key or a secret.
+	for _, line := range strings.Split(df, "\n") {
+		if (strings.HasPrefix(line, "ENV") || strings.HasPrefix(line, "ARG")) && regexp.MustCompile(`(?i)KEY|SECRET|TOKEN`).MatchString(line) {
+			t.Errorf("a secret in a layer: %s", line)
+		}
+	}
+	ignore, err := os.ReadFile(".dockerignore")
+	if err != nil || !strings.Contains(string(ignore), ".git") {
+		t.Error("no .dockerignore keeping .git out of the build context")
+	}
+}
+
+// compareVersions compares dotted Go versions numerically (1.26 < 1.26.8).
+func compareVersions(a, b string) int {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < max(len(as), len(bs)); i++ {
+		var x, y int
+		if i < len(as) {
+			x, _ = strconv.Atoi(as[i])
+		}
+		if i < len(bs) {
+			y, _ = strconv.Atoi(bs[i])
+		}
+		if x != y {
+			return x - y
+		}
+	}
+	return 0
+}

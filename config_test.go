@@ -74,3 +74,47 @@ func TestProxyPatterns(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeConfigTable holds the README's configuration table to the
+// Config struct: every variable in both, with the same default.
+func TestReadmeConfigTable(t *testing.T) {
+	raw, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(raw), "## Configuration\n")
+	if !ok {
+		t.Fatal("README has no Configuration section")
+	}
+	table, _, _ = strings.Cut(table, "\n## ")
+	documented := map[string]string{}
+	for _, line := range strings.Split(table, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		name := strings.Trim(strings.TrimSpace(cells[1]), "`")
+		documented[name] = strings.Trim(strings.TrimSpace(cells[2]), "`")
+	}
+	ty := reflect.TypeFor[Config]()
+	for i := 0; i < ty.NumField(); i++ {
+		tag := ty.Field(i).Tag.Get("env")
+		name, opts, _ := strings.Cut(tag, ",")
+		def := ""
+		if _, d, ok := strings.Cut(opts, "default="); ok {
+			def = d
+		}
+		got, ok := documented[name]
+		if !ok {
+			t.Errorf("%s is not in the README's configuration table", name)
+			continue
+		}
+		if got != def {
+			t.Errorf("%s: README says default %q, the code %q", name, got, def)
+		}
+		delete(documented, name)
+	}
+	for name := range documented {
+		t.Errorf("the README documents %s, which the code does not read", name)
+	}
+}

@@ -223,7 +223,8 @@ func (js *jwksServer) add(kid string, pub crypto.PublicKey) {
 	case *rsa.PublicKey:
 		k = map[string]string{"kty": "RSA", "alg": "RS256", "n": b64(p.N.Bytes()), "e": b64(big.NewInt(int64(p.E)).Bytes())}
 	case *ecdsa.PublicKey:
-		k = map[string]string{"kty": "EC", "crv": "P-256", "x": b64(p.X.FillBytes(make([]byte, 32))), "y": b64(p.Y.FillBytes(make([]byte, 32)))}
+		point, _ := p.Bytes() // 0x04 || X || Y
+		k = map[string]string{"kty": "EC", "crv": "P-256", "x": b64(point[1:33]), "y": b64(point[33:65])}
 	case ed25519.PublicKey:
 		k = map[string]string{"kty": "OKP", "crv": "Ed25519", "x": b64(p)}
 	}

@@ -66,6 +66,9 @@ type Config struct {
 	// X-Forwarded-For hop instead of the socket.
 	TrustProxyHeaders bool `env:"TRUST_PROXY_HEADERS, default=false"`
 
+	// SettingsPolicy is the Settings policy: inline JSON or @path to a file.
+	SettingsPolicy string `env:"SETTINGS_POLICY"`
+
 	// MaxSessions caps live sessions on this instance.
 	MaxSessions int `env:"MAX_SESSIONS, default=1000"`
 	// MaxSessionsPerUser caps one identity's live sessions (0: no cap).

@@ -59,7 +59,12 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		log.Error("dgrelay cannot start", "error", err.Error())
 		return 1
 	}
-	rl, err := newRelay(cfg, key, log)
+	policy, err := loadPolicy(ctx, cfg.SettingsPolicy, env, secrets)
+	if err != nil {
+		log.Error("dgrelay cannot start", "error", err.Error())
+		return 1
+	}
+	rl, err := newRelay(cfg, key, policy, log)
 	if err != nil {
 		log.Error("dgrelay cannot start", "error", err.Error())
 		return 1
@@ -97,7 +102,8 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		"agent_upstream", rl.agent.host,
 		"listen_upstream", rl.listen.host,
 		"key_source", keySource,
-		"auth", rl.auth.mode(cfg))
+		"auth", rl.auth.mode(cfg),
+		"settings_policy", policy != nil)
 
 	select {
 	case s := <-sig:

@@ -83,7 +83,13 @@ func newHarness(t *testing.T, env map[string]string, fakeOpts fakedeepgram.Optio
 	}
 	logs := &lockedBuffer{}
 	level, _ := parseLogLevel(cfg.LogLevel)
-	rl, err := newRelay(cfg, testAPIKey, newLogger(logs, level))
+	secrets := &secretReader{emulatorHost: cfg.SecretManagerEmulatorHost}
+	defer secrets.close()
+	policy, err := loadPolicy(context.Background(), cfg.SettingsPolicy, envconfig.MapLookuper(vars), secrets)
+	if err != nil {
+		t.Fatalf("policy: %v", err)
+	}
+	rl, err := newRelay(cfg, testAPIKey, policy, newLogger(logs, level))
 	if err != nil {
 		t.Fatalf("relay: %v", err)
 	}

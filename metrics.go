@@ -17,18 +17,19 @@ import (
 type metrics struct {
 	registry *prometheus.Registry
 
-	sessionsActive  *prometheus.GaugeVec
-	sessionsTotal   *prometheus.CounterVec
-	sessionDuration *prometheus.HistogramVec
-	closeCodes      *prometheus.CounterVec
-	bytes           *prometheus.CounterVec
-	messages        *prometheus.CounterVec
-	dialDuration    *prometheus.HistogramVec
-	upstreamErrors  *prometheus.CounterVec
-	authFailures    *prometheus.CounterVec
-	refusals        *prometheus.CounterVec
-	drains          prometheus.Counter
-	draining        prometheus.Gauge
+	sessionsActive   *prometheus.GaugeVec
+	sessionsTotal    *prometheus.CounterVec
+	sessionDuration  *prometheus.HistogramVec
+	closeCodes       *prometheus.CounterVec
+	bytes            *prometheus.CounterVec
+	messages         *prometheus.CounterVec
+	dialDuration     *prometheus.HistogramVec
+	upstreamErrors   *prometheus.CounterVec
+	authFailures     *prometheus.CounterVec
+	refusals         *prometheus.CounterVec
+	policyViolations *prometheus.CounterVec
+	drains           prometheus.Counter
+	draining         prometheus.Gauge
 }
 
 func newMetrics(version string) *metrics {
@@ -38,7 +39,7 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_sessions_active", Help: "Sessions relaying now.",
 		}, []string{"service"}),
 		sessionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (closed, vanished, too_big, idle, duration, slow_client, slow_upstream, drain, upstream_failed).",
+			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (closed, vanished, too_big, idle, duration, slow_client, slow_upstream, drain, upstream_failed, settings_refused).",
 		}, []string{"service", "outcome"}),
 		sessionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "dgrelay_session_duration_seconds", Help: "How long relayed sessions lasted.",
@@ -66,6 +67,9 @@ func newMetrics(version string) *metrics {
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dgrelay_refusals_total", Help: "Sessions refused by a limit or check (origin, rate, user_sessions, instance_full, draining).",
 		}, []string{"reason"}),
+		policyViolations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_settings_policy_violations_total", Help: "Client fields the Settings policy stripped, or messages it refused, by action.",
+		}, []string{"action"}),
 		drains: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dgrelay_drains_total", Help: "Shutdown drains started.",
 		}),
@@ -78,7 +82,7 @@ func newMetrics(version string) *metrics {
 	})
 	build.Set(1)
 	m.registry.MustRegister(m.sessionsActive, m.sessionsTotal, m.sessionDuration, m.closeCodes, m.bytes, m.messages,
-		m.dialDuration, m.upstreamErrors, m.authFailures, m.refusals, m.drains, m.draining, build,
+		m.dialDuration, m.upstreamErrors, m.authFailures, m.refusals, m.policyViolations, m.drains, m.draining, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -80,6 +80,7 @@ type relay struct {
 	users    *userLimits
 	watchdog watchdog
 	metrics  *metrics
+	policy   *settingsPolicy // nil: Settings pass untouched
 	// dialTimeout is upstreamDialTimeout; tests shorten it.
 	dialTimeout time.Duration
 	// draining is set by the first shutdown signal: new upgrades get 503.
@@ -89,7 +90,7 @@ type relay struct {
 	stopped chan struct{}
 }
 
-func newRelay(cfg *Config, apiKey string, log *slog.Logger) (*relay, error) {
+func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logger) (*relay, error) {
 	agent, err := newUpstream(cfg.AgentURL)
 	if err != nil {
 		return nil, fmt.Errorf("DEEPGRAM_AGENT_URL: %w", err)
@@ -116,6 +117,7 @@ func newRelay(cfg *Config, apiKey string, log *slog.Logger) (*relay, error) {
 	}
 	rl := &relay{
 		cfg:         cfg,
+		policy:      policy,
 		auth:        auth,
 		origins:     origins,
 		users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute),
@@ -278,6 +280,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	s := &session{
+		relay:   rl,
 		id:      newSessionID(),
 		service: service,
 		remote:  clientIP(r, rl.cfg.TrustProxyHeaders),
@@ -538,6 +541,7 @@ var restartOutcome = outcome{closedBy: "relay", cause: "drain",
 
 // session is one client and its Deepgram connection.
 type session struct {
+	relay       *relay
 	id          string
 	service     string
 	remote      string // client IP
@@ -565,11 +569,18 @@ type session struct {
 func (s *session) run() {
 	var wg sync.WaitGroup
 	wg.Add(1)
+	var up, down textFilter
+	if p := s.relay.policy; p != nil {
+		up = s.policyFilter
+		if len(p.secrets) > 0 {
+			down = func(msg []byte) policyVerdict { return policyVerdict{out: p.scrub(msg)} }
+		}
+	}
 	go func() {
 		defer wg.Done()
-		s.pumpEnded(sideUpstream, pump(s.upstream, s.client, &s.down))
+		s.pumpEnded(sideUpstream, pump(s.upstream, s.client, &s.down, down))
 	}()
-	s.pumpEnded(sideClient, pump(s.client, s.upstream, &s.up))
+	s.pumpEnded(sideClient, pump(s.client, s.upstream, &s.up, up))
 	wg.Wait()
 }
 
@@ -591,10 +602,16 @@ func (d side) String() string {
 // destination failed to take a write.
 type pumpError struct {
 	read, write error
+	// refused is the path that made the Settings policy refuse the session.
+	refused string
 }
 
 // pumpEnded ends the session after the pump reading from src stopped.
 func (s *session) pumpEnded(src side, pe pumpError) {
+	if pe.refused != "" {
+		s.refuseSettings(pe.refused)
+		return
+	}
 	if pe.write != nil {
 		// The destination is broken. Closing it wakes the pump that reads
 		// from it, which then reports how that side ended: a write error
@@ -703,15 +720,21 @@ func (s *session) kill() {
 // context has no deadline on purpose: coder/websocket arms a timer for every
 // read and write under a context that can expire, so timeouts act on the
 // connections from outside instead.
-func pump(src, dst *websocket.Conn, f *flow) pumpError {
+func pump(src, dst *websocket.Conn, f *flow, text textFilter) pumpError {
 	ctx := context.Background()
 	for {
 		typ, r, err := src.Reader(ctx)
 		if err != nil {
 			return pumpError{read: err}
 		}
-		n, pe := copyMessage(ctx, dst, typ, r, &f.writing)
-		if pe.read != nil || pe.write != nil {
+		var n int64
+		var pe pumpError
+		if text != nil && typ == websocket.MessageText {
+			n, pe = filterText(ctx, dst, r, &f.writing, text)
+		} else {
+			n, pe = copyMessage(ctx, dst, typ, r, &f.writing)
+		}
+		if pe.read != nil || pe.write != nil || pe.refused != "" {
 			return pe
 		}
 		f.messages.Add(1)
@@ -778,4 +801,71 @@ func copyMessage(ctx context.Context, dst *websocket.Conn, typ websocket.Message
 		return total, pumpError{write: err}
 	}
 	return total, pumpError{}
+}
+
+// textFilter decides what becomes of one whole text message: the Settings
+// policy upstream, the secret scrub downstream.
+type textFilter func(msg []byte) policyVerdict
+
+// filterText reads a whole text message, passes it through filter and writes
+// what comes out. Text messages are JSON events, small and a few a second;
+// audio is binary and never comes here.
+func filterText(ctx context.Context, dst *websocket.Conn, r io.Reader, writing *atomic.Bool, filter textFilter) (int64, pumpError) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	n, err := io.ReadFull(r, buf)
+	msg := buf[:n]
+	switch {
+	case err == nil:
+		// Longer than the pooled buffer: read the rest (bounded by the
+		// read limit) into a buffer of its own.
+		rest, rerr := io.ReadAll(r)
+		if rerr != nil {
+			return 0, pumpError{read: rerr}
+		}
+		msg = append(append(make([]byte, 0, n+len(rest)), msg...), rest...)
+	case err != io.EOF && err != io.ErrUnexpectedEOF:
+		return 0, pumpError{read: err}
+	}
+	v := filter(msg)
+	if v.refused != "" {
+		return 0, pumpError{refused: v.refused}
+	}
+	if v.drop {
+		return 0, pumpError{}
+	}
+	writing.Store(true)
+	err = dst.Write(ctx, websocket.MessageText, v.out)
+	writing.Store(false)
+	if err != nil {
+		return 0, pumpError{write: err}
+	}
+	return int64(len(v.out)), pumpError{}
+}
+
+// policyFilter applies the Settings policy to a client text message and logs
+// what it stripped: paths only, never values.
+func (s *session) policyFilter(msg []byte) policyVerdict {
+	v := s.relay.policy.check(msg)
+	if len(v.stripped) > 0 {
+		s.relay.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.stripped)))
+		s.relay.log.Info("settings policy: stripped", "session", s.id, "user", s.user, "paths", v.stripped)
+	}
+	return v
+}
+
+// refuseSettings ends a session whose message the policy refused: the client
+// is told in band which path, then closed 1008; Deepgram received nothing of
+// that message and gets a normal close.
+func (s *session) refuseSettings(path string) {
+	s.relay.metrics.policyViolations.WithLabelValues("refuse").Inc()
+	s.relay.log.Info("settings policy: refused", "session", s.id, "user", s.user, "path", path)
+	frame, _ := json.Marshal(map[string]string{"type": "Error", "code": "SETTINGS_REFUSED", "description": path + " is not allowed"})
+	ctx, cancel := context.WithTimeout(context.Background(), closeWriteTimeout)
+	defer cancel()
+	_ = s.client.Write(ctx, websocket.MessageText, frame)
+	s.end(outcome{closedBy: "relay", cause: "settings_refused",
+		clientCode: websocket.StatusPolicyViolation, clientReason: "settings refused",
+		upstreamCode: websocket.StatusNormalClosure, upstreamReason: "settings refused"})
 }

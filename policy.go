@@ -1,0 +1,354 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/sethvargo/go-envconfig"
+)
+
+// settingsPolicy is the operator's say over what clients send in Settings
+// and the Update messages: values the server sets (provider keys included),
+// the paths a client may set, and which updates it may send. It is read once
+// at start and never changes.
+type settingsPolicy struct {
+	set     map[string]any
+	allow   []string        // nil: no allow list
+	refuse  bool            // on_violation "refuse"; else "strip"
+	updates map[string]bool // nil: every update allowed
+	// secrets are the resolved ${secret:} and ${env:} values. They go to
+	// Deepgram inside Settings and nowhere else: text frames coming back are
+	// scrubbed of them.
+	secrets [][]byte
+}
+
+// policyFile is SETTINGS_POLICY's JSON.
+type policyFile struct {
+	Set         map[string]any  `json:"set"`
+	Allow       *[]string       `json:"allow"`
+	OnViolation string          `json:"on_violation"`
+	Updates     map[string]bool `json:"updates"`
+}
+
+// updateFields maps each Update message to the part of Settings it changes,
+// so the same allow list and the same pinned values govern both.
+var updateFields = map[string]struct{ field, path string }{
+	"UpdatePrompt": {"prompt", "agent.think.prompt"},
+	"UpdateSpeak":  {"speak", "agent.speak"},
+	"UpdateThink":  {"think", "agent.think"},
+}
+
+var policyReference = regexp.MustCompile(`\$\{(env|secret):([^}]*)\}`)
+
+// loadPolicy reads SETTINGS_POLICY (inline JSON or @path) and resolves its
+// references. An empty value is no policy.
+func loadPolicy(ctx context.Context, value string, env envconfig.Lookuper, secrets *secretReader) (*settingsPolicy, error) {
+	if value == "" {
+		return nil, nil
+	}
+	raw := []byte(value)
+	if path, ok := strings.CutPrefix(value, "@"); ok {
+		var err error
+		if raw, err = os.ReadFile(path); err != nil {
+			return nil, fmt.Errorf("SETTINGS_POLICY: %w", err)
+		}
+	}
+	var pf policyFile
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	if err := dec.Decode(&pf); err != nil {
+		return nil, fmt.Errorf("SETTINGS_POLICY: not a valid policy: %w", err)
+	}
+	p := &settingsPolicy{set: pf.Set, updates: pf.Updates}
+	switch pf.OnViolation {
+	case "", "strip":
+	case "refuse":
+		p.refuse = true
+	default:
+		return nil, fmt.Errorf("SETTINGS_POLICY: on_violation %q: want strip or refuse", pf.OnViolation)
+	}
+	for name := range pf.Updates {
+		if _, ok := updateFields[name]; !ok {
+			return nil, fmt.Errorf("SETTINGS_POLICY: updates: %q is not UpdatePrompt, UpdateSpeak or UpdateThink", name)
+		}
+	}
+	if pf.Allow != nil {
+		p.allow = []string{}
+		for _, a := range *pf.Allow {
+			if a == "" || slices.Contains(strings.Split(a, "."), "") {
+				return nil, fmt.Errorf("SETTINGS_POLICY: allow: %q is not a dotted path", a)
+			}
+			p.allow = append(p.allow, a)
+		}
+	}
+	if _, ok := p.set["type"]; ok {
+		return nil, errors.New("SETTINGS_POLICY: set may not change type")
+	}
+	if err := p.resolve(ctx, p.set, "set", env, secrets); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// resolve replaces ${env:NAME} and ${secret:projects/...} in every string
+// under v, once, and remembers the values as secrets. An error names the
+// reference, never a value.
+func (p *settingsPolicy) resolve(ctx context.Context, v map[string]any, at string, env envconfig.Lookuper, secrets *secretReader) error {
+	for k, child := range v {
+		path := at + "." + k
+		switch c := child.(type) {
+		case map[string]any:
+			if err := p.resolve(ctx, c, path, env, secrets); err != nil {
+				return err
+			}
+		case string:
+			var failed error
+			out := policyReference.ReplaceAllStringFunc(c, func(ref string) string {
+				m := policyReference.FindStringSubmatch(ref)
+				kind, name := m[1], m[2]
+				var val string
+				switch kind {
+				case "env":
+					got, ok := env.Lookup(name)
+					if !ok || got == "" {
+						failed = fmt.Errorf("SETTINGS_POLICY: %s: ${env:%s} is not set", path, name)
+					}
+					val = got
+				case "secret":
+					got, err := secrets.access(ctx, name)
+					if err != nil {
+						failed = fmt.Errorf("SETTINGS_POLICY: %s: %w", path, err)
+					}
+					val = got
+				}
+				if val != "" {
+					p.secrets = append(p.secrets, []byte(val))
+				}
+				return val
+			})
+			if failed != nil {
+				return failed
+			}
+			v[k] = out
+		}
+	}
+	return nil
+}
+
+// policyVerdict is what the policy makes of one client text message.
+type policyVerdict struct {
+	out      []byte   // what goes upstream (the message itself when untouched)
+	drop     bool     // send nothing (a stripped Update)
+	refused  string   // non-empty: refuse the session, this path is why
+	stripped []string // paths removed, for the log
+}
+
+// check applies the policy to one client text message. Only Settings and
+// the Update messages are parsed: a cheap byte search skips the rest, which
+// go on unparsed and unchanged.
+func (p *settingsPolicy) check(msg []byte) policyVerdict {
+	if !bytes.Contains(msg, []byte(`"Settings"`)) && !bytes.Contains(msg, []byte(`"Update`)) {
+		return policyVerdict{out: msg}
+	}
+	var m map[string]any
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	dec.UseNumber()
+	if dec.Decode(&m) != nil {
+		return policyVerdict{out: msg} // not JSON: Deepgram answers it
+	}
+	typ, _ := m["type"].(string)
+	var view any
+	base := ""
+	if typ == "Settings" {
+		view = m
+	} else if u, ok := updateFields[typ]; ok {
+		if p.updates != nil && !p.updates[typ] {
+			if p.refuse {
+				return policyVerdict{refused: typ}
+			}
+			return policyVerdict{drop: true, stripped: []string{typ}}
+		}
+		view, base = m[u.field], u.path
+	} else {
+		return policyVerdict{out: msg}
+	}
+
+	violations := p.violations(view, base)
+	if len(violations) > 0 && p.refuse {
+		return policyVerdict{refused: violations[0]}
+	}
+	if obj, ok := view.(map[string]any); ok {
+		for _, v := range violations {
+			removePath(obj, strings.TrimPrefix(strings.TrimPrefix(v, base), "."))
+		}
+	} else if len(violations) > 0 {
+		view = nil // the whole Update value was outside the allow list
+	}
+	if typ != "Settings" && len(violations) > 0 {
+		if obj, ok := view.(map[string]any); view == nil || ok && len(obj) == 0 {
+			// Nothing the client may change is left: drop the update
+			// rather than send the pinned values again.
+			return policyVerdict{drop: true, stripped: violations}
+		}
+	}
+	view = mergePinned(view, lookupPath(p.set, base))
+	if typ == "Settings" {
+		m = view.(map[string]any)
+	} else {
+		m[updateFields[typ].field] = view
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(m); err != nil {
+		return policyVerdict{out: msg}
+	}
+	return policyVerdict{out: bytes.TrimSuffix(out.Bytes(), []byte("\n")), stripped: violations}
+}
+
+// violations lists, sorted, the paths under v (which sits at base) that the
+// allow list does not cover. "type" at the top of Settings always passes.
+func (p *settingsPolicy) violations(v any, base string) []string {
+	if p.allow == nil {
+		return nil
+	}
+	var out []string
+	var walk func(v any, path string)
+	walk = func(v any, path string) {
+		if path == "type" || p.allowed(path) {
+			return
+		}
+		obj, ok := v.(map[string]any)
+		if !ok || path != "" && !p.isAncestor(path) {
+			if path != "" {
+				out = append(out, path)
+			}
+			return
+		}
+		for k, child := range obj {
+			walk(child, joinPath(path, k))
+		}
+	}
+	walk(v, base)
+	sort.Strings(out)
+	return out
+}
+
+// allowed reports whether path is an allowed path or lies under one.
+func (p *settingsPolicy) allowed(path string) bool {
+	for _, a := range p.allow {
+		if path == a || strings.HasPrefix(path, a+".") {
+			return true
+		}
+	}
+	return false
+}
+
+// isAncestor reports whether an allowed path lies under path, so that the
+// walk must look inside it.
+func (p *settingsPolicy) isAncestor(path string) bool {
+	for _, a := range p.allow {
+		if strings.HasPrefix(a, path+".") {
+			return true
+		}
+	}
+	return false
+}
+
+func joinPath(base, key string) string {
+	if base == "" {
+		return key
+	}
+	return base + "." + key
+}
+
+// lookupPath returns the value at a dotted path in m, or nil.
+func lookupPath(m map[string]any, path string) any {
+	if path == "" {
+		return m
+	}
+	var cur any = m
+	for _, k := range strings.Split(path, ".") {
+		obj, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = obj[k]
+	}
+	return cur
+}
+
+// removePath deletes the value at a dotted path and any object the removal
+// leaves empty.
+func removePath(m map[string]any, path string) {
+	key, rest, nested := strings.Cut(path, ".")
+	if !nested {
+		delete(m, key)
+		return
+	}
+	child, ok := m[key].(map[string]any)
+	if !ok {
+		return
+	}
+	removePath(child, rest)
+	if len(child) == 0 {
+		delete(m, key)
+	}
+}
+
+// mergePinned lays the server's value over the client's: objects merge key
+// by key, anything else (arrays included) is replaced whole. The server's
+// values are copied, so no session can alter the policy.
+func mergePinned(client, server any) any {
+	if server == nil {
+		return client
+	}
+	sobj, sok := server.(map[string]any)
+	cobj, cok := client.(map[string]any)
+	if !sok || !cok {
+		return deepCopy(server)
+	}
+	for k, sv := range sobj {
+		cobj[k] = mergePinned(cobj[k], sv)
+	}
+	return cobj
+}
+
+func deepCopy(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(t))
+		for k, c := range t {
+			out[k] = deepCopy(c)
+		}
+		return out
+	case []any:
+		out := make([]any, len(t))
+		for i, c := range t {
+			out[i] = deepCopy(c)
+		}
+		return out
+	}
+	return v
+}
+
+// scrub replaces every resolved secret in a text frame bound for the client,
+// should Deepgram or a provider ever echo one. It returns msg itself when
+// there is none, which is always but for a leak.
+func (p *settingsPolicy) scrub(msg []byte) []byte {
+	for _, s := range p.secrets {
+		if bytes.Contains(msg, s) {
+			msg = bytes.ReplaceAll(msg, s, []byte("[redacted]"))
+		}
+	}
+	return msg
+}

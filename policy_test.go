@@ -1,0 +1,288 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"cloud.google.com/go/secretmanager/apiv1/secretmanagerpb"
+	"github.com/coder/websocket"
+	"github.com/sethvargo/go-envconfig"
+)
+
+const (
+	llmSecretName = "projects/p/secrets/llm-key/versions/latest"
+	llmKey        = "sk-LLM-SECRET-0123456789"
+	voiceKey      = "voice-ENV-SECRET-abcdef"
+)
+
+// policyHarness starts a relay whose policy resolves one reference from the
+// in-process Secret Manager and one from the environment.
+func policyHarness(t *testing.T, onViolation, updates string) *harness {
+	t.Helper()
+	sm := startFakeSecretManager(t, &fakeSecretManager{payloads: map[string]*secretmanagerpb.SecretPayload{llmSecretName: withCRC(llmKey)}})
+	policy := `{
+	  "set": {"agent": {"think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"},
+	                             "endpoint": {"url": "https://llm.example.com/v1/chat/completions",
+	                                          "headers": {"authorization": "Bearer ${secret:` + llmSecretName + `}"}}},
+	                    "speak": {"endpoint": {"headers": {"x-api-key": "${env:VOICE_KEY}"}}}}},
+	  "allow": ["audio", "agent.language", "agent.greeting", "agent.think.prompt", "agent.context", "agent.speak.provider"],
+	  "on_violation": "` + onViolation + `"` + updates + `
+	}`
+	return newHarness(t, map[string]string{
+		"SETTINGS_POLICY":             policy,
+		"SECRETMANAGER_EMULATOR_HOST": sm,
+		"VOICE_KEY":                   voiceKey,
+	}, fakedeepgram.Options{})
+}
+
+// clientSettings is what a browser built: allowed fields, pinned ones it
+// tries to change, and its own provider key.
+const clientSettings = `{"type":"Settings",
+  "audio":{"input":{"encoding":"linear16","sample_rate":16000}},
+  "agent":{"language":"en","greeting":"Hi <there> & welcome",
+    "think":{"prompt":"Be brief.","provider":{"type":"open_ai","model":"gpt-4o"},
+             "endpoint":{"headers":{"authorization":"Bearer sk-browser-key"}}},
+    "speak":{"provider":{"type":"deepgram","model":"aura-2-thalia-en"}},
+    "listen":{"provider":{"type":"deepgram","model":"nova-3"}}},
+  "experimental":true}`
+
+// lastText returns the last text message the fake received, as JSON.
+func lastText(t *testing.T, h *harness) map[string]any {
+	t.Helper()
+	texts := h.fake.Texts()
+	if len(texts) == 0 {
+		t.Fatal("upstream received no text message")
+	}
+	var m map[string]any
+	if err := json.Unmarshal(texts[len(texts)-1], &m); err != nil {
+		t.Fatalf("upstream received %q: %v", texts[len(texts)-1], err)
+	}
+	return m
+}
+
+func at(m map[string]any, path string) any { return lookupPath(m, path) }
+
+func TestPolicyStrip(t *testing.T) {
+	h := policyHarness(t, "strip", "")
+	c := h.dial("service=agent")
+	write(t, c, websocket.MessageText, []byte(clientSettings))
+	expectType(t, c, "Welcome")
+	expectType(t, c, "SettingsApplied")
+	got := lastText(t, h)
+	for path, want := range map[string]any{
+		"type":                       "Settings",
+		"audio.input.encoding":       "linear16", // allowed: kept
+		"agent.language":             "en",       // allowed: kept
+		"agent.greeting":             "Hi <there> & welcome",
+		"agent.think.prompt":         "Be brief.",   // allowed: kept
+		"agent.think.provider.model": "gpt-4o-mini", // pinned: overridden
+		"agent.think.endpoint.url":   "https://llm.example.com/v1/chat/completions",
+		"agent.think.endpoint.headers.authorization": "Bearer " + llmKey, // set: the server's key
+		"agent.speak.provider.model":                 "aura-2-thalia-en", // allowed
+		"agent.speak.endpoint.headers.x-api-key":     voiceKey,           // set from ${env:}
+	} {
+		if v := at(got, path); v != want {
+			t.Errorf("upstream %s = %v, want %v", path, v, want)
+		}
+	}
+	for _, path := range []string{"agent.listen", "experimental"} {
+		if v := at(got, path); v != nil {
+			t.Errorf("disallowed %s reached upstream: %v", path, v)
+		}
+	}
+	if bytes.Contains(bytes.Join(h.fake.Texts(), nil), []byte("sk-browser-key")) {
+		t.Error("the browser's own provider key reached upstream")
+	}
+
+	// Audio is untouched, and other text messages pass byte for byte.
+	audio := []byte{0, 1, 2, 250, 255}
+	write(t, c, websocket.MessageBinary, audio)
+	if typ, data := read(t, c); typ != websocket.MessageBinary || !bytes.Equal(data, audio) {
+		t.Fatalf("audio came back as %v %v", typ, data)
+	}
+	inject := []byte(`{ "type" : "InjectUserMessage",  "content":"change Settings <now>" }`)
+	write(t, c, websocket.MessageText, inject)
+	if _, data := read(t, c); !bytes.Equal(data, inject) {
+		t.Fatalf("a non-Settings text message was changed: %s", data)
+	}
+
+	// A provider echoing a secret back does not hand it to the browser.
+	write(t, c, websocket.MessageText, []byte(`{"type":"Echo","text":"key was `+llmKey+`"}`))
+	if _, data := read(t, c); bytes.Contains(data, []byte(llmKey)) || !bytes.Contains(data, []byte("[redacted]")) {
+		t.Fatalf("a secret reached the client: %s", data)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	h.relay.drain(time.Second)
+
+	logs := h.logs.String()
+	if !strings.Contains(logs, `"paths":["agent.listen","agent.think.endpoint","agent.think.provider","experimental"]`) {
+		t.Errorf("the stripped paths are not logged:\n%s", logs)
+	}
+	for _, secret := range []string{llmKey, voiceKey, "sk-browser-key"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("a secret is in the logs: %s", secret)
+		}
+	}
+	m := httptest.NewServer(h.relay.metricsServer().Handler)
+	defer m.Close()
+	if body := scrape(t, m.URL+"/metrics"); strings.Contains(body, llmKey) || !strings.Contains(body, `dgrelay_settings_policy_violations_total{action="strip"} 4`) {
+		t.Errorf("metrics: %s", body)
+	}
+}
+
+func TestPolicyRefuse(t *testing.T) {
+	h := policyHarness(t, "refuse", "")
+	c := h.dial("")
+	expectType(t, c, "Welcome")
+	write(t, c, websocket.MessageText, []byte(clientSettings))
+	errFrame := expectType(t, c, "Error")
+	if errFrame["code"] != "SETTINGS_REFUSED" || errFrame["description"] != "agent.listen is not allowed" {
+		t.Fatalf("Error frame %v", errFrame)
+	}
+	if ce := expectClose(t, c, websocket.StatusPolicyViolation); ce.Reason != "settings refused" {
+		t.Fatalf("reason %q", ce.Reason)
+	}
+	if got := h.upstreamClosed(); got.Code != websocket.StatusNormalClosure {
+		t.Fatalf("upstream got %+v", got)
+	}
+	if len(h.fake.Texts()) != 0 {
+		t.Fatalf("the refused Settings reached upstream: %q", h.fake.Texts())
+	}
+
+	// Settings within the allow list pass.
+	c = h.dial("")
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","audio":{"input":{"encoding":"linear16"}},"agent":{"think":{"prompt":"x"}}}`))
+	expectType(t, c, "Welcome")
+	expectType(t, c, "SettingsApplied")
+	if at(lastText(t, h), "agent.think.endpoint.headers.authorization") != "Bearer "+llmKey {
+		t.Error("the set values were not injected")
+	}
+}
+
+func TestPolicyUpdates(t *testing.T) {
+	updates := `, "updates": {"UpdatePrompt": true, "UpdateSpeak": false}`
+	t.Run("strip", func(t *testing.T) {
+		h := policyHarness(t, "strip", updates)
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		for _, msg := range []string{
+			`{"type":"UpdateSpeak","speak":{"provider":{"type":"deepgram","model":"aura-2-zeus-en"}}}`,
+			`{"type":"UpdateThink","think":{"provider":{"type":"open_ai","model":"o3"}}}`,
+			`{"type":"UpdatePrompt","prompt":"Be kind."}`,
+		} {
+			write(t, c, websocket.MessageText, []byte(msg))
+		}
+		// Only the allowed update arrives; the echo proves the order.
+		if _, data := read(t, c); !bytes.Contains(data, []byte(`"UpdatePrompt"`)) {
+			t.Fatalf("first message back: %s", data)
+		}
+		texts := h.fake.Texts()
+		if len(texts) != 1 || at(lastText(t, h), "prompt") != "Be kind." {
+			t.Fatalf("upstream received %q", texts)
+		}
+	})
+	t.Run("refuse", func(t *testing.T) {
+		h := policyHarness(t, "refuse", updates)
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		write(t, c, websocket.MessageText, []byte(`{"type":"UpdateSpeak","speak":{"provider":{"model":"x"}}}`))
+		if e := expectType(t, c, "Error"); e["description"] != "UpdateSpeak is not allowed" {
+			t.Fatalf("Error frame %v", e)
+		}
+		expectClose(t, c, websocket.StatusPolicyViolation)
+	})
+}
+
+// TestPolicyLargeSettings: a Settings longer than the copy buffer (a long
+// prompt) is still checked whole.
+func TestPolicyLargeSettings(t *testing.T) {
+	h := policyHarness(t, "strip", "")
+	c := h.dial("")
+	prompt := strings.Repeat("You are helpful. ", 8000) // ~136 KB
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","agent":{"think":{"prompt":"`+prompt+`","provider":{"model":"x"}}}}`))
+	expectType(t, c, "Welcome")
+	expectType(t, c, "SettingsApplied")
+	got := lastText(t, h)
+	if at(got, "agent.think.prompt") != prompt || at(got, "agent.think.provider.model") != "gpt-4o-mini" {
+		t.Fatal("the large Settings was not checked whole")
+	}
+}
+
+func TestPolicyStartErrors(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "policy.json")
+	os.WriteFile(good, []byte(`{"set":{"agent":{"language":"en"}}}`), 0o600)
+	sm := startFakeSecretManager(t, &fakeSecretManager{})
+	cases := []struct {
+		policy, want string
+	}{
+		{`{"set":`, "SETTINGS_POLICY: not a valid policy"},
+		{`{"sett":{}}`, "unknown field"},
+		{`{"on_violation":"ignore"}`, "on_violation"},
+		{`{"updates":{"UpdateVoice":true}}`, "UpdateVoice"},
+		{`{"allow":["agent..think"]}`, "agent..think"},
+		{`{"set":{"type":"Other"}}`, "type"},
+		{`{"set":{"a":{"b":"${env:NOT_SET_ANYWHERE}"}}}`, "set.a.b: ${env:NOT_SET_ANYWHERE} is not set"},
+		{`{"set":{"a":"${secret:projects/p/secrets/missing/versions/1}"}}`, "projects/p/secrets/missing/versions/1"},
+		{"@" + filepath.Join(dir, "absent.json"), "absent.json"},
+	}
+	for _, tc := range cases {
+		logs := &lockedBuffer{}
+		env := map[string]string{"DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true", "PORT": freePort(t),
+			"METRICS_PORT": "0", "SETTINGS_POLICY": tc.policy, "SECRETMANAGER_EMULATOR_HOST": sm}
+		if code := run(context.Background(), envconfig.MapLookuper(env), logs, nil); code == 0 {
+			t.Errorf("%s: started", tc.policy)
+		}
+		if !strings.Contains(logs.String(), tc.want) {
+			t.Errorf("%s: the error does not say %q: %s", tc.policy, tc.want, logs)
+		}
+	}
+	if _, err := loadPolicy(context.Background(), "@"+good, nil, nil); err != nil {
+		t.Errorf("@path: %v", err)
+	}
+}
+
+// TestPolicyCheck covers the merge and allow rules on their own.
+func TestPolicyCheck(t *testing.T) {
+	p, err := loadPolicy(context.Background(), `{
+	  "set": {"agent": {"think": {"functions": [{"name": "server_fn"}], "provider": {"model": "m"}}}},
+	  "allow": ["agent.think"]}`, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := p.check([]byte(`{"type":"Settings","agent":{"think":{"functions":[{"name":"a"},{"name":"b"}],"provider":{"type":"open_ai","model":"x"},"temperature":0.25}}}`))
+	var got map[string]any
+	json.Unmarshal(v.out, &got)
+	want := map[string]any{"type": "Settings", "agent": map[string]any{"think": map[string]any{
+		"functions":   []any{map[string]any{"name": "server_fn"}},      // arrays are replaced whole
+		"provider":    map[string]any{"type": "open_ai", "model": "m"}, // objects merge key by key
+		"temperature": 0.25,                                            // numbers pass exactly
+	}}}
+	if !reflect.DeepEqual(got, want) || len(v.stripped) != 0 {
+		t.Errorf("got %v (stripped %v)\nwant %v", got, v.stripped, want)
+	}
+	if v := p.check([]byte(`{"type":"Settings","agent":{"listen":{"x":1},"think":{"prompt":"p"}},"mip_opt_out":true}`)); !reflect.DeepEqual(v.stripped, []string{"agent.listen", "mip_opt_out"}) {
+		t.Errorf("stripped %v", v.stripped)
+	}
+	for _, msg := range []string{`not json "Settings"`, `{"type":"KeepAlive"}`, `{"type":"Settingsx"}`} {
+		if v := p.check([]byte(msg)); string(v.out) != msg {
+			t.Errorf("%s was changed to %s", msg, v.out)
+		}
+	}
+	noAllow, _ := loadPolicy(context.Background(), `{"set":{"agent":{"language":"de"}}}`, nil, nil)
+	v = noAllow.check([]byte(`{"type":"Settings","agent":{"language":"en","greeting":"hi"}}`))
+	json.Unmarshal(v.out, &got)
+	if at(got, "agent.language") != "de" || at(got, "agent.greeting") != "hi" || len(v.stripped) != 0 {
+		t.Errorf("without allow, anything not pinned passes: %s", v.out)
+	}
+}

@@ -211,8 +211,10 @@ func classifyTokenError(err error) *authFailure {
 var errNoBearer = errors.New(`offer the "bearer" subprotocol (with the token after it) or none`)
 
 // tokenFrom returns the user's token: from the subprotocol pair
-// "bearer, <jwt>" (which keeps it out of URLs and request logs) or else from
-// ?token=.
+// "bearer, <jwt>" (which keeps it out of URLs and request logs; browsers and
+// Deepgram's SDK in a browser send it so), else from an "Authorization:
+// Bearer <jwt>" header (Deepgram's SDK under Node sends its access token so),
+// else from ?token= (the React component's contract).
 func tokenFrom(r *http.Request) (string, error) {
 	if offered := headerTokens(r.Header, "Sec-WebSocket-Protocol"); len(offered) > 0 {
 		for i, p := range offered {
@@ -224,6 +226,9 @@ func tokenFrom(r *http.Request) (string, error) {
 			}
 		}
 		return "", errNoBearer
+	}
+	if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "bearer") {
+		return strings.TrimSpace(tok), nil
 	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {

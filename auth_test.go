@@ -169,6 +169,23 @@ func TestHS256Tokens(t *testing.T) {
 		expectType(t, c, "Welcome")
 		c.Close(websocket.StatusNormalClosure, "")
 	})
+	t.Run("Authorization header", func(t *testing.T) {
+		c, err := h.tryDial("service=agent", &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + hs256(t, testJWTSecret, good)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		expectType(t, c, "Welcome")
+		c.Close(websocket.StatusNormalClosure, "")
+	})
+	t.Run("Authorization header with a Deepgram key", func(t *testing.T) {
+		c, err := h.tryDial("service=agent", &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Token some-deepgram-key"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ce := expectClose(t, c, 4401); ce.Reason != "token missing" {
+			t.Fatalf("reason %q", ce.Reason)
+		}
+	})
 	t.Run("bearer without a token", func(t *testing.T) {
 		expectRefused(t, h, "service=agent", []string{"bearer"}, 4401, "token missing")
 	})

@@ -11,17 +11,22 @@ import (
 // FuzzTokenFrom: whatever the handshake carries, token extraction neither
 // panics nor takes a token from anywhere but the bearer pair or ?token=.
 func FuzzTokenFrom(f *testing.F) {
-	f.Add("bearer, eyJ.a.b", "service=agent")
-	f.Add("", "token=eyJ.a.b&service=agent")
-	f.Add("bearer", "token=x")
-	f.Add("token, raw-key", "")
-	f.Add("Bearer,,  x ,y", "token=%zz")
-	f.Add(" , ", "token=a&token=b")
-	f.Fuzz(func(t *testing.T, protocols, query string) {
+	f.Add("bearer, eyJ.a.b", "", "service=agent")
+	f.Add("", "", "token=eyJ.a.b&service=agent")
+	f.Add("bearer", "", "token=x")
+	f.Add("token, raw-key", "", "")
+	f.Add("Bearer,,  x ,y", "", "token=%zz")
+	f.Add(" , ", "", "token=a&token=b")
+	f.Add("", "Bearer eyJ.h.s", "token=q")
+	f.Add("", "Token dg-key", "token=q")
+	f.Fuzz(func(t *testing.T, protocols, authorization, query string) {
 		r := httptest.NewRequest("GET", "/ws", nil)
 		r.URL.RawQuery = query
 		if protocols != "" {
 			r.Header.Set("Sec-WebSocket-Protocol", protocols)
+		}
+		if authorization != "" {
+			r.Header.Set("Authorization", authorization)
 		}
 		tok, err := tokenFrom(r)
 		offered := headerTokens(r.Header, "Sec-WebSocket-Protocol")
@@ -39,6 +44,12 @@ func FuzzTokenFrom(f *testing.F) {
 		}
 		if err != nil {
 			t.Fatalf("no subprotocols: %v", err)
+		}
+		if scheme, bearer, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "bearer") {
+			if tok != strings.TrimSpace(bearer) {
+				t.Fatalf("Authorization %q: took %q", authorization, tok)
+			}
+			return
 		}
 		if q, perr := url.ParseQuery(query); perr == nil && tok != q.Get("token") {
 			t.Fatalf("query %q: took %q", query, tok)

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,6 +56,12 @@ type Closed struct {
 	Code   websocket.StatusCode
 	Reason string
 }
+
+// VoiceQuery, in a session's query string (fake_voice=1), makes the fake play
+// Deepgram's side of a conversation: from Welcome on it streams 1,920 B of
+// binary TTS audio every 40 ms and a JSON event every second, and swallows
+// the client's audio instead of echoing it. Benchmarks use it for load.
+const VoiceQuery = "fake_voice=1"
 
 // Command is a text message that makes the fake act on its session:
 //
@@ -162,14 +169,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		limit = 64 << 20
 	}
 	c.SetReadLimit(limit)
+	voice := strings.Contains(r.URL.RawQuery, VoiceQuery)
 	select {
-	case s.closed <- s.session(c, id, opts):
+	case s.closed <- s.session(c, id, opts, voice):
 	default: // nobody is watching: a benchmark, not a test
 	}
 }
 
 // session runs one upstream connection and returns how it ended.
-func (s *Server) session(c *websocket.Conn, id string, opts Options) Closed {
+func (s *Server) session(c *websocket.Conn, id string, opts Options, voice bool) Closed {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var streams sync.WaitGroup
@@ -181,10 +189,20 @@ func (s *Server) session(c *websocket.Conn, id string, opts Options) Closed {
 			return closedBy(err)
 		}
 	}
+	if voice {
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			speak(ctx, c)
+		}()
+	}
 	for {
 		typ, data, err := c.Read(ctx)
 		if err != nil {
 			return closedBy(err)
+		}
+		if typ == websocket.MessageBinary && voice {
+			continue // heard, not echoed
 		}
 		if typ == websocket.MessageBinary {
 			if err := c.Write(ctx, typ, data); err != nil {
@@ -254,6 +272,28 @@ func stream(ctx context.Context, c *websocket.Conn, cmd Command) {
 			case <-ctx.Done():
 				return
 			}
+		}
+	}
+}
+
+// speak plays the agent's side of a voice session until ctx ends: TTS audio
+// (linear16 24 kHz: 1,920 B per 40 ms) and a JSON event each second.
+func speak(ctx context.Context, c *websocket.Conn) {
+	audio := make([]byte, 1920)
+	event := []byte(`{"type":"ConversationText","role":"assistant","content":"Sure, I can help with that."}`)
+	tick := time.NewTicker(40 * time.Millisecond)
+	defer tick.Stop()
+	for n := 1; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if c.Write(ctx, websocket.MessageBinary, audio) != nil {
+			return
+		}
+		if n%25 == 0 && c.Write(ctx, websocket.MessageText, event) != nil {
+			return
 		}
 	}
 }

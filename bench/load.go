@@ -1,0 +1,340 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
+)
+
+// dial opens a session and reads the first message (Welcome), returning
+// the time that took.
+func dial(ctx context.Context, url string) (*websocket.Conn, time.Duration, error) {
+	start := time.Now()
+	c, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.SetReadLimit(1 << 20)
+	typ, data, err := c.Read(ctx)
+	if err != nil {
+		c.CloseNow()
+		return nil, 0, fmt.Errorf("first message: %w", err)
+	}
+	if typ != websocket.MessageText || !bytes.Contains(data, []byte(`"Welcome"`)) {
+		c.CloseNow()
+		return nil, 0, fmt.Errorf("first message is not Welcome: %.40q", data)
+	}
+	return c, time.Since(start), nil
+}
+
+// echo writes msg and reads it back into buf, checking type and bytes.
+func echo(ctx context.Context, c *websocket.Conn, typ websocket.MessageType, msg, buf []byte) error {
+	if err := c.Write(ctx, typ, msg); err != nil {
+		return err
+	}
+	gotTyp, r, err := c.Reader(ctx)
+	if err != nil {
+		return err
+	}
+	n, err := io.ReadFull(r, buf[:len(msg)])
+	if err != nil {
+		return err
+	}
+	if extra, _ := r.Read(buf[:1]); extra != 0 || gotTyp != typ || !bytes.Equal(buf[:n], msg) {
+		return errors.New("the echo differs from what was sent")
+	}
+	return nil
+}
+
+// percentiles returns p50 and p99 of ds.
+func percentiles(ds []time.Duration) (p50, p99 time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[len(ds)/2], ds[min(len(ds)-1, len(ds)*99/100)]
+}
+
+// latency runs n serial round trips of msg on one session.
+func latency(url string, typ websocket.MessageType, size, n int) (p50, p99 time.Duration, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, _, err := dial(ctx, url)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.CloseNow()
+	msg := bytes.Repeat([]byte{'x'}, size)
+	if typ == websocket.MessageText {
+		msg = append([]byte(`{"type":"InjectUserMessage","content":"`), bytes.Repeat([]byte{'a'}, size-42)...)
+		msg = append(msg, `"}`...)
+	}
+	buf := make([]byte, len(msg)+1)
+	ds := make([]time.Duration, 0, n)
+	for i := 0; i < n+n/10; i++ {
+		start := time.Now()
+		if err := echo(ctx, c, typ, msg, buf); err != nil {
+			return 0, 0, err
+		}
+		if i >= n/10 { // the first tenth warms up
+			ds = append(ds, time.Since(start))
+		}
+	}
+	p50, p99 = percentiles(ds)
+	return p50, p99, c.Close(websocket.StatusNormalClosure, "")
+}
+
+// openMany opens n idle sessions, parallelism at a time.
+func openMany(url string, n int) ([]*websocket.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	conns := make([]*websocket.Conn, n)
+	var firstErr error
+	var mu sync.Mutex
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, _, err := dial(ctx, url)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			conns[i] = c
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		closeAll(conns)
+		return nil, firstErr
+	}
+	return conns, nil
+}
+
+func closeAll(conns []*websocket.Conn) {
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		if c != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); c.CloseNow() }()
+		}
+	}
+	wg.Wait()
+}
+
+// idleResult is what n open, silent sessions cost a proxy.
+type idleResult struct {
+	bytesPerSession      float64
+	goroutinesPerSession float64
+}
+
+func idleMemory(p *proxyPath, n int) (idleResult, error) {
+	var res idleResult
+	time.Sleep(500 * time.Millisecond)
+	rss0 := rssBytes(p.procs())
+	g0 := 0.0
+	if p.goroutines != nil {
+		g0, _ = p.goroutines()
+	}
+	conns, err := openMany(p.url, n)
+	if err != nil {
+		return res, err
+	}
+	defer closeAll(conns)
+	time.Sleep(2 * time.Second) // let the proxy settle (Go: a GC cycle)
+	res.bytesPerSession = (rssBytes(p.procs()) - rss0) / float64(n)
+	if p.goroutines != nil {
+		g1, err := p.goroutines()
+		if err != nil {
+			return res, err
+		}
+		res.goroutinesPerSession = (g1 - g0) / float64(n)
+	}
+	return res, nil
+}
+
+// voiceResult is the proxy's cost under a realistic voice load.
+type voiceResult struct {
+	cpuPerSessionSecond time.Duration // proxy CPU (user+sys) per session-second
+	probeP50, probeP99  time.Duration // a 640 B echo round trip under the load
+	upRate, downRate    float64       // messages per second the load achieved
+}
+
+// voice runs n sessions of the voice profile for dur: up, 640 B of audio
+// every 20 ms and a KeepAlive every 5 s; down (the fake's voice mode),
+// 1,920 B every 40 ms and a JSON event every second. A probe session
+// measures round trips meanwhile.
+func voice(p *proxyPath, n int, dur time.Duration) (voiceResult, error) {
+	var res voiceResult
+	url := p.url + "?" + fakedeepgram.VoiceQuery
+	conns, err := openMany(url, n)
+	if err != nil {
+		return res, err
+	}
+	defer closeAll(conns)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var up, down atomic.Int64
+	var failures atomic.Int64
+	var wg sync.WaitGroup
+	audio := make([]byte, 640)
+	keepAlive := []byte(`{"type":"KeepAlive"}`)
+	for i, c := range conns {
+		wg.Add(2)
+		go func() { // the microphone, staggered so ticks spread over 20 ms
+			defer wg.Done()
+			time.Sleep(time.Duration(i) * 20 * time.Millisecond / time.Duration(n))
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for k := 1; ; k++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				if c.Write(ctx, websocket.MessageBinary, audio) != nil {
+					failures.Add(1)
+					return
+				}
+				up.Add(1)
+				if k%250 == 0 && c.Write(ctx, websocket.MessageText, keepAlive) != nil {
+					return
+				}
+			}
+		}()
+		go func() { // the speaker
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for {
+				_, r, err := c.Reader(ctx)
+				if err != nil {
+					return
+				}
+				for {
+					if _, err := r.Read(buf); err != nil {
+						break
+					}
+				}
+				down.Add(1)
+			}
+		}()
+	}
+	time.Sleep(2 * time.Second) // every session up to speed
+
+	probe, _, err := dial(ctx, p.url)
+	if err != nil {
+		return res, err
+	}
+	defer probe.CloseNow()
+	var pids []int
+	if p.procs != nil {
+		pids = p.procs()
+	}
+	cpu0, up0, down0, t0 := cpuSeconds(pids), up.Load(), down.Load(), time.Now()
+	var ds []time.Duration
+	msg, buf := make([]byte, 640), make([]byte, 641)
+	for time.Since(t0) < dur {
+		start := time.Now()
+		if err := echo(ctx, probe, websocket.MessageBinary, msg, buf); err != nil {
+			return res, fmt.Errorf("probe: %w", err)
+		}
+		ds = append(ds, time.Since(start))
+		time.Sleep(10 * time.Millisecond)
+	}
+	elapsed := time.Since(t0).Seconds()
+	cpu := cpuSeconds(pids) - cpu0
+	res.upRate = float64(up.Load()-up0) / elapsed
+	res.downRate = float64(down.Load()-down0) / elapsed
+	cancel()
+	closeAll(conns)
+	wg.Wait()
+	if f := failures.Load(); f > 0 {
+		return res, fmt.Errorf("%d voice sessions failed", f)
+	}
+	res.cpuPerSessionSecond = time.Duration(cpu / (float64(n) * elapsed) * float64(time.Second))
+	res.probeP50, res.probeP99 = percentiles(ds)
+	return res, nil
+}
+
+// connectTimes dials n sessions one after another, timing dial to Welcome.
+func connectTimes(url string, n int) (p50, p99 time.Duration, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ds := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		c, d, err := dial(ctx, url)
+		if err != nil {
+			return 0, 0, err
+		}
+		ds = append(ds, d)
+		c.Close(websocket.StatusNormalClosure, "")
+	}
+	p50, p99 = percentiles(ds)
+	return p50, p99, nil
+}
+
+// ceiling echoes 64 KiB binary frames on 4 sessions, 4 in flight each, for
+// dur, and returns the relayed MB/s one way.
+func ceiling(url string, dur time.Duration) (float64, error) {
+	const sessions, inFlight, size = 4, 4, 64 << 10
+	ctx, cancel := context.WithTimeout(context.Background(), dur+time.Minute)
+	defer cancel()
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, sessions)
+	deadline := time.Now().Add(dur)
+	for s := 0; s < sessions; s++ {
+		c, _, err := dial(ctx, url)
+		if err != nil {
+			return 0, err
+		}
+		defer c.CloseNow()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			window := make(chan struct{}, inFlight)
+			msg := make([]byte, size)
+			go func() {
+				for time.Now().Before(deadline) {
+					window <- struct{}{}
+					if c.Write(ctx, websocket.MessageBinary, msg) != nil {
+						return
+					}
+				}
+				close(window)
+			}()
+			buf := make([]byte, 32<<10)
+			for range window {
+				_, r, err := c.Reader(ctx)
+				if err != nil {
+					errs <- err
+					return
+				}
+				n, _ := io.CopyBuffer(io.Discard, r, buf)
+				total.Add(n)
+			}
+		}()
+	}
+	start := time.Now()
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(total.Load()) / time.Since(start).Seconds() / 1e6, nil
+}

@@ -1,0 +1,285 @@
+// Command bench measures dgrelay side by side with nginx and a Node relay, on
+// the same load in the same run, against the fake Deepgram upstream, all on
+// 127.0.0.1. Every proxy runs pinned to one core; this tool (the load and the
+// upstream) pins itself to the other.
+//
+//	go run ./bench            # the full run: a few minutes
+//	go run ./bench -smoke     # seconds; CI runs it so the tool cannot rot
+//
+// It prints one table: each figure per path and its ratio to nginx's. The
+// smoke run checks that every path relays correctly and asserts nothing
+// about speed.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
+)
+
+// The proxies run on proxyCore; the load and the upstream on loadCore.
+const proxyCore, loadCore = "0", "1"
+
+// proxyCores can widen the proxies' cores for experiments (-proxy-cores 0,1).
+var proxyCores = flag.String("proxy-cores", proxyCore, "cores the proxies may use (taskset -c)")
+
+type sizes struct {
+	latencyTrips int
+	idle         int
+	voice        int
+	voiceFor     time.Duration
+	connects     int
+	ceilingFor   time.Duration
+}
+
+var (
+	full  = sizes{latencyTrips: 5000, idle: 5000, voice: 500, voiceFor: 30 * time.Second, connects: 1000, ceilingFor: 5 * time.Second}
+	smoke = sizes{latencyTrips: 100, idle: 50, voice: 10, voiceFor: 2 * time.Second, connects: 20, ceilingFor: 500 * time.Millisecond}
+)
+
+func main() {
+	smokeRun := flag.Bool("smoke", false, "a short run that checks the tool and every path, and asserts nothing about speed")
+	only := flag.String("paths", "direct,dgrelay,nginx,node", "paths to measure")
+	flag.Parse()
+	if os.Getenv("DGBENCH_PINNED") == "" {
+		// Re-run this tool on the load core, so that the proxy's core is
+		// the proxy's alone.
+		exe, _ := os.Executable()
+		cmd := exec.Command("taskset", append([]string{"-c", loadCore, exe}, os.Args[1:]...)...)
+		cmd.Env = append(os.Environ(), "DGBENCH_PINNED=1")
+		cmd.Stdout, cmd.Stderr, cmd.Stdin = os.Stdout, os.Stderr, os.Stdin
+		if err := cmd.Run(); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
+	raiseFileLimit()
+	sz := full
+	if *smokeRun {
+		sz = smoke
+	}
+	if err := run(sz, strings.Split(*only, ",")); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// raiseFileLimit lifts the descriptor limit to its hard cap: thousands of
+// sessions are two sockets each, here and in every proxy (which inherit it).
+func raiseFileLimit() {
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
+		lim.Cur = lim.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+}
+
+// results holds each path's figures by row name.
+type results map[string]map[string]float64
+
+func (r results) set(row, path string, v float64) {
+	if r[row] == nil {
+		r[row] = map[string]float64{}
+	}
+	r[row][path] = v
+}
+
+func run(sz sizes, names []string) error {
+	dir, err := os.MkdirTemp("", "dgbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	fake := fakedeepgram.Start(fakedeepgram.Options{})
+	defer fake.Close()
+
+	var paths []*proxyPath
+	for _, name := range names {
+		var p *proxyPath
+		var err error
+		switch name {
+		case "direct":
+			// The floor: the load tool straight to the fake.
+			p = &proxyPath{name: "direct", url: fake.URL + "/v1/agent/converse", stop: func() {}}
+		case "dgrelay":
+			p, err = startDgrelay(dir, fake.URL)
+		case "nginx":
+			p, err = startNginx(dir, fake.URL)
+		case "node":
+			p, err = startNode(dir, fake.URL)
+		default:
+			return fmt.Errorf("unknown path %q", name)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		defer p.stop()
+		paths = append(paths, p)
+	}
+	res := results{}
+	for _, p := range paths {
+		fmt.Fprintf(os.Stderr, "== %s\n", p.name)
+		if err := measure(p, sz, res); err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		// Every proxy must have put the key on its upstream handshakes.
+		hs := fake.Handshakes()
+		if got := hs[len(hs)-1].Header.Get("Authorization"); p.procs != nil && got != "Token "+benchKey {
+			return fmt.Errorf("%s: the upstream handshake carried Authorization %q", p.name, got)
+		}
+	}
+	printTable(os.Stdout, sz, paths, res)
+	return nil
+}
+
+func measure(p *proxyPath, sz sizes, res results) error {
+	for _, c := range []struct {
+		row  string
+		typ  websocket.MessageType
+		size int
+	}{{"rtt640", websocket.MessageBinary, 640}, {"rtt200", websocket.MessageText, 200}} {
+		p50, p99, err := latency(p.url, c.typ, c.size, sz.latencyTrips)
+		if err != nil {
+			return fmt.Errorf("latency: %w", err)
+		}
+		res.set(c.row+"_p50", p.name, us(p50))
+		res.set(c.row+"_p99", p.name, us(p99))
+	}
+	p50, p99, err := connectTimes(p.url, sz.connects)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	res.set("connect_p50", p.name, us(p50))
+	res.set("connect_p99", p.name, us(p99))
+
+	mbs, err := ceiling(p.url, sz.ceilingFor)
+	if err != nil {
+		return fmt.Errorf("ceiling: %w", err)
+	}
+	res.set("ceiling", p.name, mbs)
+
+	if p.procs != nil {
+		idle, err := idleMemory(p, sz.idle)
+		if err != nil {
+			return fmt.Errorf("idle: %w", err)
+		}
+		res.set("idle_kb", p.name, idle.bytesPerSession/1024)
+		if p.goroutines != nil {
+			res.set("goroutines", p.name, idle.goroutinesPerSession)
+		}
+	}
+	v, err := voice(p, sz.voice, sz.voiceFor)
+	if err != nil {
+		return fmt.Errorf("voice: %w", err)
+	}
+	res.set("voice_probe_p99", p.name, us(v.probeP99))
+	res.set("voice_up_rate", p.name, v.upRate)
+	res.set("voice_down_rate", p.name, v.downRate)
+	if p.procs != nil {
+		cpu := us(v.cpuPerSessionSecond)
+		res.set("voice_cpu_us", p.name, cpu)
+		if cpu > 0 {
+			res.set("sessions_per_core", p.name, 1e6/cpu)
+		}
+	}
+	return nil
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// printTable writes the results as Markdown: a column per path, and for the
+// proxies each figure's ratio to nginx's. Latencies are added latencies
+// (the path's minus the direct path's), where direct was measured.
+func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
+	fmt.Fprintf(w, "\nmachine: %d CPUs (%s), %s/%s; proxies pinned to core %s, load and upstream to core %s\n",
+		runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH, proxyCore, loadCore)
+	fmt.Fprintf(w, "load: %d round trips per latency row, %d idle sessions, %d voice sessions for %s, %d connects, 64 KiB frames for %s\n\n",
+		sz.latencyTrips, sz.idle, sz.voice, sz.voiceFor, sz.connects, sz.ceilingFor)
+	header := "| figure |"
+	rule := "|---|"
+	for _, p := range paths {
+		header += " " + p.name + " |"
+		rule += "---|"
+	}
+	fmt.Fprintln(w, header)
+	fmt.Fprintln(w, rule)
+	rows := []struct {
+		key, label string
+		added      bool // subtract the direct path
+		lowerWins  bool
+	}{
+		{"rtt640_p50", "added round trip, 640 B binary, p50 (µs)", true, true},
+		{"rtt640_p99", "added round trip, 640 B binary, p99 (µs)", true, true},
+		{"rtt200_p50", "added round trip, 200 B text, p50 (µs)", true, true},
+		{"rtt200_p99", "added round trip, 200 B text, p99 (µs)", true, true},
+		{"idle_kb", "idle memory per session (KiB)", false, true},
+		{"goroutines", "goroutines per idle session", false, true},
+		{"voice_cpu_us", "CPU per voice session-second (µs)", false, true},
+		{"sessions_per_core", "voice sessions per core", false, false},
+		{"voice_probe_p99", "added round trip under voice load, p99 (µs)", true, true},
+		{"voice_up_rate", "voice load achieved, up (msg/s)", false, false},
+		{"voice_down_rate", "voice load achieved, down (msg/s)", false, false},
+		{"connect_p50", "connect to Welcome, p50 (µs)", false, true},
+		{"connect_p99", "connect to Welcome, p99 (µs)", false, true},
+		{"ceiling", "64 KiB frames, one way (MB/s)", false, false},
+	}
+	for _, row := range rows {
+		vals := res[row.key]
+		if vals == nil {
+			continue
+		}
+		line := "| " + row.label + " |"
+		base, hasBase := vals["nginx"]
+		if row.added {
+			base -= vals["direct"]
+		}
+		for _, p := range paths {
+			v, ok := vals[p.name]
+			switch {
+			case !ok:
+				line += " - |"
+				continue
+			case row.added && p.name == "direct":
+				line += fmt.Sprintf(" %.0f (floor) |", v)
+				continue
+			case row.added:
+				v -= vals["direct"]
+			}
+			cell := format(v)
+			if hasBase && p.name != "direct" && p.name != "nginx" && base != 0 {
+				cell += fmt.Sprintf(" (%.2f×)", v/base)
+			}
+			line += " " + cell + " |"
+		}
+		fmt.Fprintln(w, line)
+	}
+}
+
+func format(v float64) string {
+	if v != 0 && v < 10 && v > -10 {
+		return fmt.Sprintf("%.2f", v)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return "unknown CPU"
+}

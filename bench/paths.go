@@ -1,0 +1,326 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// benchKey is the "Deepgram key" every proxy sends to the fake upstream.
+const benchKey = "bench-key-not-a-secret"
+
+// proxyPath is one way from a client to the fake upstream.
+type proxyPath struct {
+	name string
+	// url is the WebSocket URL a client dials (without query).
+	url string
+	// procs returns the processes whose CPU and memory are the proxy's;
+	// nil for the direct path.
+	procs func() []int
+	// goroutines reads the proxy's goroutine count (dgrelay only).
+	goroutines func() (float64, error)
+	stop       func()
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// pinned runs a command on the proxy's core, so the proxy's figures are not
+// mixed with the load's.
+func pinned(name string, args ...string) *exec.Cmd {
+	return exec.Command("taskset", append([]string{"-c", *proxyCores, name}, args...)...)
+}
+
+// startProcess starts cmd with its output in dir/log and waits until probe
+// answers.
+func startProcess(cmd *exec.Cmd, dir, label string, probe func() error) (func(), error) {
+	logf, err := os.Create(filepath.Join(dir, label+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", label, err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(3 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		logf.Close()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if probe() == nil {
+			return stop, nil
+		}
+		select {
+		case <-exited:
+			logf.Close()
+			out, _ := os.ReadFile(logf.Name())
+			return nil, fmt.Errorf("%s exited at start:\n%s", label, out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return nil, fmt.Errorf("%s did not come up", label)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func tcpProbe(port int) func() error {
+	return func() error {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+}
+
+// startDgrelay builds the relay as the Dockerfile does and runs it.
+func startDgrelay(dir, upstream string) (*proxyPath, error) {
+	bin := filepath.Join(dir, "dgrelay")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	mport, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cmd := pinned(bin)
+	cmd.Env = append(os.Environ(),
+		"PORT="+strconv.Itoa(port),
+		"METRICS_PORT="+strconv.Itoa(mport),
+		"DEEPGRAM_API_KEY="+benchKey,
+		"DEEPGRAM_AGENT_URL="+upstream+"/v1/agent/converse",
+		"ALLOW_UNAUTHENTICATED=true",
+		"MAX_SESSIONS=100000",
+		"MAX_SESSIONS_PER_USER=0",
+		"SESSION_RATE_PER_MINUTE=0",
+		"IDLE_TIMEOUT=0",
+		"DRAIN_TIMEOUT=0s",
+	)
+	stop, err := startProcess(cmd, dir, "dgrelay", tcpProbe(port))
+	if err != nil {
+		return nil, err
+	}
+	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", mport)
+	return &proxyPath{
+		name:  "dgrelay",
+		url:   fmt.Sprintf("ws://127.0.0.1:%d/ws/deepgram-proxy/", port),
+		procs: func() []int { return processTree(cmd.Process.Pid) },
+		goroutines: func() (float64, error) {
+			return scrapeGauge(metrics, "go_goroutines")
+		},
+		stop: stop,
+	}, nil
+}
+
+// nginxConf is nginx as a WebSocket proxy that injects the Authorization
+// header: the C baseline users know. One worker, so it uses one core as
+// dgrelay does.
+const nginxConf = `daemon off;
+worker_processes 1;
+worker_rlimit_nofile 40000;
+pid %[1]s/nginx.pid;
+error_log %[1]s/nginx-error.log warn;
+events { worker_connections 40000; use epoll; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  server {
+    listen 127.0.0.1:%[2]d;
+    location / {
+      proxy_pass http://127.0.0.1:%[3]s;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_set_header Authorization "Token %[4]s";
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+      proxy_buffering off;
+    }
+  }
+}
+`
+
+func startNginx(dir, upstream string) (*proxyPath, error) {
+	nginx, err := exec.LookPath("nginx")
+	if err != nil {
+		if _, statErr := os.Stat("/usr/sbin/nginx"); statErr != nil {
+			return nil, fmt.Errorf("nginx is not installed (apt-get install nginx-light)")
+		}
+		nginx = "/usr/sbin/nginx"
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	_, upPort, _ := net.SplitHostPort(strings.TrimPrefix(upstream, "ws://"))
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(nginxConf, dir, port, upPort, benchKey)), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := pinned(nginx, "-c", conf, "-p", dir)
+	stop, err := startProcess(cmd, dir, "nginx", tcpProbe(port))
+	if err != nil {
+		return nil, err
+	}
+	return &proxyPath{
+		name:  "nginx",
+		url:   fmt.Sprintf("ws://127.0.0.1:%d/v1/agent/converse", port),
+		procs: func() []int { return processTree(cmd.Process.Pid) },
+		stop:  stop,
+	}, nil
+}
+
+func startNode(dir, upstream string) (*proxyPath, error) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return nil, fmt.Errorf("node is not installed")
+	}
+	relayDir, err := filepath.Abs(filepath.Join("bench", "node-relay"))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(relayDir, "node_modules")); err != nil {
+		npm := exec.Command("npm", "ci", "--no-audit", "--no-fund")
+		npm.Dir = relayDir
+		if out, err := npm.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("npm ci: %v\n%s", err, out)
+		}
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cmd := pinned(node, filepath.Join(relayDir, "relay.mjs"))
+	cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "UPSTREAM="+upstream, "DEEPGRAM_API_KEY="+benchKey)
+	stop, err := startProcess(cmd, dir, "node", tcpProbe(port))
+	if err != nil {
+		return nil, err
+	}
+	return &proxyPath{
+		name:  "node",
+		url:   fmt.Sprintf("ws://127.0.0.1:%d/v1/agent/converse", port),
+		procs: func() []int { return processTree(cmd.Process.Pid) },
+		stop:  stop,
+	}, nil
+}
+
+// processTree is pid and all its descendants (taskset execs in place, nginx
+// forks its worker).
+func processTree(pid int) []int {
+	children := map[int][]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(fields) > 1 {
+			ppid, _ := strconv.Atoi(fields[1])
+			children[ppid] = append(children[ppid], p)
+		}
+	}
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		out = append(out, children[out[i]]...)
+	}
+	return out
+}
+
+// cpuSeconds is the user+system CPU time the processes have used.
+func cpuSeconds(pids []int) float64 {
+	total := 0.0
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		// fields[11] and [12] are utime and stime (the 14th and 15th of the line).
+		ut, _ := strconv.ParseFloat(fields[11], 64)
+		st, _ := strconv.ParseFloat(fields[12], 64)
+		total += (ut + st) / clockTicks
+	}
+	return total
+}
+
+// clockTicks is USER_HZ, 100 on every Linux this runs on.
+const clockTicks = 100
+
+// rssBytes is the processes' resident memory.
+func rssBytes(pids []int) float64 {
+	total := 0.0
+	for _, pid := range pids {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+				total += kb * 1024
+			}
+		}
+		f.Close()
+	}
+	return total
+}
+
+func scrapeGauge(url, name string) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("%s not in %s", name, url)
+}

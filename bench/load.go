@@ -178,23 +178,39 @@ type voiceResult struct {
 // voice runs n sessions of the voice profile for dur: up, 640 B of audio
 // every 20 ms and a KeepAlive every 5 s; down (the fake's voice mode),
 // 1,920 B every 40 ms and a JSON event every second. A probe session
-// measures round trips meanwhile.
+// measures round trips meanwhile. The sessions are raw clients (see
+// rawClient) so the load core keeps up.
 func voice(p *proxyPath, n int, dur time.Duration) (voiceResult, error) {
 	var res voiceResult
 	url := p.url + "?" + fakedeepgram.VoiceQuery
-	conns, err := openMany(url, n)
-	if err != nil {
-		return res, err
+	clients := make([]*rawClient, 0, n)
+	defer func() {
+		for _, c := range clients {
+			c.conn.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		c, err := dialRaw(url, 10*time.Second)
+		if err != nil {
+			return res, fmt.Errorf("voice session %d: %w", i, err)
+		}
+		clients = append(clients, c)
 	}
-	defer closeAll(conns)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var up, down atomic.Int64
-	var failures atomic.Int64
+	stop := make(chan struct{})
+	var up, down, failures atomic.Int64
+	var firstFailure atomic.Value
+	fail := func(err error) {
+		select {
+		case <-stop:
+		default:
+			failures.Add(1)
+			firstFailure.CompareAndSwap(nil, err.Error())
+		}
+	}
+	audio := clientFrame(0x2, make([]byte, 640))
+	keepAlive := clientFrame(0x1, []byte(`{"type":"KeepAlive"}`))
 	var wg sync.WaitGroup
-	audio := make([]byte, 640)
-	keepAlive := []byte(`{"type":"KeepAlive"}`)
-	for i, c := range conns {
+	for i, c := range clients {
 		wg.Add(2)
 		go func() { // the microphone, staggered so ticks spread over 20 ms
 			defer wg.Done()
@@ -203,41 +219,48 @@ func voice(p *proxyPath, n int, dur time.Duration) (voiceResult, error) {
 			defer tick.Stop()
 			for k := 1; ; k++ {
 				select {
-				case <-ctx.Done():
+				case <-stop:
 					return
 				case <-tick.C:
 				}
-				if c.Write(ctx, websocket.MessageBinary, audio) != nil {
-					failures.Add(1)
+				if _, err := c.conn.Write(audio); err != nil {
+					fail(err)
 					return
 				}
 				up.Add(1)
-				if k%250 == 0 && c.Write(ctx, websocket.MessageText, keepAlive) != nil {
-					return
+				if k%250 == 0 {
+					if _, err := c.conn.Write(keepAlive); err != nil {
+						fail(err)
+						return
+					}
 				}
 			}
 		}()
 		go func() { // the speaker
 			defer wg.Done()
-			buf := make([]byte, 4096)
+			buf := make([]byte, 2048)
 			for {
-				_, r, err := c.Reader(ctx)
-				if err != nil {
+				fin, closed, err := c.skim(buf)
+				if err != nil || closed {
+					if err == nil {
+						err = errors.New("closed by the proxy")
+					}
+					fail(err)
 					return
 				}
-				for {
-					if _, err := r.Read(buf); err != nil {
-						break
-					}
+				if fin {
+					down.Add(1)
 				}
-				down.Add(1)
 			}
 		}()
 	}
 	time.Sleep(2 * time.Second) // every session up to speed
 
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	probe, _, err := dial(ctx, p.url)
 	if err != nil {
+		close(stop)
 		return res, err
 	}
 	defer probe.CloseNow()
@@ -251,6 +274,7 @@ func voice(p *proxyPath, n int, dur time.Duration) (voiceResult, error) {
 	for time.Since(t0) < dur {
 		start := time.Now()
 		if err := echo(ctx, probe, websocket.MessageBinary, msg, buf); err != nil {
+			close(stop)
 			return res, fmt.Errorf("probe: %w", err)
 		}
 		ds = append(ds, time.Since(start))
@@ -260,11 +284,14 @@ func voice(p *proxyPath, n int, dur time.Duration) (voiceResult, error) {
 	cpu := cpuSeconds(pids) - cpu0
 	res.upRate = float64(up.Load()-up0) / elapsed
 	res.downRate = float64(down.Load()-down0) / elapsed
-	cancel()
-	closeAll(conns)
+	close(stop)
+	for _, c := range clients {
+		c.conn.Close()
+	}
 	wg.Wait()
+	clients = nil
 	if f := failures.Load(); f > 0 {
-		return res, fmt.Errorf("%d voice sessions failed", f)
+		return res, fmt.Errorf("%d voice sessions failed, the first with: %v", f, firstFailure.Load())
 	}
 	res.cpuPerSessionSecond = time.Duration(cpu / (float64(n) * elapsed) * float64(time.Second))
 	res.probeP50, res.probeP99 = percentiles(ds)

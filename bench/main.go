@@ -200,8 +200,8 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 // proxies each figure's ratio to nginx's. Latencies are added latencies
 // (the path's minus the direct path's), where direct was measured.
 func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
-	fmt.Fprintf(w, "\nmachine: %d CPUs (%s), %s/%s; proxies pinned to core %s, load and upstream to core %s\n",
-		runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH, proxyCore, loadCore)
+	fmt.Fprintf(w, "\nmachine: %s CPUs (%s), %s, %s/%s; proxies pinned to core %s, load and upstream to core %s\n",
+		onlineCPUs(), cpuModel(), kernel(), runtime.GOOS, runtime.GOARCH, *proxyCores, loadCore)
 	fmt.Fprintf(w, "load: %d round trips per latency row, %d idle sessions, %d voice sessions for %s, %d connects, 64 KiB frames for %s\n\n",
 		sz.latencyTrips, sz.idle, sz.voice, sz.voiceFor, sz.connects, sz.ceilingFor)
 	header := "| figure |"
@@ -282,4 +282,21 @@ func cpuModel() string {
 		}
 	}
 	return "unknown CPU"
+}
+
+// onlineCPUs is the machine's CPUs, not this pinned process's share.
+func onlineCPUs() string {
+	b, err := os.ReadFile("/sys/devices/system/cpu/online")
+	if err != nil {
+		return "?"
+	}
+	return "online " + strings.TrimSpace(string(b))
+}
+
+func kernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown kernel"
+	}
+	return "Linux " + strings.TrimSpace(string(b))
 }

@@ -38,6 +38,10 @@ type Config struct {
 	// apart from the public port (0: off).
 	MetricsPort int `env:"METRICS_PORT, default=9091"`
 
+	// EnablePprof serves Go's /debug/pprof on METRICS_PORT, for profiling a
+	// live relay; it is never on the public port.
+	EnablePprof bool `env:"ENABLE_PPROF, default=false"`
+
 	// ProxyPath is the WebSocket route, served with and without a trailing slash.
 	ProxyPath string `env:"PROXY_PATH, default=/ws/deepgram-proxy/"`
 	// MaxMessageBytes is the read limit on both connections of a session.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -140,11 +141,17 @@ func (rl *relay) httpServer() *http.Server {
 	}
 }
 
-// metricsServer serves /metrics, on its own port so that the public one
-// never exposes it.
+// metricsServer serves /metrics (and, with ENABLE_PPROF, /debug/pprof), on
+// its own port so that the public one never exposes them.
 func (rl *relay) metricsServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", rl.metrics.handler())
+	if rl.cfg.EnablePprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog: slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn)}
 }

@@ -75,3 +75,20 @@ func TestCodeLabel(t *testing.T) {
 		}
 	}
 }
+
+// TestPprofOnlyWhenEnabled: the profiler is on the metrics port, and only
+// when asked for.
+func TestPprofOnlyWhenEnabled(t *testing.T) {
+	for _, enabled := range []string{"false", "true"} {
+		h := newHarness(t, map[string]string{"ENABLE_PPROF": enabled}, fakedeepgram.Options{})
+		m := httptest.NewServer(h.relay.metricsServer().Handler)
+		resp := get(t, m.URL+"/debug/pprof/", nil)
+		m.Close()
+		if want := map[string]int{"false": 404, "true": 200}[enabled]; resp.StatusCode != want {
+			t.Errorf("ENABLE_PPROF=%s: /debug/pprof/ answered %d", enabled, resp.StatusCode)
+		}
+		if resp := get(t, h.srv.URL+"/debug/pprof/", nil); resp.StatusCode != 404 {
+			t.Errorf("the public port serves pprof")
+		}
+	}
+}

@@ -99,19 +99,11 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 	if err != nil {
 		return nil, fmt.Errorf("DEEPGRAM_LISTEN_URL: %w", err)
 	}
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.DialContext = (&net.Dialer{Timeout: upstreamDialTimeout, KeepAlive: 15 * time.Second}).DialContext
-	transport.TLSHandshakeTimeout = upstreamDialTimeout
-	transport.ResponseHeaderTimeout = upstreamDialTimeout
-	// A WebSocket handshake is HTTP/1.1; offering h2 would only cost a round trip.
-	transport.ForceAttemptHTTP2 = false
-	transport.TLSClientConfig = nil
 	origins, err := newOriginChecker(cfg.AllowedOrigins)
 	if err != nil {
 		return nil, err
 	}
-	upstreamClient := &http.Client{Transport: transport}
-	auth, err := newAuthenticator(cfg, upstreamClient, log)
+	auth, err := newAuthenticator(cfg, &http.Client{Timeout: jwksTimeout}, log)
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +122,7 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 		agent:       agent,
 		listen:      listen,
 		dialOpts: websocket.DialOptions{
-			HTTPClient:      upstreamClient,
+			HTTPClient:      &http.Client{Transport: newUpgradeTransport()},
 			HTTPHeader:      http.Header{"Authorization": {"Token " + apiKey}},
 			CompressionMode: websocket.CompressionDisabled,
 		},

@@ -269,6 +269,12 @@ func voice(p *proxyPath, n int, dur time.Duration) (voiceResult, error) {
 		pids = p.procs()
 	}
 	cpu0, up0, down0, t0 := cpuSeconds(pids), up.Load(), down.Load(), time.Now()
+	profiled := make(chan error, 1)
+	if *cpuProfile != "" && p.profileURL != "" {
+		go func() { profiled <- saveProfile(p.profileURL, int(dur.Seconds()), *cpuProfile) }()
+	} else {
+		profiled <- nil
+	}
 	var ds []time.Duration
 	msg, buf := make([]byte, 640), make([]byte, 641)
 	for time.Since(t0) < dur {
@@ -282,6 +288,10 @@ func voice(p *proxyPath, n int, dur time.Duration) (voiceResult, error) {
 	}
 	elapsed := time.Since(t0).Seconds()
 	cpu := cpuSeconds(pids) - cpu0
+	if err := <-profiled; err != nil {
+		close(stop)
+		return res, fmt.Errorf("cpu profile: %w", err)
+	}
 	res.upRate = float64(up.Load()-up0) / elapsed
 	res.downRate = float64(down.Load()-down0) / elapsed
 	close(stop)

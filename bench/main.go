@@ -29,6 +29,14 @@ import (
 // The proxies run on proxyCore; the load and the upstream on loadCore.
 const proxyCore, loadCore = "0", "1"
 
+// cpuProfile, when set, saves dgrelay's CPU profile over the voice load.
+var cpuProfile = flag.String("cpuprofile", "", "file for dgrelay's CPU profile during the voice load")
+
+// scenarios picks which measurements run.
+var scenarios = flag.String("scenarios", "latency,connect,ceiling,idle,voice", "measurements to run")
+
+func want(name string) bool { return strings.Contains(","+*scenarios+",", ","+name+",") }
+
 // proxyCores can widen the proxies' cores for experiments (-proxy-cores 0,1).
 var proxyCores = flag.String("proxy-cores", proxyCore, "cores the proxies may use (taskset -c)")
 
@@ -43,11 +51,13 @@ type sizes struct {
 
 var (
 	full  = sizes{latencyTrips: 5000, idle: 5000, voice: 500, voiceFor: 30 * time.Second, connects: 1000, ceilingFor: 5 * time.Second}
+	quick = sizes{latencyTrips: 2000, idle: 2000, voice: 500, voiceFor: 10 * time.Second, connects: 300, ceilingFor: 2 * time.Second}
 	smoke = sizes{latencyTrips: 100, idle: 50, voice: 10, voiceFor: 2 * time.Second, connects: 20, ceilingFor: 500 * time.Millisecond}
 )
 
 func main() {
 	smokeRun := flag.Bool("smoke", false, "a short run that checks the tool and every path, and asserts nothing about speed")
+	quickRun := flag.Bool("quick", false, "a shorter run for iterating (500 voice sessions for 10 s)")
 	only := flag.String("paths", "direct,dgrelay,nginx,node", "paths to measure")
 	flag.Parse()
 	if os.Getenv("DGBENCH_PINNED") == "" {
@@ -64,6 +74,9 @@ func main() {
 	}
 	raiseFileLimit()
 	sz := full
+	if *quickRun {
+		sz = quick
+	}
 	if *smokeRun {
 		sz = smoke
 	}
@@ -142,40 +155,11 @@ func run(sz sizes, names []string) error {
 }
 
 func measure(p *proxyPath, sz sizes, res results) error {
-	for _, c := range []struct {
-		row  string
-		typ  websocket.MessageType
-		size int
-	}{{"rtt640", websocket.MessageBinary, 640}, {"rtt200", websocket.MessageText, 200}} {
-		p50, p99, err := latency(p.url, c.typ, c.size, sz.latencyTrips)
-		if err != nil {
-			return fmt.Errorf("latency: %w", err)
-		}
-		res.set(c.row+"_p50", p.name, us(p50))
-		res.set(c.row+"_p99", p.name, us(p99))
+	if err := measureUnloaded(p, sz, res); err != nil {
+		return err
 	}
-	p50, p99, err := connectTimes(p.url, sz.connects)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	res.set("connect_p50", p.name, us(p50))
-	res.set("connect_p99", p.name, us(p99))
-
-	mbs, err := ceiling(p.url, sz.ceilingFor)
-	if err != nil {
-		return fmt.Errorf("ceiling: %w", err)
-	}
-	res.set("ceiling", p.name, mbs)
-
-	if p.procs != nil {
-		idle, err := idleMemory(p, sz.idle)
-		if err != nil {
-			return fmt.Errorf("idle: %w", err)
-		}
-		res.set("idle_kb", p.name, idle.bytesPerSession/1024)
-		if p.goroutines != nil {
-			res.set("goroutines", p.name, idle.goroutinesPerSession)
-		}
+	if !want("voice") {
+		return nil
 	}
 	v, err := voice(p, sz.voice, sz.voiceFor)
 	if err != nil {
@@ -189,6 +173,50 @@ func measure(p *proxyPath, sz sizes, res results) error {
 		res.set("voice_cpu_us", p.name, cpu)
 		if cpu > 0 {
 			res.set("sessions_per_core", p.name, 1e6/cpu)
+		}
+	}
+	return nil
+}
+
+// measureUnloaded runs the scenarios that need no background load.
+func measureUnloaded(p *proxyPath, sz sizes, res results) error {
+	if want("latency") {
+		for _, c := range []struct {
+			row  string
+			typ  websocket.MessageType
+			size int
+		}{{"rtt640", websocket.MessageBinary, 640}, {"rtt200", websocket.MessageText, 200}} {
+			p50, p99, err := latency(p.url, c.typ, c.size, sz.latencyTrips)
+			if err != nil {
+				return fmt.Errorf("latency: %w", err)
+			}
+			res.set(c.row+"_p50", p.name, us(p50))
+			res.set(c.row+"_p99", p.name, us(p99))
+		}
+	}
+	if want("connect") {
+		p50, p99, err := connectTimes(p.url, sz.connects)
+		if err != nil {
+			return fmt.Errorf("connect: %w", err)
+		}
+		res.set("connect_p50", p.name, us(p50))
+		res.set("connect_p99", p.name, us(p99))
+	}
+	if want("ceiling") {
+		mbs, err := ceiling(p.url, sz.ceilingFor)
+		if err != nil {
+			return fmt.Errorf("ceiling: %w", err)
+		}
+		res.set("ceiling", p.name, mbs)
+	}
+	if want("idle") && p.procs != nil {
+		idle, err := idleMemory(p, sz.idle)
+		if err != nil {
+			return fmt.Errorf("idle: %w", err)
+		}
+		res.set("idle_kb", p.name, idle.bytesPerSession/1024)
+		if p.goroutines != nil {
+			res.set("goroutines", p.name, idle.goroutinesPerSession)
 		}
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -27,6 +28,8 @@ type proxyPath struct {
 	procs func() []int
 	// goroutines reads the proxy's goroutine count (dgrelay only).
 	goroutines func() (float64, error)
+	// profileURL serves a CPU profile (dgrelay with ENABLE_PPROF only).
+	profileURL string
 	stop       func()
 }
 
@@ -127,6 +130,7 @@ func startDgrelay(dir, upstream string) (*proxyPath, error) {
 		"SESSION_RATE_PER_MINUTE=0",
 		"IDLE_TIMEOUT=0",
 		"DRAIN_TIMEOUT=0s",
+		"ENABLE_PPROF=true",
 	)
 	stop, err := startProcess(cmd, dir, "dgrelay", tcpProbe(port))
 	if err != nil {
@@ -140,7 +144,8 @@ func startDgrelay(dir, upstream string) (*proxyPath, error) {
 		goroutines: func() (float64, error) {
 			return scrapeGauge(metrics, "go_goroutines")
 		},
-		stop: stop,
+		profileURL: fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile", mport),
+		stop:       stop,
 	}, nil
 }
 
@@ -323,4 +328,20 @@ func scrapeGauge(url, name string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s not in %s", name, url)
+}
+
+// saveProfile fetches a CPU profile of seconds from url into file.
+func saveProfile(url string, seconds int, file string) error {
+	resp, err := http.Get(fmt.Sprintf("%s?seconds=%d", url, seconds))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	out, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	_, err = io.Copy(out, resp.Body)
+	return err
 }

@@ -301,8 +301,8 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rl.refuseAfterUpgrade(w, r, s, websocket.StatusTryAgainLater, "relay full, try again", "instance_full")
 		return
 	}
-	defer rl.sessions.done()
 	if ok, limit := rl.users.acquire(s.identity, s.started); !ok {
+		rl.sessions.done()
 		reason := "too many sessions"
 		if limit == "rate" {
 			reason = "too many new sessions"
@@ -310,8 +310,20 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rl.refuseAfterUpgrade(w, r, s, 4429, reason, limit)
 		return
 	}
-	defer rl.users.release(s.identity)
+	if !rl.open(w, r, s, up, forwarded) {
+		rl.users.release(s.identity)
+		rl.sessions.done()
+		return
+	}
+	// The session runs on goroutines of its own and this one returns: the
+	// handler's stack, grown by the handshake, and the request go with it,
+	// which is a third of an idle session's memory.
+	go rl.serveSession(s)
+}
 
+// open connects s: Deepgram first, then the client's upgrade. It reports
+// whether both are up; when not, it has answered the client.
+func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up upstream, forwarded string) bool {
 	// The upstream is dialled before the client's upgrade is accepted: the
 	// browser cannot send until its socket opens, so the Settings it sends
 	// the instant it does always find Deepgram connected, with no buffer
@@ -327,17 +339,24 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			upConn.CloseNow()
 		}
 		rl.log.Info("client handshake failed", "session", s.id, "remote", s.remote, "error", err.Error())
-		return
+		return false
 	}
 	if failure != nil {
 		rl.refuse(client, s, failure)
-		return
+		return false
 	}
 	client.SetReadLimit(rl.cfg.MaxMessageBytes)
 	upConn.SetReadLimit(rl.cfg.MaxMessageBytes)
 	s.client, s.upstream = client, upConn
+	return true
+}
 
-	active := rl.metrics.sessionsActive.WithLabelValues(service)
+// serveSession relays an open session until it ends, then accounts for it
+// and releases its admission.
+func (rl *relay) serveSession(s *session) {
+	defer rl.sessions.done()
+	defer rl.users.release(s.identity)
+	active := rl.metrics.sessionsActive.WithLabelValues(s.service)
 	active.Inc()
 	if !rl.sessions.add(s) {
 		// The drain deadline passed while this session was dialling.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -141,15 +142,19 @@ func closeAll(conns []*websocket.Conn) {
 type idleResult struct {
 	bytesPerSession      float64
 	goroutinesPerSession float64
+	// heap and stack bytes per session, from the Go runtime (dgrelay only)
+	heapPerSession, stackPerSession float64
 }
 
 func idleMemory(p *proxyPath, n int) (idleResult, error) {
 	var res idleResult
 	time.Sleep(500 * time.Millisecond)
 	rss0 := rssBytes(p.procs())
-	g0 := 0.0
+	g0, heap0, stack0 := 0.0, 0.0, 0.0
 	if p.goroutines != nil {
 		g0, _ = p.goroutines()
+		heap0, _ = p.gauge("go_memstats_heap_inuse_bytes")
+		stack0, _ = p.gauge("go_memstats_stack_inuse_bytes")
 	}
 	conns, err := openMany(p.url, n)
 	if err != nil {
@@ -164,6 +169,14 @@ func idleMemory(p *proxyPath, n int) (idleResult, error) {
 			return res, err
 		}
 		res.goroutinesPerSession = (g1 - g0) / float64(n)
+		heap1, _ := p.gauge("go_memstats_heap_inuse_bytes")
+		stack1, _ := p.gauge("go_memstats_stack_inuse_bytes")
+		res.heapPerSession, res.stackPerSession = (heap1-heap0)/float64(n), (stack1-stack0)/float64(n)
+		if *heapProfile != "" {
+			if err := saveProfile(strings.Replace(p.profileURL, "/profile", "/heap", 1), 0, *heapProfile); err != nil {
+				return res, fmt.Errorf("heap profile: %w", err)
+			}
+		}
 	}
 	return res, nil
 }

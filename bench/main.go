@@ -37,6 +37,9 @@ var scenarios = flag.String("scenarios", "latency,connect,ceiling,idle,voice", "
 
 func want(name string) bool { return strings.Contains(","+*scenarios+",", ","+name+",") }
 
+// heapProfile, when set, saves dgrelay's heap profile with the idle sessions open.
+var heapProfile = flag.String("heapprofile", "", "file for dgrelay's heap profile with the idle sessions open")
+
 // proxyCores can widen the proxies' cores for experiments (-proxy-cores 0,1).
 var proxyCores = flag.String("proxy-cores", proxyCore, "cores the proxies may use (taskset -c)")
 
@@ -217,6 +220,8 @@ func measureUnloaded(p *proxyPath, sz sizes, res results) error {
 		res.set("idle_kb", p.name, idle.bytesPerSession/1024)
 		if p.goroutines != nil {
 			res.set("goroutines", p.name, idle.goroutinesPerSession)
+			res.set("idle_heap_kb", p.name, idle.heapPerSession/1024)
+			res.set("idle_stack_kb", p.name, idle.stackPerSession/1024)
 		}
 	}
 	return nil
@@ -250,6 +255,8 @@ func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
 		{"rtt200_p50", "added round trip, 200 B text, p50 (µs)", true, true},
 		{"rtt200_p99", "added round trip, 200 B text, p99 (µs)", true, true},
 		{"idle_kb", "idle memory per session (KiB)", false, true},
+		{"idle_heap_kb", "of which Go heap in use (KiB)", false, true},
+		{"idle_stack_kb", "of which goroutine stacks (KiB)", false, true},
 		{"goroutines", "goroutines per idle session", false, true},
 		{"voice_cpu_us", "CPU per voice session-second (µs)", false, true},
 		{"sessions_per_core", "voice sessions per core", false, false},

@@ -28,6 +28,8 @@ type proxyPath struct {
 	procs func() []int
 	// goroutines reads the proxy's goroutine count (dgrelay only).
 	goroutines func() (float64, error)
+	// gauge reads one of the proxy's Prometheus gauges (dgrelay only).
+	gauge func(name string) (float64, error)
 	// profileURL serves a CPU profile (dgrelay with ENABLE_PPROF only).
 	profileURL string
 	stop       func()
@@ -144,6 +146,7 @@ func startDgrelay(dir, upstream string) (*proxyPath, error) {
 		goroutines: func() (float64, error) {
 			return scrapeGauge(metrics, "go_goroutines")
 		},
+		gauge:      func(name string) (float64, error) { return scrapeGauge(metrics, name) },
 		profileURL: fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile", mport),
 		stop:       stop,
 	}, nil
@@ -330,9 +333,13 @@ func scrapeGauge(url, name string) (float64, error) {
 	return 0, fmt.Errorf("%s not in %s", name, url)
 }
 
-// saveProfile fetches a CPU profile of seconds from url into file.
+// saveProfile fetches a profile from url into file; seconds > 0 asks for
+// a CPU profile over that long.
 func saveProfile(url string, seconds int, file string) error {
-	resp, err := http.Get(fmt.Sprintf("%s?seconds=%d", url, seconds))
+	if seconds > 0 {
+		url = fmt.Sprintf("%s?seconds=%d", url, seconds)
+	}
+	resp, err := http.Get(url)
 	if err != nil {
 		return err
 	}

@@ -390,6 +390,9 @@ func TestOrigins(t *testing.T) {
 			t.Errorf("origin %q: dialled upstream", origin)
 		}
 	}
+	if !strings.Contains(h.logs.String(), `"refusal":"origin","origin":"https://evil.example.com"`) {
+		t.Errorf("a refused origin is not logged with its value")
+	}
 }
 
 func TestClientIP(t *testing.T) {

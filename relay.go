@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -236,9 +237,7 @@ func headerHasToken(h http.Header, name, token string) bool {
 // for a request that will be refused.
 func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rl.draining.Load() {
-		rl.metrics.refusals.WithLabelValues("draining").Inc()
-		w.Header().Set("Retry-After", "2")
-		http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
+		rl.refuseDraining(w)
 		return
 	}
 	if !isWebSocketUpgrade(r) {
@@ -261,7 +260,10 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !rl.origins.allowed(r) {
 		rl.metrics.refusals.WithLabelValues("origin").Inc()
-		rl.log.Info("session refused", "refusal", "origin", "remote", r.RemoteAddr)
+		// The origin is logged (bounded) so that a missing ALLOWED_ORIGINS
+		// entry is easy to see; it is a page's address, not a secret.
+		rl.log.Info("session refused", "refusal", "origin", "origin", rl.redact(r.Header.Get("Origin")),
+			"remote", clientIP(r, rl.cfg.TrustProxyHeaders))
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
 	}
@@ -293,9 +295,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	switch rl.sessions.begin(rl.cfg.MaxSessions) {
 	case admitClosed:
-		rl.metrics.refusals.WithLabelValues("draining").Inc()
-		w.Header().Set("Retry-After", "2")
-		http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
+		rl.refuseDraining(w)
 		return
 	case admitFull:
 		rl.refuseAfterUpgrade(w, r, s, websocket.StatusTryAgainLater, "relay full, try again", "instance_full")
@@ -367,6 +367,14 @@ func (rl *relay) serveSession(s *session) {
 	}
 	active.Dec()
 	rl.sessionEnded(s)
+}
+
+// refuseDraining answers an upgrade that arrives during the drain: the
+// client should retry, and will land on another instance.
+func (rl *relay) refuseDraining(w http.ResponseWriter) {
+	rl.metrics.refusals.WithLabelValues("draining").Inc()
+	w.Header().Set("Retry-After", "2")
+	http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
 }
 
 // accept upgrades the client's connection. The origin was checked already;
@@ -450,6 +458,10 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 	return nil, f
 }
 
+// urlQuery matches the query of a URL quoted in an error: the dial error
+// names the target, and a log line carries no query string.
+var urlQuery = regexp.MustCompile(`\?[^"\s]*`)
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -490,7 +502,7 @@ func (rl *relay) refuse(client *websocket.Conn, s *session, f *upstreamFailure) 
 	rl.metrics.closeCodes.WithLabelValues("client", codeLabel(websocket.StatusBadGateway)).Inc()
 	rl.log.Warn("upstream dial failed",
 		"session", s.id, "service", s.service, "code", f.Code, "upstream_status", f.status,
-		"dg_request_id", s.dgRequestID, "remote", s.remote, "error", rl.redact(f.cause.Error()))
+		"dg_request_id", s.dgRequestID, "remote", s.remote, "error", rl.redact(urlQuery.ReplaceAllString(f.cause.Error(), "?…")))
 }
 
 // sessionEnded records a relayed session in the metrics and its log line.

@@ -345,7 +345,7 @@ func TestUpstreamFailures(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, tc.env, tc.opts)
 			h.relay.dialTimeout = 300 * time.Millisecond
-			c := h.dial("service=agent&token=abc")
+			c := h.dial("service=agent&token=abc&keyterms=private-words")
 			typ, data := read(t, c)
 			if typ != websocket.MessageText || !bytes.Contains(data, []byte(`"type":"Error"`)) ||
 				!bytes.Contains(data, []byte(`"code":"`+tc.code+`"`)) || !bytes.Contains(data, []byte(`"description":"`)) {
@@ -361,6 +361,9 @@ func TestUpstreamFailures(t *testing.T) {
 			h.relay.drain(time.Second) // waits for the handler to log
 			if !strings.Contains(h.logs.String(), `"code":"`+tc.code+`"`) {
 				t.Errorf("the failure is not logged with its code:\n%s", h.logs.String())
+			}
+			if strings.Contains(h.logs.String(), "private-words") {
+				t.Errorf("the dial error logged the query string:\n%s", h.logs.String())
 			}
 		})
 	}

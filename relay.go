@@ -587,7 +587,7 @@ type session struct {
 }
 
 // run relays both directions until either side ends, then returns once both
-// pumps have stopped. One pump runs on the handler's goroutine, the other on
+// pumps have stopped. One pump runs on the calling goroutine, the other on
 // its own: two goroutines a session.
 func (s *session) run() {
 	var wg sync.WaitGroup

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha1"
+	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -391,4 +395,74 @@ func TestSessionEndLog(t *testing.T) {
 	if strings.Contains(logs, "user-jwt-SECRET") || strings.Contains(logs, "model=m") {
 		t.Errorf("a token or the raw query is logged:\n%s", logs)
 	}
+}
+
+// TestUpstreamTLS dials the upstream over wss://, as production does: the
+// handshake-only transport verifies the certificate against its roots and
+// sends SNI, and a certificate it cannot verify is UPSTREAM_UNAVAILABLE.
+func TestUpstreamTLS(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{TLS: true, APIKey: testAPIKey})
+	defer fake.Close()
+	env := map[string]string{"DEEPGRAM_AGENT_URL": fake.URL + "/v1/agent/converse"}
+
+	t.Run("trusted", func(t *testing.T) {
+		h := newHarness(t, env, fakedeepgram.Options{})
+		pool := x509.NewCertPool()
+		pool.AddCert(fake.Certificate())
+		h.relay.dialOpts.HTTPClient.Transport.(*upgradeTransport).tlsConfig.RootCAs = pool
+		c := h.dial("service=agent")
+		write(t, c, websocket.MessageText, []byte(`{"type":"Settings"}`))
+		expectType(t, c, "Welcome")
+		expectType(t, c, "SettingsApplied")
+		write(t, c, websocket.MessageBinary, []byte{9, 8, 7})
+		if _, data := read(t, c); !bytes.Equal(data, []byte{9, 8, 7}) {
+			t.Fatalf("echo %v", data)
+		}
+		c.Close(websocket.StatusNormalClosure, "")
+	})
+	t.Run("untrusted certificate", func(t *testing.T) {
+		h := newHarness(t, env, fakedeepgram.Options{})
+		c := h.dial("service=agent")
+		if e := expectType(t, c, "Error"); e["code"] != "UPSTREAM_UNAVAILABLE" {
+			t.Fatalf("Error frame %v", e)
+		}
+		expectClose(t, c, websocket.StatusBadGateway)
+	})
+}
+
+// TestEarlyUpstreamBytes: bytes Deepgram sends in the same packet as its 101
+// (Welcome often is) reach the client first.
+func TestEarlyUpstreamBytes(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served, hangUp := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(served)
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		req, err := http.ReadRequest(bufio.NewReader(conn))
+		if err != nil {
+			return
+		}
+		sum := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+		welcome := `{"type":"Welcome","request_id":"early"}`
+		// The 101 and the first frame in one write.
+		fmt.Fprintf(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Accept: %s\r\n\r\n\x81%c%s", base64.StdEncoding.EncodeToString(sum[:]), byte(len(welcome)), welcome)
+		<-hangUp
+	}()
+	h := newHarness(t, map[string]string{"DEEPGRAM_AGENT_URL": "ws://" + ln.Addr().String() + "/v1/agent/converse"}, fakedeepgram.Options{})
+	c := h.dial("")
+	if m := expectType(t, c, "Welcome"); m["request_id"] != "early" {
+		t.Fatalf("first message %v", m)
+	}
+	close(hangUp)
+	<-served
+	expectClose(t, c, websocket.StatusBadGateway)
 }

@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -40,6 +41,9 @@ type Options struct {
 	ReadLimit int64
 	// NoWelcome skips the Welcome message (benchmarks that want pure echo).
 	NoWelcome bool
+	// TLS serves wss:// with a self-signed certificate (see Certificate),
+	// as Deepgram serves wss://.
+	TLS bool
 }
 
 // Handshake is what the fake saw of one upgrade request.
@@ -98,10 +102,18 @@ type Server struct {
 // Start serves a fake upstream on 127.0.0.1 until Close.
 func Start(opts Options) *Server {
 	s := &Server{opts: opts, closed: make(chan Closed, 1024)}
-	s.http = httptest.NewServer(http.HandlerFunc(s.serve))
+	if opts.TLS {
+		s.http = httptest.NewTLSServer(http.HandlerFunc(s.serve))
+	} else {
+		s.http = httptest.NewServer(http.HandlerFunc(s.serve))
+	}
 	s.URL = "ws" + s.http.URL[len("http"):]
 	return s
 }
+
+// Certificate is the server's certificate when it serves TLS, for a client's
+// root pool.
+func (s *Server) Certificate() *x509.Certificate { return s.http.Certificate() }
 
 // SetOptions replaces the options for handshakes from now on.
 func (s *Server) SetOptions(opts Options) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -381,11 +382,45 @@ func (rl *relay) refuseDraining(w http.ResponseWriter) {
 // the same patterns go to the library so that both agree. A client that
 // offered "bearer" gets it selected, or its browser would fail the handshake.
 func (rl *relay) accept(w http.ResponseWriter, r *http.Request) (*websocket.Conn, error) {
-	return websocket.Accept(w, r, &websocket.AcceptOptions{
+	return websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
 		Subprotocols:    []string{"bearer"},
 		OriginPatterns:  rl.cfg.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
+}
+
+// The client connection's buffers, which coder/websocket keeps for the
+// session's life. net/http hands over 4 KiB each; a browser's audio frames
+// (640 B to 8 KiB) read as well through 1 KiB, since a payload larger than
+// the buffer is read straight into the copy buffer, and 2 KiB holds a
+// header and a 1,920 B TTS frame, Deepgram's usual, for one write.
+const (
+	clientReadBuffer  = 1 << 10
+	clientWriteBuffer = 2 << 10
+)
+
+// smallBuffers is the ResponseWriter Accept hijacks through: it swaps
+// net/http's buffers for smaller ones, keeping whatever they held.
+type smallBuffers struct {
+	http.ResponseWriter
+}
+
+func (sb smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(sb.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := brw.Writer.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	reader := brw.Reader
+	if reader.Buffered() == 0 {
+		// Accept re-reads only what the reader holds, so a reader that
+		// holds bytes (a client that sent right after the 101) is kept.
+		reader = bufio.NewReaderSize(conn, clientReadBuffer)
+	}
+	return conn, bufio.NewReadWriter(reader, bufio.NewWriterSize(conn, clientWriteBuffer)), nil
 }
 
 // refuseAfterUpgrade answers a refusal that must be a close code: the

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -285,9 +286,9 @@ func TestClosePaths(t *testing.T) {
 			t.Fatalf("upstream got %+v, want 1001", got)
 		}
 	})
-	if !strings.Contains(h.logs.String(), `"cause":"vanished"`) {
-		t.Errorf("no session end logged as vanished")
-	}
+	// The relay logs a session once both closes are done, after the fake
+	// has seen its own.
+	waitForLog(t, h.logs, `"cause":"vanished"`)
 }
 
 // TestOversizeMessage: a message over MAX_MESSAGE_BYTES closes its sender
@@ -465,4 +466,44 @@ func TestEarlyUpstreamBytes(t *testing.T) {
 	close(hangUp)
 	<-served
 	expectClose(t, c, websocket.StatusBadGateway)
+}
+
+// TestClientPipelinedFrame: a client that sends its first frame in the same
+// write as its upgrade request (before the 101) loses nothing: the relay
+// keeps what the HTTP server had already read.
+func TestClientPipelinedFrame(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	settings := []byte(`{"type":"Settings"}`)
+	frame := append([]byte{0x81, 0x80 | byte(len(settings)), 0, 0, 0, 0}, settings...) // masked with a zero key
+	req := "GET /ws/deepgram-proxy/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	if _, err := conn.Write(append([]byte(req), frame...)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	var texts []string
+	for len(texts) < 2 {
+		var hdr [2]byte
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			t.Fatalf("after %q: %v", texts, err)
+		}
+		payload := make([]byte, hdr[1]&0x7f) // the fake's replies are short
+		if _, err := io.ReadFull(br, payload); err != nil {
+			t.Fatal(err)
+		}
+		texts = append(texts, string(payload))
+	}
+	if !strings.Contains(texts[0], "Welcome") || !strings.Contains(texts[1], "SettingsApplied") {
+		t.Fatalf("got %q", texts)
+	}
 }

@@ -9,7 +9,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"os"
+	"runtime/pprof"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"dgrelay/internal/fakedeepgram"
@@ -186,6 +189,7 @@ type voiceResult struct {
 	cpuPerSessionSecond time.Duration // proxy CPU (user+sys) per session-second
 	probeP50, probeP99  time.Duration // a 640 B echo round trip under the load
 	upRate, downRate    float64       // messages per second the load achieved
+	loadBusy            float64       // share of the load core this tool used meanwhile
 }
 
 // voice runs n sessions of the voice profile for dur: up, 640 B of audio
@@ -282,6 +286,14 @@ func voice(p *proxyPath, n int, dur time.Duration) (voiceResult, error) {
 		pids = p.procs()
 	}
 	cpu0, up0, down0, t0 := cpuSeconds(pids), up.Load(), down.Load(), time.Now()
+	self0 := selfCPU()
+	if *selfProfile != "" && p.name == "direct" {
+		f, err := os.Create(*selfProfile)
+		if err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	profiled := make(chan error, 1)
 	if *cpuProfile != "" && p.profileURL != "" {
 		go func() { profiled <- saveProfile(p.profileURL, int(dur.Seconds()), *cpuProfile) }()
@@ -301,6 +313,7 @@ func voice(p *proxyPath, n int, dur time.Duration) (voiceResult, error) {
 	}
 	elapsed := time.Since(t0).Seconds()
 	cpu := cpuSeconds(pids) - cpu0
+	res.loadBusy = (selfCPU() - self0) / elapsed
 	if err := <-profiled; err != nil {
 		close(stop)
 		return res, fmt.Errorf("cpu profile: %w", err)
@@ -387,4 +400,14 @@ func ceiling(url string, dur time.Duration) (float64, error) {
 		return 0, err
 	}
 	return float64(total.Load()) / time.Since(start).Seconds() / 1e6, nil
+}
+
+// selfCPU is the user+system CPU seconds this tool (the load and the fake
+// upstream) has used.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }

@@ -37,6 +37,10 @@ var scenarios = flag.String("scenarios", "latency,connect,ceiling,idle,voice", "
 
 func want(name string) bool { return strings.Contains(","+*scenarios+",", ","+name+",") }
 
+// selfProfile, when set, saves this tool's own CPU profile over the direct
+// path's voice load: where the load core goes.
+var selfProfile = flag.String("selfprofile", "", "file for the load tool's CPU profile during the direct path's voice load")
+
 // heapProfile, when set, saves dgrelay's heap profile with the idle sessions open.
 var heapProfile = flag.String("heapprofile", "", "file for dgrelay's heap profile with the idle sessions open")
 
@@ -171,6 +175,7 @@ func measure(p *proxyPath, sz sizes, res results) error {
 	res.set("voice_probe_p99", p.name, us(v.probeP99))
 	res.set("voice_up_rate", p.name, v.upRate)
 	res.set("voice_down_rate", p.name, v.downRate)
+	res.set("voice_load_busy", p.name, v.loadBusy*100)
 	if p.procs != nil {
 		cpu := us(v.cpuPerSessionSecond)
 		res.set("voice_cpu_us", p.name, cpu)
@@ -263,6 +268,7 @@ func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
 		{"voice_probe_p99", "added round trip under voice load, p99 (µs)", true, true},
 		{"voice_up_rate", "voice load achieved, up (msg/s)", false, false},
 		{"voice_down_rate", "voice load achieved, down (msg/s)", false, false},
+		{"voice_load_busy", "load core busy during the voice load (%)", false, false},
 		{"connect_p50", "connect to Welcome, p50 (µs)", false, true},
 		{"connect_p99", "connect to Welcome, p99 (µs)", false, true},
 		{"ceiling", "64 KiB frames, one way (MB/s)", false, false},

@@ -212,9 +212,11 @@ func (s *Server) session(c *websocket.Conn, id string, opts Options, voice bool)
 	discard := make([]byte, 4096)
 	for {
 		if voice {
-			// Heard, not echoed, and read without allocating: under a
-			// benchmark's load this fake shares a core with the clients.
-			typ, r, err := c.Reader(ctx)
+			// Heard, not echoed, and read without allocating or arming a
+			// timer (coder/websocket arms one per read under a context
+			// that can end): under a benchmark's load this fake shares a
+			// core with the clients. Closing the connection ends the read.
+			typ, r, err := c.Reader(context.Background())
 			if err != nil {
 				return closedBy(err)
 			}
@@ -231,7 +233,7 @@ func (s *Server) session(c *websocket.Conn, id string, opts Options, voice bool)
 			if isType(data, "KeepAlive") {
 				continue
 			}
-			if err := c.Write(ctx, typ, data); err != nil {
+			if err := c.Write(context.Background(), typ, data); err != nil {
 				return closedBy(err)
 			}
 			continue
@@ -241,7 +243,7 @@ func (s *Server) session(c *websocket.Conn, id string, opts Options, voice bool)
 			return closedBy(err)
 		}
 		if typ == websocket.MessageBinary {
-			if err := c.Write(ctx, typ, data); err != nil {
+			if err := c.Write(context.Background(), typ, data); err != nil {
 				return closedBy(err)
 			}
 			continue
@@ -325,10 +327,11 @@ func speak(ctx context.Context, c *websocket.Conn) {
 			return
 		case <-tick.C:
 		}
-		if c.Write(ctx, websocket.MessageBinary, audio) != nil {
+		// No deadline on the writes, for the same reason as the reads.
+		if c.Write(context.Background(), websocket.MessageBinary, audio) != nil {
 			return
 		}
-		if n%25 == 0 && c.Write(ctx, websocket.MessageText, event) != nil {
+		if n%25 == 0 && c.Write(context.Background(), websocket.MessageText, event) != nil {
 			return
 		}
 	}

@@ -74,13 +74,6 @@ func (ul *userLimits) forget(now time.Time) {
 	}
 }
 
-// size is how many identities are tracked (tests).
-func (ul *userLimits) size() int {
-	ul.mu.Lock()
-	defer ul.mu.Unlock()
-	return len(ul.users)
-}
-
 // watchdog is the one goroutine that enforces every session's timers, so a
 // session needs no timer of its own and a frame never touches one. Each tick
 // it reads the sessions' counters: no message either way for IDLE_TIMEOUT

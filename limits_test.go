@@ -231,3 +231,10 @@ func TestSlowHandshake(t *testing.T) {
 		t.Fatal("a slow handshake reached upstream")
 	}
 }
+
+// size is how many identities are tracked.
+func (ul *userLimits) size() int {
+	ul.mu.Lock()
+	defer ul.mu.Unlock()
+	return len(ul.users)
+}

@@ -339,7 +339,8 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 		if upConn != nil {
 			upConn.CloseNow()
 		}
-		rl.log.Info("client handshake failed", "session", s.id, "remote", s.remote, "error", err.Error())
+		// The error quotes the client's own headers: bounded and cleaned.
+		rl.log.Info("client handshake failed", "session", s.id, "remote", s.remote, "error", rl.redact(err.Error()))
 		return false
 	}
 	if failure != nil {

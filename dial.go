@@ -5,47 +5,54 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 )
 
 // upgradeTransport is the http.RoundTripper coder/websocket dials Deepgram
-// through. It does only what a WebSocket handshake needs: connect (TLS for
-// wss), write the request, read the 101, and hand over the bare connection.
-// net/http's Transport would keep its persistConn, with two 4 KiB buffers,
-// alive under every upgraded connection for the session's whole life; at
-// thousands of sessions a instance, that is most of a session's memory.
+// through. It does only what a WebSocket handshake needs: connect (through an
+// HTTPS_PROXY from the environment if one is set, then TLS for wss), write the
+// request, read the 101, and hand the bare connection to the session, which
+// relays frames on it itself. net/http's Transport would keep its persistConn,
+// with two 4 KiB buffers, alive under every upgraded connection.
 type upgradeTransport struct {
 	dialer net.Dialer
 	// tlsConfig is cloned per dial with the server's name; nil is the
 	// system roots, TLS 1.2 at least.
 	tlsConfig *tls.Config
-	// fallback carries requests that go through an HTTP proxy from the
-	// environment (HTTPS_PROXY), which this transport does not speak.
-	fallback http.RoundTripper
+	// proxy picks the proxy for a request; http.ProxyFromEnvironment.
+	proxy func(*http.Request) (*url.URL, error)
 }
 
 func newUpgradeTransport() *upgradeTransport {
-	fallback := http.DefaultTransport.(*http.Transport).Clone()
-	fallback.ForceAttemptHTTP2 = false
 	return &upgradeTransport{
 		dialer:    net.Dialer{Timeout: upstreamDialTimeout, KeepAlive: 15 * time.Second},
 		tlsConfig: &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}},
-		fallback:  fallback,
+		proxy:     http.ProxyFromEnvironment,
 	}
 }
+
+// handoffSlotKey is the context key under which dial leaves a handoffSlot for
+// the transport to put the upgraded connection in: coder/websocket's Dial
+// returns a Conn, not the connection under it.
+type handoffSlotKey struct{}
+
+type handoffSlot struct{ conn *handoffConn }
 
 // handshakeReadBuffer holds Deepgram's 101 response (about 400 bytes); a
 // longer one still parses, in more reads.
 const handshakeReadBuffer = 1024
 
 func (t *upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if proxy, err := http.ProxyFromEnvironment(req); err != nil || proxy != nil {
-		return t.fallback.RoundTrip(req)
+	proxy, err := t.proxy(req)
+	if err != nil {
+		return nil, fmt.Errorf("proxy from environment: %w", err)
 	}
 	ctx := req.Context()
 	host, port := req.URL.Hostname(), req.URL.Port()
@@ -55,14 +62,28 @@ func (t *upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			port = "443"
 		}
 	}
-	conn, err := t.dialer.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
+	addr := net.JoinHostPort(host, port)
+	dialAddr := addr
+	if proxy != nil {
+		dialAddr = proxy.Host
+		if proxy.Port() == "" {
+			dialAddr = net.JoinHostPort(proxy.Hostname(), "80")
+		}
+	}
+	conn, err := t.dialer.DialContext(ctx, "tcp", dialAddr)
 	if err != nil {
 		return nil, err
 	}
 	// The context bounds the whole exchange: cancelling it unblocks any
 	// read or write below by expiring the connection's deadline.
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	resp, err := t.handshake(ctx, conn, req, host)
+	var resp *http.Response
+	if proxy != nil {
+		err = connectThrough(conn, proxy, addr)
+	}
+	if err == nil {
+		resp, err = t.handshake(ctx, conn, req, host)
+	}
 	if !stop() && err == nil {
 		err = ctx.Err()
 	}
@@ -75,6 +96,32 @@ func (t *upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return resp, nil
+}
+
+// connectThrough asks an HTTP proxy for a tunnel to addr (RFC 9110 §9.3.6).
+func connectThrough(conn net.Conn, proxy *url.URL, addr string) error {
+	req := &http.Request{Method: http.MethodConnect, URL: &url.URL{Opaque: addr}, Host: addr, Header: http.Header{}}
+	if u := proxy.User; u != nil {
+		pass, _ := u.Password()
+		req.Header.Set("Proxy-Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+pass)))
+	}
+	if err := req.Write(conn); err != nil {
+		return fmt.Errorf("write CONNECT to proxy %s: %w", proxy.Host, err)
+	}
+	br := bufio.NewReaderSize(conn, handshakeReadBuffer)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		return fmt.Errorf("read CONNECT answer from proxy %s: %w", proxy.Host, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("proxy %s refused CONNECT: %s", proxy.Host, resp.Status)
+	}
+	if br.Buffered() > 0 {
+		// The server speaks only after the relay's first bytes.
+		return fmt.Errorf("proxy %s sent bytes after its CONNECT answer", proxy.Host)
+	}
+	return nil
 }
 
 func (t *upgradeTransport) handshake(ctx context.Context, conn net.Conn, req *http.Request, host string) (*http.Response, error) {
@@ -101,26 +148,20 @@ func (t *upgradeTransport) handshake(ctx context.Context, conn net.Conn, req *ht
 		resp.Body = &closingBody{ReadCloser: resp.Body, conn: conn}
 		return resp, nil
 	}
-	// The upgraded connection is the body. Bytes Deepgram sent right after
-	// its 101 (Welcome may come in the same packet) are read first.
-	resp.Body = conn.(io.ReadWriteCloser)
+	// The upgraded connection is the body, and goes to the session through
+	// the slot. Bytes Deepgram sent right after its 101 (Welcome may come
+	// in the same packet) are relayed first.
+	hc := &handoffConn{Conn: conn}
 	if n := br.Buffered(); n > 0 {
 		early, _ := br.Peek(n)
-		// early belongs to br, which is dropped: copy it.
-		resp.Body = &upgradedConn{Reader: io.MultiReader(bytes.NewReader(bytes.Clone(early)), conn), conn: conn}
+		hc.early = bytes.Clone(early)
 	}
+	if slot, ok := ctx.Value(handoffSlotKey{}).(*handoffSlot); ok {
+		slot.conn = hc
+	}
+	resp.Body = hc
 	return resp, nil
 }
-
-// upgradedConn is an upgraded connection whose first bytes were read with
-// the response headers.
-type upgradedConn struct {
-	io.Reader
-	conn net.Conn
-}
-
-func (u *upgradedConn) Write(p []byte) (int, error) { return u.conn.Write(p) }
-func (u *upgradedConn) Close() error                { return u.conn.Close() }
 
 // closingBody closes the connection with a refused handshake's body.
 type closingBody struct {

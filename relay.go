@@ -2,13 +2,13 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,14 +22,13 @@ import (
 	"github.com/coder/websocket"
 )
 
-// copyBufferSize is the pooled buffer one message is copied through. A
-// message that fits is written as one frame; a larger one streams through
-// the same buffer. 32 KiB holds every audio frame Deepgram's clients send.
-const copyBufferSize = 32 << 10
+// textBufferSize is the pooled buffer a text message the relay reads whole
+// (for the Settings policy or the secret scrub) starts in; a longer one grows
+// out of it, up to MAX_MESSAGE_BYTES.
+const textBufferSize = 32 << 10
 
-// copyBuffers lends a buffer per message rather than one per pump, so an idle
-// session, which is most of them most of the time, holds none.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+// textBuffers lends a buffer per text message, so an idle session holds none.
+var textBuffers = sync.Pool{New: func() any { b := make([]byte, textBufferSize); return &b }}
 
 // closeWriteTimeout bounds writing the in-band Error frame to a client.
 const closeWriteTimeout = 5 * time.Second
@@ -330,9 +329,9 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 	// the instant it does always find Deepgram connected, with no buffer
 	// and no bound to choose. The cost is that the client's handshake waits
 	// for Deepgram's, which a browser does anyway before Welcome.
-	upConn, failure := rl.dial(r.Context(), up, forwarded, s)
+	upConn, upRaw, failure := rl.dial(r.Context(), up, forwarded, s)
 
-	client, err := rl.accept(w, r)
+	client, clientRaw, err := rl.accept(w, r)
 	if err != nil {
 		// Accept has written the HTTP answer; a client that left during the
 		// dial lands here too.
@@ -347,9 +346,9 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 		rl.refuse(client, s, failure)
 		return false
 	}
-	client.SetReadLimit(rl.cfg.MaxMessageBytes)
-	upConn.SetReadLimit(rl.cfg.MaxMessageBytes)
-	s.client, s.upstream = client, upConn
+	clientRaw.release(client)
+	upRaw.release(upConn)
+	s.client, s.upstream = newPeer(clientRaw, sideClient), newPeer(upRaw, sideUpstream)
 	return true
 }
 
@@ -382,46 +381,62 @@ func (rl *relay) refuseDraining(w http.ResponseWriter) {
 // accept upgrades the client's connection. The origin was checked already;
 // the same patterns go to the library so that both agree. A client that
 // offered "bearer" gets it selected, or its browser would fail the handshake.
-func (rl *relay) accept(w http.ResponseWriter, r *http.Request) (*websocket.Conn, error) {
-	return websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
+// The connection under the returned Conn is also returned, for the session
+// to take over.
+func (rl *relay) accept(w http.ResponseWriter, r *http.Request) (*websocket.Conn, *handoffConn, error) {
+	hw := &handoffWriter{ResponseWriter: w}
+	c, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		Subprotocols:    []string{"bearer"},
 		OriginPatterns:  rl.cfg.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
+	return c, hw.conn, err
 }
 
-// The client connection's buffers, which coder/websocket keeps for the
-// session's life. net/http hands over 4 KiB each; a browser's audio frames
-// (640 B to 8 KiB) read as well through 1 KiB, since a payload larger than
-// the buffer is read straight into the copy buffer, and 2 KiB holds a
-// header and a 1,920 B TTS frame, Deepgram's usual, for one write.
-const (
-	clientReadBuffer  = 1 << 10
-	clientWriteBuffer = 2 << 10
-)
-
-// smallBuffers is the ResponseWriter Accept hijacks through: it swaps
-// net/http's buffers for smaller ones, keeping whatever they held.
-type smallBuffers struct {
+// handoffWriter is the ResponseWriter Accept hijacks through: it keeps the
+// connection, and the bytes a client sent right after its upgrade request,
+// which net/http had read ahead.
+type handoffWriter struct {
 	http.ResponseWriter
+	conn *handoffConn
 }
 
-func (sb smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(sb.ResponseWriter).Hijack()
+func (hw *handoffWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(hw.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := brw.Writer.Flush(); err != nil {
-		conn.Close()
-		return nil, nil, err
+	hw.conn = &handoffConn{Conn: conn}
+	if n := brw.Reader.Buffered(); n > 0 {
+		early, _ := brw.Reader.Peek(n)
+		hw.conn.early = bytes.Clone(early)
 	}
-	reader := brw.Reader
-	if reader.Buffered() == 0 {
-		// Accept re-reads only what the reader holds, so a reader that
-		// holds bytes (a client that sent right after the 101) is kept.
-		reader = bufio.NewReaderSize(conn, clientReadBuffer)
+	return hw.conn, brw, nil
+}
+
+// handoffConn is a connection coder/websocket does a handshake on and then
+// hands over: once released, the library's Close leaves it open for the
+// session, which reads and writes its frames from then on.
+type handoffConn struct {
+	net.Conn
+	// early is what was read past the handshake; the library's own reader
+	// has it too, for a Conn that is not released.
+	early    []byte
+	released atomic.Bool
+}
+
+func (h *handoffConn) Close() error {
+	if h.released.Load() {
+		return nil
 	}
-	return conn, bufio.NewReadWriter(reader, bufio.NewWriterSize(conn, clientWriteBuffer)), nil
+	return h.Conn.Close()
+}
+
+// release takes h from the library's Conn c: c's buffers go back to its pools
+// and h stays open.
+func (h *handoffConn) release(c *websocket.Conn) {
+	h.released.Store(true)
+	_ = c.CloseNow()
 }
 
 // refuseAfterUpgrade answers a refusal that must be a close code: the
@@ -434,7 +449,7 @@ func (rl *relay) refuseAfterUpgrade(w http.ResponseWriter, r *http.Request, s *s
 		rl.metrics.refusals.WithLabelValues(label).Inc()
 	}
 	rl.log.Info("session refused", "refusal", label, "close", int(code), "user", s.user, "remote", s.remote)
-	c, err := rl.accept(w, r)
+	c, _, err := rl.accept(w, r)
 	if err != nil {
 		return
 	}
@@ -452,15 +467,23 @@ type upstreamFailure struct {
 }
 
 // dial connects to Deepgram for s. On failure it says why, in words for the
-// client.
-func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *session) (*websocket.Conn, *upstreamFailure) {
+// client. The connection under the returned Conn is also returned, for the
+// session to take over.
+func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *session) (*websocket.Conn, *handoffConn, *upstreamFailure) {
 	ctx, cancel := context.WithTimeout(ctx, rl.dialTimeout)
 	defer cancel()
+	slot := new(handoffSlot)
+	ctx = context.WithValue(ctx, handoffSlotKey{}, slot)
 	opts := rl.dialOpts
 	opts.Host = up.host
 	start := time.Now()
 	conn, resp, err := websocket.Dial(ctx, up.target(forwarded), &opts)
 	result := "ok"
+	if err == nil && slot.conn == nil {
+		// Only upgradeTransport dials; anything else is a bug here.
+		conn.CloseNow()
+		conn, err = nil, errors.New("upgraded connection not handed over")
+	}
 	if err != nil {
 		result = "error"
 	}
@@ -469,7 +492,7 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 		s.dgRequestID = resp.Header.Get("dg-request-id")
 	}
 	if err == nil {
-		return conn, nil
+		return conn, slot.conn, nil
 	}
 	f := &upstreamFailure{Type: "Error", cause: err}
 	switch {
@@ -491,17 +514,12 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 		f.Code = "UPSTREAM_UNAVAILABLE"
 		f.Description = "Deepgram could not be reached"
 	}
-	return nil, f
+	return nil, nil, f
 }
 
 // urlQuery matches the query of a URL quoted in an error: the dial error
 // names the target, and a log line carries no query string.
 var urlQuery = regexp.MustCompile(`\?[^"\s]*`)
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
 
 // redact bounds a message that came from Deepgram and removes the key from it,
 // should it ever be echoed there.
@@ -570,7 +588,7 @@ func newSessionID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// flow counts one direction of a session. Each counter is written by one pump
+// flow counts one direction of a session. Each counter is written by one pipe
 // only; atomics let the log line and the timers read them while it runs.
 type flow struct {
 	messages atomic.Int64
@@ -580,16 +598,18 @@ type flow struct {
 	writing atomic.Bool
 }
 
-// outcome is how a session ended: who ended it and the close each side got
-// (or sent). A zero code means that side's connection was dropped without a
-// close frame, because its peer was gone.
+// outcome is how a session ended: who ended it and the close each side gets
+// (or sent). A zero code means that side's connection is dropped without a
+// close frame, because it is gone.
 type outcome struct {
 	closedBy       string // client, upstream or relay
-	cause          string // closed, vanished, too_big, drain
+	cause          string // closed, vanished, too_big, protocol_error, drain, ...
 	clientCode     websocket.StatusCode
 	clientReason   string
 	upstreamCode   websocket.StatusCode
 	upstreamReason string
+	// clientError is an Error text frame the client gets before its close.
+	clientError []byte
 }
 
 // restartOutcome is how a drain ends a session: 1012 tells the client to
@@ -608,8 +628,8 @@ type session struct {
 	identity    string // what the per-user limits count: sub or IP
 	dgRequestID string
 	started     time.Time
-	client      *websocket.Conn
-	upstream    *websocket.Conn
+	client      *peer
+	upstream    *peer
 	up, down    flow // client→upstream, upstream→client
 	timers      timers
 
@@ -617,30 +637,38 @@ type session struct {
 	// and down; guarded by mu.
 	upReported, downReported flowReported
 
-	mu      sync.Mutex // guards ended, outcome and the reported counts
+	// closing is set once end has run: the pipes check it between frames.
+	closing atomic.Bool
+
+	mu      sync.Mutex // guards ended, outcome, closeBy and the reported counts
 	ended   bool
 	outcome outcome
+	closeBy time.Time
 }
 
-// run relays both directions until either side ends, then returns once both
-// pumps have stopped. One pump runs on the calling goroutine, the other on
-// its own: two goroutines a session.
+// run relays both directions until each has finished, then closes both
+// connections. One pipe runs on the calling goroutine, the other on its own:
+// two goroutines a session.
 func (s *session) run() {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	var up, down textFilter
+	maxMsg := s.relay.cfg.MaxMessageBytes
+	up := &pipe{s: s, src: s.client, dst: s.upstream, flow: &s.up, maxMsg: maxMsg}
+	down := &pipe{s: s, src: s.upstream, dst: s.client, flow: &s.down, maxMsg: maxMsg}
 	if p := s.relay.policy; p != nil {
-		up = s.policyFilter
+		up.text = s.policyFilter
 		if len(p.secrets) > 0 {
-			down = func(msg []byte) policyVerdict { return policyVerdict{out: p.scrub(msg)} }
+			down.text = func(msg []byte) policyVerdict { return policyVerdict{out: p.scrub(msg)} }
 		}
 	}
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.pumpEnded(sideUpstream, pump(s.upstream, s.client, &s.down, down))
+		down.run()
 	}()
-	s.pumpEnded(sideClient, pump(s.client, s.upstream, &s.up, up))
+	up.run()
 	wg.Wait()
+	_ = s.client.conn.Close()
+	_ = s.upstream.conn.Close()
 }
 
 type side int
@@ -657,69 +685,55 @@ func (d side) String() string {
 	return "upstream"
 }
 
-// pumpError is why a pump stopped: its source failed to read, or its
-// destination failed to take a write.
-type pumpError struct {
-	read, write error
-	// refused is the path that made the Settings policy refuse the session.
-	refused string
+// closedOutcome: src sent a close frame. A deliberate close is passed on as
+// it came; 1005 (a close frame without a code) goes on as a close frame
+// without a code, and src gets its own code back.
+func closedOutcome(src side, code websocket.StatusCode, reason string) outcome {
+	return sideOutcome(src, "closed", code, "", code, reason)
 }
 
-// pumpEnded ends the session after the pump reading from src stopped.
-func (s *session) pumpEnded(src side, pe pumpError) {
-	if pe.refused != "" {
-		s.refuseSettings(pe.refused)
-		return
+// vanishedOutcome: src is gone without a close frame (1006 is not sendable).
+// The client hears that the gateway failed, Deepgram that the client went
+// away.
+func vanishedOutcome(src side) outcome {
+	if src == sideUpstream {
+		return sideOutcome(src, "vanished", 0, "", websocket.StatusBadGateway, "upstream went away")
 	}
-	if pe.write != nil {
-		// The destination is broken. Closing it wakes the pump that reads
-		// from it, which then reports how that side ended: a write error
-		// alone cannot tell a close frame from a vanished peer.
-		if src == sideClient {
-			s.upstream.CloseNow()
-		} else {
-			s.client.CloseNow()
-		}
-		return
-	}
-	s.end(outcomeOfRead(src, pe.read))
+	return sideOutcome(src, "vanished", 0, "", websocket.StatusGoingAway, "client went away")
 }
 
-// outcomeOfRead maps how src's read failed to the close each side gets.
-func outcomeOfRead(src side, err error) outcome {
-	o := outcome{closedBy: src.String()}
-	code, reason := websocket.StatusCode(0), ""
-	var srcCode websocket.StatusCode
-	var ce websocket.CloseError
-	switch {
-	case errors.As(err, &ce):
-		// A deliberate close is passed on as it came; 1005 (a close frame
-		// without a code) goes on as a close frame without a code.
-		o.cause = "closed"
-		srcCode, code, reason = ce.Code, ce.Code, ce.Reason
-	case errors.Is(err, websocket.ErrMessageTooBig):
-		o.cause = "too_big"
-		srcCode, code, reason = websocket.StatusMessageTooBig, websocket.StatusNormalClosure, src.String()+" message too big"
-	default:
-		// Gone without a close frame (1006 is not sendable): the client
-		// hears that the gateway failed, Deepgram that the client went away.
-		o.cause = "vanished"
-		if src == sideUpstream {
-			code, reason = websocket.StatusBadGateway, "upstream went away"
-		} else {
-			code, reason = websocket.StatusGoingAway, "client went away"
-		}
+// tooBigOutcome: src sent a message over MAX_MESSAGE_BYTES.
+func tooBigOutcome(src side) outcome {
+	return sideOutcome(src, "too_big", websocket.StatusMessageTooBig, "message too big",
+		websocket.StatusNormalClosure, src.String()+" message too big")
+}
+
+// protocolOutcome: src broke RFC 6455 (an unmasked client frame, a masked
+// server frame, reserved bits, an unknown opcode, ...). A client that does
+// has a bug; Deepgram that does is a gateway failure for the client.
+func protocolOutcome(src side) outcome {
+	if src == sideUpstream {
+		return sideOutcome(src, "protocol_error", websocket.StatusProtocolError, "protocol error",
+			websocket.StatusBadGateway, "upstream protocol error")
 	}
+	return sideOutcome(src, "protocol_error", websocket.StatusProtocolError, "protocol error",
+		websocket.StatusNormalClosure, "client protocol error")
+}
+
+// sideOutcome is an outcome src caused: src gets srcCode, the other side code.
+func sideOutcome(src side, cause string, srcCode websocket.StatusCode, srcReason string, code websocket.StatusCode, reason string) outcome {
+	o := outcome{closedBy: src.String(), cause: cause}
 	if src == sideClient {
-		o.clientCode, o.upstreamCode, o.upstreamReason = srcCode, code, reason
+		o.clientCode, o.clientReason, o.upstreamCode, o.upstreamReason = srcCode, srcReason, code, reason
 	} else {
-		o.upstreamCode, o.clientCode, o.clientReason = srcCode, code, reason
+		o.upstreamCode, o.upstreamReason, o.clientCode, o.clientReason = srcCode, srcReason, code, reason
 	}
 	return o
 }
 
-// end closes both sides as o says, once; later calls do nothing. The two
-// closes run at once, since each may wait for its peer's close frame.
+// end starts closing the session as o says, once; later calls do nothing. It
+// does not wait: it wakes both pipes, each of which writes its destination's
+// close and then waits, until the deadline, for its source's.
 func (s *session) end(o outcome) {
 	s.mu.Lock()
 	if s.ended {
@@ -727,32 +741,50 @@ func (s *session) end(o outcome) {
 		return
 	}
 	s.ended, s.outcome = true, o
+	s.closeBy = time.Now().Add(closeTimeout)
+	deadline := s.closeBy
 	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		closeConn(s.upstream, o.upstreamCode, o.upstreamReason, o.closedBy == "upstream")
-	}()
-	closeConn(s.client, o.clientCode, o.clientReason, o.closedBy == "client")
-	<-done
-}
-
-// closeConn sends code and reason to c, unless c started the close (the
-// library has answered its close frame already, or sent 1009) or vanished.
-func closeConn(c *websocket.Conn, code websocket.StatusCode, reason string, initiator bool) {
-	switch {
-	case initiator && code == websocket.StatusMessageTooBig:
-		// The library wrote 1009; Close waits for the echo.
-		_ = c.Close(code, "")
-	case initiator, code == 0:
-		_ = c.CloseNow()
-	default:
-		_ = c.Close(code, reason)
+	s.closing.Store(true)
+	for _, p := range []*peer{s.client, s.upstream} {
+		// The write deadline bounds the closes and a write stuck on a
+		// peer that stopped reading; the past read deadline wakes the
+		// pipe waiting on p.
+		_ = p.conn.SetWriteDeadline(deadline)
+		_ = p.conn.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
-// hasEnded reports whether end has run (its closes may still be waiting).
+// closeDeadline is when the closing session stops waiting for its peers.
+func (s *session) closeDeadline() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closeBy
+}
+
+// closeFrames are the frames that close side to as the outcome says: an Error
+// frame first where there is one, then the close; nil when side to is gone.
+// A side that sent the close gets its code back, as RFC 6455 §5.5.1 asks.
+func (s *session) closeFrames(to side) []byte {
+	o := s.result()
+	code, reason, errFrame := o.clientCode, o.clientReason, o.clientError
+	if to == sideUpstream {
+		code, reason, errFrame = o.upstreamCode, o.upstreamReason, nil
+	}
+	if code == 0 {
+		return nil
+	}
+	if o.cause == "closed" && o.closedBy == to.String() {
+		reason = ""
+	}
+	masked := to == sideUpstream
+	var b []byte
+	if errFrame != nil {
+		b = appendFrame(b, opText, errFrame, masked)
+	}
+	return appendFrame(b, opClose, closePayload(code, reason), masked)
+}
+
+// hasEnded reports whether end has run (the closes may still be under way).
 func (s *session) hasEnded() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -769,139 +801,13 @@ func (s *session) result() outcome {
 // kill drops both connections without close frames: the last step of a drain
 // whose peers did not answer in time.
 func (s *session) kill() {
-	s.client.CloseNow()
-	s.upstream.CloseNow()
-}
-
-// pump copies every message from src to dst, in order, each with its type and
-// bytes, until a read or a write fails. This is the hot path: per message it
-// borrows a pooled buffer and touches two atomic counters, nothing else. The
-// context has no deadline on purpose: coder/websocket arms a timer for every
-// read and write under a context that can expire, so timeouts act on the
-// connections from outside instead.
-func pump(src, dst *websocket.Conn, f *flow, text textFilter) pumpError {
-	ctx := context.Background()
-	for {
-		typ, r, err := src.Reader(ctx)
-		if err != nil {
-			return pumpError{read: err}
-		}
-		var n int64
-		var pe pumpError
-		if text != nil && typ == websocket.MessageText {
-			n, pe = filterText(ctx, dst, r, &f.writing, text)
-		} else {
-			n, pe = copyMessage(ctx, dst, typ, r, &f.writing)
-		}
-		if pe.read != nil || pe.write != nil || pe.refused != "" {
-			return pe
-		}
-		f.messages.Add(1)
-		f.bytes.Add(n)
-	}
-}
-
-// copyMessage writes the message read from r to dst. A message that fits the
-// buffer goes out as one frame; a longer one streams through it, so memory
-// stays bounded whatever MAX_MESSAGE_BYTES is.
-func copyMessage(ctx context.Context, dst *websocket.Conn, typ websocket.MessageType, r io.Reader, writing *atomic.Bool) (int64, pumpError) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
-
-	n, err := io.ReadFull(r, buf)
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		writing.Store(true)
-		err := dst.Write(ctx, typ, buf[:n])
-		writing.Store(false)
-		if err != nil {
-			return 0, pumpError{write: err}
-		}
-		return int64(n), pumpError{}
-	}
-	if err != nil {
-		return 0, pumpError{read: err}
-	}
-
-	// Only the writes count as writing: a sender that is slow mid-message
-	// is not a receiver that stopped reading.
-	writing.Store(true)
-	w, err := dst.Writer(ctx, typ)
-	writing.Store(false)
-	if err != nil {
-		return 0, pumpError{write: err}
-	}
-	total := int64(0)
-	for {
-		if n > 0 {
-			writing.Store(true)
-			_, err := w.Write(buf[:n])
-			writing.Store(false)
-			if err != nil {
-				return total, pumpError{write: err}
-			}
-			total += int64(n)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
-		n, err = io.ReadFull(r, buf)
-		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
-			// The message is cut; closing dst's writer would pass the
-			// truncated message on as if whole, so it stays open and the
-			// session ends on the read error.
-			return total, pumpError{read: err}
-		}
-	}
-	writing.Store(true)
-	err = w.Close()
-	writing.Store(false)
-	if err != nil {
-		return total, pumpError{write: err}
-	}
-	return total, pumpError{}
+	_ = s.client.conn.Close()
+	_ = s.upstream.conn.Close()
 }
 
 // textFilter decides what becomes of one whole text message: the Settings
 // policy upstream, the secret scrub downstream.
 type textFilter func(msg []byte) policyVerdict
-
-// filterText reads a whole text message, passes it through filter and writes
-// what comes out. Text messages are JSON events, small and a few a second;
-// audio is binary and never comes here.
-func filterText(ctx context.Context, dst *websocket.Conn, r io.Reader, writing *atomic.Bool, filter textFilter) (int64, pumpError) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
-	n, err := io.ReadFull(r, buf)
-	msg := buf[:n]
-	switch {
-	case err == nil:
-		// Longer than the pooled buffer: read the rest (bounded by the
-		// read limit) into a buffer of its own.
-		rest, rerr := io.ReadAll(r)
-		if rerr != nil {
-			return 0, pumpError{read: rerr}
-		}
-		msg = append(append(make([]byte, 0, n+len(rest)), msg...), rest...)
-	case err != io.EOF && err != io.ErrUnexpectedEOF:
-		return 0, pumpError{read: err}
-	}
-	v := filter(msg)
-	if v.refused != "" {
-		return 0, pumpError{refused: v.refused}
-	}
-	if v.drop {
-		return 0, pumpError{}
-	}
-	writing.Store(true)
-	err = dst.Write(ctx, websocket.MessageText, v.out)
-	writing.Store(false)
-	if err != nil {
-		return 0, pumpError{write: err}
-	}
-	return int64(len(v.out)), pumpError{}
-}
 
 // policyFilter applies the Settings policy to a client text message and logs
 // what it stripped: paths only, never values.
@@ -921,10 +827,7 @@ func (s *session) refuseSettings(path string) {
 	s.relay.metrics.policyViolations.WithLabelValues("refuse").Inc()
 	s.relay.log.Info("settings policy: refused", "session", s.id, "user", s.user, "path", path)
 	frame, _ := json.Marshal(map[string]string{"type": "Error", "code": "SETTINGS_REFUSED", "description": path + " is not allowed"})
-	ctx, cancel := context.WithTimeout(context.Background(), closeWriteTimeout)
-	defer cancel()
-	_ = s.client.Write(ctx, websocket.MessageText, frame)
-	s.end(outcome{closedBy: "relay", cause: "settings_refused",
+	s.end(outcome{closedBy: "relay", cause: "settings_refused", clientError: frame,
 		clientCode: websocket.StatusPolicyViolation, clientReason: "settings refused",
 		upstreamCode: websocket.StatusNormalClosure, upstreamReason: "settings refused"})
 }

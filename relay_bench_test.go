@@ -3,82 +3,74 @@ package main
 import (
 	"context"
 	"io"
-	"net/http"
-	"net/http/httptest"
+	"net"
 	"strconv"
-	"strings"
 	"testing"
-
-	"github.com/coder/websocket"
 )
 
-// pumpPair is one pump between two real loopback WebSocket connections: the
-// benchmark writes into src's peer and reads from dst's peer, both without
-// allocating, so allocs/op is the pump's own.
-type pumpPair struct {
-	in, out   *websocket.Conn // the benchmark's ends
-	done      chan pumpError
-	closeSrvs func()
+// pipePair is a session's two pipes between real loopback sockets: the
+// benchmark writes client frames into in and reads them from out, both
+// without allocating, so allocs/op is the relay's own.
+type pipePair struct {
+	in, out net.Conn // the benchmark's ends: the browser and Deepgram
+	done    chan struct{}
 }
 
-func newPumpPair(b *testing.B, text textFilter) *pumpPair {
+func newPipePair(b *testing.B, policy *settingsPolicy) *pipePair {
 	b.Helper()
-	accepted := make(chan *websocket.Conn, 2)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		c.SetReadLimit(1 << 20)
-		accepted <- c
-	}))
-	dial := func() *websocket.Conn {
-		c, _, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	connect := func() (dialled, accepted net.Conn) {
+		d, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
 			b.Fatal(err)
 		}
-		c.SetReadLimit(1 << 20)
-		return c
+		a, err := ln.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return d, a
 	}
-	in := dial()
-	src := <-accepted
-	// dst is a client-side conn, as the relay's upstream is: it masks.
-	out := dial()
-	dstServer := <-accepted
-	p := &pumpPair{in: in, out: dstServer, done: make(chan pumpError, 1)}
-	var f flow
-	go func() { p.done <- pump(src, out, &f, text) }()
-	p.closeSrvs = func() {
-		in.CloseNow()
-		src.CloseNow()
-		out.CloseNow()
-		dstServer.CloseNow()
-		<-p.done
-		srv.Close()
+	in, clientSide := connect()
+	upstreamSide, out := connect()
+	s := &session{
+		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}, policy: policy},
+		client:   newPeer(&handoffConn{Conn: clientSide}, sideClient),
+		upstream: newPeer(&handoffConn{Conn: upstreamSide}, sideUpstream),
 	}
+	p := &pipePair{in: in, out: out, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		s.run()
+	}()
 	return p
 }
 
-// BenchmarkPump relays one binary message per op through the pump: the
-// per-frame hot path, for -benchmem and -cpuprofile. The policy variants run
-// the same audio with a Settings policy in force: binary frames never reach
-// it, so they cost the same.
-func BenchmarkPump(b *testing.B) {
+func (p *pipePair) close() {
+	p.in.Close()
+	p.out.Close()
+	<-p.done
+}
+
+// BenchmarkPipe relays one binary message per op from the client's socket to
+// Deepgram's: the per-frame hot path, for -benchmem and -cpuprofile. The
+// policy variants run the same audio with a Settings policy in force: binary
+// frames never reach it, so they cost the same.
+func BenchmarkPipe(b *testing.B) {
 	policy, err := loadPolicy(context.Background(), benchPolicy, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	filters := []struct {
-		name string
-		text textFilter
-	}{
-		{"policy=off", nil},
-		{"policy=on", func(msg []byte) policyVerdict { return policy.check(msg) }},
-	}
 	for _, size := range []int{640, 8192, 64 << 10} {
-		for _, f := range filters {
-			b.Run(strconv.Itoa(size)+"B/"+f.name, func(b *testing.B) {
-				benchmarkPump(b, size, f.text)
+		for _, pol := range []struct {
+			name   string
+			policy *settingsPolicy
+		}{{"policy=off", nil}, {"policy=on", policy}} {
+			b.Run(strconv.Itoa(size)+"B/"+pol.name, func(b *testing.B) {
+				benchmarkPipe(b, size, pol.policy)
 			})
 		}
 	}
@@ -88,30 +80,24 @@ func BenchmarkPump(b *testing.B) {
 const benchPolicy = `{"set":{"agent":{"think":{"provider":{"type":"open_ai","model":"gpt-4o-mini"}}}},
   "allow":["audio","agent.language","agent.greeting","agent.think.prompt"],"on_violation":"strip"}`
 
-func benchmarkPump(b *testing.B, size int, text textFilter) {
-	p := newPumpPair(b, text)
-	defer p.closeSrvs()
-	msg := make([]byte, size)
-	buf := make([]byte, size)
-	ctx := context.Background()
+func benchmarkPipe(b *testing.B, size int, policy *settingsPolicy) {
+	p := newPipePair(b, policy)
+	defer p.close()
+	frame := appendFrame(nil, opBinary, make([]byte, size), true)
+	got := make([]byte, len(frame))
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := p.in.Write(ctx, websocket.MessageBinary, msg); err != nil {
+		if _, err := p.in.Write(frame); err != nil {
 			b.Fatal(err)
 		}
-		_, r, err := p.out.Reader(ctx)
-		if err != nil {
+		if _, err := io.ReadFull(p.out, got); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := io.ReadFull(r, buf); err != nil {
-			b.Fatal(err)
-		}
-		// A message longer than the copy buffer ends with an empty
-		// final frame; reading to EOF consumes it.
-		if n, err := r.Read(buf[:1]); n != 0 || err != io.EOF {
-			b.Fatalf("message longer than sent: %d, %v", n, err)
-		}
+	}
+	b.StopTimer()
+	if string(got) != string(frame) {
+		b.Fatal("the frame arrived changed")
 	}
 }

@@ -31,7 +31,7 @@ type message struct {
 // 0 B to exactly 1 MiB, mostly audio-sized, as a session carries them.
 func mixedMessages(seed uint64, n int) []message {
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
-	sizes := []int{0, 1, copyBufferSize - 1, copyBufferSize, copyBufferSize + 1, 1 << 20}
+	sizes := []int{0, 1, readBufferSize - 1, readBufferSize, readBufferSize + 1, 1 << 20}
 	out := make([]message, n)
 	for i := range out {
 		var size int

@@ -45,6 +45,11 @@ type handoffSlotKey struct{}
 
 type handoffSlot struct{ conn *handoffConn }
 
+// withHandoffSlot is ctx carrying slot, for a dial through upgradeTransport.
+func withHandoffSlot(ctx context.Context, slot *handoffSlot) context.Context {
+	return context.WithValue(ctx, handoffSlotKey{}, slot)
+}
+
 // handshakeReadBuffer holds Deepgram's 101 response (about 400 bytes); a
 // longer one still parses, in more reads.
 const handshakeReadBuffer = 1024
@@ -151,7 +156,7 @@ func (t *upgradeTransport) handshake(ctx context.Context, conn net.Conn, req *ht
 	// The upgraded connection is the body, and goes to the session through
 	// the slot. Bytes Deepgram sent right after its 101 (Welcome may come
 	// in the same packet) are relayed first.
-	hc := &handoffConn{Conn: conn}
+	hc := &handoffConn{Conn: conn, readEarly: true}
 	if n := br.Buffered(); n > 0 {
 		early, _ := br.Peek(n)
 		hc.early = bytes.Clone(early)

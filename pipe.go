@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -60,13 +59,7 @@ type peer struct {
 }
 
 func newPeer(h *handoffConn, sd side) *peer {
-	p := &peer{conn: h.Conn, early: h.early, side: sd}
-	if tc, ok := h.Conn.(*net.TCPConn); ok {
-		if rc, err := tc.SyscallConn(); err == nil {
-			p.raw = rc
-		}
-	}
-	return p
+	return &peer{conn: h.Conn, raw: rawSocket(h.Conn), early: h.early, side: sd}
 }
 
 // pipe is one direction of a session. It reads frames from src and is the
@@ -103,17 +96,19 @@ type pipe struct {
 	// failed, so nothing more goes there.
 	closeSent, dropping, dstBroken bool
 
-	// readErr and stop are the results of onReadable; it is made once so
-	// that waiting for the socket allocates nothing.
-	readErr    error
-	stop       bool
-	onReadable func(fd uintptr) bool
+	// readErr and stop are the results of onReadable, pending and writeErr
+	// the state of onWritable; they are made once so that waiting on a
+	// socket allocates nothing.
+	readErr, writeErr      error
+	stop                   bool
+	pending                []byte
+	onReadable, onWritable func(fd uintptr) bool
 }
 
 // run relays src to dst until src has closed or failed and, once the session
 // ends, until dst has been sent its close.
 func (p *pipe) run() {
-	p.onReadable = p.readSocket
+	p.onReadable, p.onWritable = p.readSocket, p.writeSocket
 	if len(p.src.early) > 0 {
 		early := p.src.early
 		p.src.early = nil
@@ -167,37 +162,6 @@ func (p *pipe) readRaw() (bool, error) {
 		p.readErr = err
 	}
 	return p.stop, p.readErr
-}
-
-// readSocket is onReadable: it reports true to stop waiting.
-func (p *pipe) readSocket(fd uintptr) bool {
-	bp := readBuffers.Get().(*[]byte)
-	buf := *bp
-	for {
-		n, err := syscall.Read(int(fd), buf)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			readBuffers.Put(bp)
-			return false
-		case err != nil:
-			p.readErr = err
-		case n == 0:
-			p.readErr = io.EOF
-		default:
-			p.stop = p.consume(buf[:n])
-			if !p.stop && n < len(buf) {
-				readBuffers.Put(bp)
-				return false
-			}
-			if !p.stop {
-				continue
-			}
-		}
-		readBuffers.Put(bp)
-		return true
-	}
 }
 
 // readStream reads a source that is not a plain socket (TLS) through a held
@@ -476,7 +440,16 @@ func (p *pipe) write(b []byte) {
 		return
 	}
 	p.flow.writing.Store(true)
-	_, err := p.dst.conn.Write(b)
+	var err error
+	if p.dst.raw != nil {
+		p.pending, p.writeErr = b, nil
+		if werr := p.dst.raw.Write(p.onWritable); werr != nil && p.writeErr == nil {
+			p.writeErr = werr
+		}
+		p.pending, err = nil, p.writeErr
+	} else {
+		_, err = p.dst.conn.Write(b)
+	}
 	p.flow.writing.Store(false)
 	if err != nil {
 		p.dstBroken, p.dropping = true, true

@@ -419,10 +419,22 @@ func (hw *handoffWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // session, which reads and writes its frames from then on.
 type handoffConn struct {
 	net.Conn
-	// early is what was read past the handshake; the library's own reader
-	// has it too, for a Conn that is not released.
-	early    []byte
-	released atomic.Bool
+	// early is what was read past the handshake and not yet by anyone.
+	early []byte
+	// readEarly makes Read return early first. On the client side it is
+	// false: net/http's reader, which the library reads through, has the
+	// same bytes.
+	readEarly bool
+	released  atomic.Bool
+}
+
+func (h *handoffConn) Read(p []byte) (int, error) {
+	if h.readEarly && len(h.early) > 0 {
+		n := copy(p, h.early)
+		h.early = h.early[n:]
+		return n, nil
+	}
+	return h.Conn.Read(p)
 }
 
 func (h *handoffConn) Close() error {
@@ -473,7 +485,7 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 	ctx, cancel := context.WithTimeout(ctx, rl.dialTimeout)
 	defer cancel()
 	slot := new(handoffSlot)
-	ctx = context.WithValue(ctx, handoffSlotKey{}, slot)
+	ctx = withHandoffSlot(ctx, slot)
 	opts := rl.dialOpts
 	opts.Host = up.host
 	start := time.Now()

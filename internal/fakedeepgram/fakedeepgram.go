@@ -9,6 +9,7 @@
 package fakedeepgram
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -74,6 +75,7 @@ const VoiceQuery = "fake_voice=1"
 //	{"type":"Fake.Vanish"}                             drop TCP, no close frame
 //	{"type":"Fake.Send","bytes":N,"binary":true}       send one message of N bytes
 //	{"type":"Fake.Stream","bytes":N,"interval_ms":M,"count":C}  send C binary messages of N bytes every M ms
+//	{"type":"Fake.Raw","hex":"8a00"}                   write these bytes to the socket, framed or not
 type Command struct {
 	Type       string `json:"type"`
 	Code       int    `json:"code"`
@@ -82,6 +84,7 @@ type Command struct {
 	Binary     bool   `json:"binary"`
 	IntervalMS int    `json:"interval_ms"`
 	Count      int    `json:"count"`
+	Hex        string `json:"hex"`
 }
 
 // Server is a running fake upstream.
@@ -171,7 +174,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "rejected", opts.RejectStatus)
 		return
 	}
-	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	hw := &hijackRecorder{ResponseWriter: w}
+	c, err := websocket.Accept(hw, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		return
 	}
@@ -184,13 +188,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	c.SetReadLimit(limit)
 	voice := strings.Contains(r.URL.RawQuery, VoiceQuery)
 	select {
-	case s.closed <- s.session(c, id, opts, voice):
+	case s.closed <- s.session(c, hw.conn, id, opts, voice):
 	default: // nobody is watching: a benchmark, not a test
 	}
 }
 
 // session runs one upstream connection and returns how it ended.
-func (s *Server) session(c *websocket.Conn, id string, opts Options, voice bool) Closed {
+func (s *Server) session(c *websocket.Conn, raw net.Conn, id string, opts Options, voice bool) Closed {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var streams sync.WaitGroup
@@ -272,6 +276,16 @@ func (s *Server) session(c *websocket.Conn, id string, opts Options, voice bool)
 					mt = websocket.MessageBinary
 				}
 				if err := c.Write(ctx, mt, bytes.Repeat([]byte{'a'}, cmd.Bytes)); err != nil {
+					return closedBy(err)
+				}
+			case "Fake.Raw":
+				// What a broken upstream would send; the library's own
+				// writes are idle while this runs.
+				b, err := hex.DecodeString(cmd.Hex)
+				if err == nil {
+					_, err = raw.Write(b)
+				}
+				if err != nil {
 					return closedBy(err)
 				}
 			case "Fake.Stream":
@@ -360,4 +374,16 @@ func requestID() string {
 	_, _ = rand.Read(b[:])
 	h := hex.EncodeToString(b[:])
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// hijackRecorder keeps the connection Accept hijacks, for Fake.Raw.
+type hijackRecorder struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	h.conn = conn
+	return conn, brw, err
 }

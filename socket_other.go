@@ -1,0 +1,15 @@
+//go:build !linux
+
+package main
+
+import (
+	"net"
+	"syscall"
+)
+
+// rawSocket is nil off Linux, where dgrelay is developed but not deployed:
+// every source is read, and every destination written, through net.Conn.
+func rawSocket(net.Conn) syscall.RawConn { return nil }
+
+func (p *pipe) readSocket(uintptr) bool  { panic("no raw sockets on this platform") }
+func (p *pipe) writeSocket(uintptr) bool { panic("no raw sockets on this platform") }

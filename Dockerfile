@@ -18,6 +18,12 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/dgrelay /dgrelay
 USER nonroot:nonroot
+# Keeps the Go runtime's sysmon thread from its deep sleep, from which every
+# idle-to-busy turn of the scheduler (thousands a second at voice rates)
+# wakes it and restarts its 20 us polling: measured, a fifth of the relay's
+# CPU under voice load (BENCHMARKS.md). The price is a scheduler summary line
+# on stderr every 24.8 days (the largest period the variable takes).
+ENV GODEBUG=schedtrace=2147483647
 # 8080: the WebSocket route and probes (PORT); 9091: /metrics (METRICS_PORT).
 EXPOSE 8080 9091
 ENTRYPOINT ["/dgrelay"]

@@ -242,6 +242,17 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("the Dockerfile lacks %s", want)
 		}
 	}
+	// The benchmark runs dgrelay with the image's GODEBUG, or its figures
+	// would not be the shipped relay's.
+	bench, err := os.ReadFile("bench/paths.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	imageDebug := regexp.MustCompile(`(?m)^ENV GODEBUG=(\S+)$`).FindStringSubmatch(df)
+	benchDebug := regexp.MustCompile(`const shippedGODEBUG = "([^"]+)"`).FindStringSubmatch(string(bench))
+	if imageDebug == nil || benchDebug == nil || imageDebug[1] != benchDebug[1] {
+		t.Errorf("the image's GODEBUG %v and the benchmark's %v differ", imageDebug, benchDebug)
+	}
 	cfg := configFrom(t, nil)
 	if !regexp.MustCompile(`(?m)^EXPOSE .*\b` + strconv.Itoa(cfg.Port) + `\b.*\b` + strconv.Itoa(cfg.MetricsPort) + `\b`).MatchString(df) {
 		t.Errorf("EXPOSE does not name PORT %d and METRICS_PORT %d", cfg.Port, cfg.MetricsPort)

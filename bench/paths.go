@@ -18,6 +18,10 @@ import (
 // benchKey is the "Deepgram key" every proxy sends to the fake upstream.
 const benchKey = "bench-key-not-a-secret"
 
+// shippedGODEBUG is the Dockerfile's GODEBUG (deploy_test.go holds them
+// together).
+const shippedGODEBUG = "schedtrace=2147483647"
+
 // proxyPath is one way from a client to the fake upstream.
 type proxyPath struct {
 	name string
@@ -122,6 +126,8 @@ func startDgrelay(dir, upstream string) (*proxyPath, error) {
 	}
 	cmd := pinned(bin)
 	cmd.Env = append(os.Environ(),
+		// What the Dockerfile sets: dgrelay is measured as it ships.
+		"GODEBUG="+shippedGODEBUG,
 		"PORT="+strconv.Itoa(port),
 		"METRICS_PORT="+strconv.Itoa(mport),
 		"DEEPGRAM_API_KEY="+benchKey,

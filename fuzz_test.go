@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"net"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzTokenFrom: whatever the handshake carries, token extraction neither
@@ -87,6 +90,69 @@ func FuzzRoute(f *testing.F) {
 		}
 		if forwarded != strings.Join(kept, "&") {
 			t.Fatalf("%q forwarded %q, want %q", query, forwarded, strings.Join(kept, "&"))
+		}
+	})
+}
+
+// recordingConn is a destination that keeps what a pipe writes to it.
+type recordingConn struct {
+	net.Conn // nil: only what a pipe calls is implemented
+	out      bytes.Buffer
+}
+
+func (c *recordingConn) Write(p []byte) (int, error)      { return c.out.Write(p) }
+func (c *recordingConn) Close() error                     { return nil }
+func (c *recordingConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *recordingConn) SetWriteDeadline(time.Time) error { return nil }
+
+// relayChunks runs Deepgram's bytes, cut into chunks, through a session's
+// upstream-to-client pipe and returns what the client was sent and how the
+// session ended.
+func relayChunks(chunks [][]byte) ([]byte, outcome) {
+	client, upstream := &recordingConn{}, &recordingConn{}
+	s := &session{
+		client:   &peer{conn: client, side: sideClient},
+		upstream: &peer{conn: upstream, side: sideUpstream},
+	}
+	p := &pipe{s: s, src: s.upstream, dst: s.client, flow: &s.down, maxMsg: 1000}
+	for _, c := range chunks {
+		if p.consume(c) {
+			break
+		}
+	}
+	return client.out.Bytes(), s.result()
+}
+
+// FuzzPipeSplits: however Deepgram's bytes are cut into reads, the client is
+// sent the same bytes and the session ends the same way, and no input makes
+// the frame parser panic.
+func FuzzPipeSplits(f *testing.F) {
+	frame := func(first byte, payload []byte) []byte { return appendFrame(nil, first&0x0f, payload, false) }
+	var stream []byte
+	stream = append(stream, frame(opText, []byte(`{"type":"Welcome"}`))...)
+	stream = append(stream, frame(opBinary, bytes.Repeat([]byte{1}, 300))...)
+	stream = append(stream, 0x01, 2, 'a', 'b', 0x89, 1, 'p', 0x80, 1, 'c') // fragments around a ping
+	stream = append(stream, frame(opClose, closePayload(4000, "bye"))...)
+	f.Add(stream, uint16(7), uint16(3))
+	f.Add(frame(opBinary, make([]byte, 1001)), uint16(1), uint16(2))              // too big
+	f.Add([]byte{0x82, 0x7f, 0xff, 0, 0, 0, 0, 0, 0, 0}, uint16(2), uint16(1))    // bad length
+	f.Add([]byte{0x82, 0x81, 1, 2, 3, 4, 5, 0x88, 0}, uint16(3), uint16(5))       // masked
+	f.Add(append(frame(opBinary, []byte("x")), 0x88, 1, 3), uint16(4), uint16(1)) // one-byte close
+	f.Fuzz(func(t *testing.T, data []byte, first, step uint16) {
+		whole, wholeEnd := relayChunks([][]byte{data})
+		var chunks [][]byte
+		size := int(first%64) + 1
+		for rest := data; len(rest) > 0; size = int(step%16) + 1 {
+			n := min(size, len(rest))
+			chunks = append(chunks, rest[:n])
+			rest = rest[n:]
+		}
+		split, splitEnd := relayChunks(chunks)
+		if !bytes.Equal(whole, split) {
+			t.Fatalf("cut into %d reads the client got %x, whole %x", len(chunks), split, whole)
+		}
+		if wholeEnd.cause != splitEnd.cause || wholeEnd.clientCode != splitEnd.clientCode || wholeEnd.clientReason != splitEnd.clientReason {
+			t.Fatalf("cut into %d reads the session ended %+v, whole %+v", len(chunks), splitEnd, wholeEnd)
 		}
 	})
 }

@@ -57,7 +57,11 @@ const handshakeReadBuffer = 1024
 func (t *upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	proxy, err := t.proxy(req)
 	if err != nil {
-		return nil, fmt.Errorf("proxy from environment: %w", err)
+		// The error quotes the variable's value, password and all.
+		return nil, errors.New("HTTPS_PROXY is not a valid URL")
+	}
+	if proxy != nil && proxy.Scheme != "http" {
+		return nil, fmt.Errorf("HTTPS_PROXY: a %s:// proxy is not supported, only http://", proxy.Scheme)
 	}
 	ctx := req.Context()
 	host, port := req.URL.Hostname(), req.URL.Port()

@@ -291,6 +291,21 @@ func TestUpstreamThroughProxy(t *testing.T) {
 	if target != strings.TrimPrefix(fake.URL, "ws://") || auth != "Basic cmVsYXk6czNjcmV0" {
 		t.Fatalf("proxy saw CONNECT %q with %q", target, auth)
 	}
+
+	// A malformed HTTPS_PROXY is reported without its value, which holds
+	// the proxy's password.
+	tr.proxy = func(*http.Request) (*url.URL, error) {
+		_, err := url.Parse("http://relay:s3cret@proxy:bad port")
+		return nil, err
+	}
+	_, _, err = websocket.Dial(ctx, fake.URL, &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("malformed proxy: %v", err)
+	}
+	tr.proxy = func(*http.Request) (*url.URL, error) { return &url.URL{Scheme: "socks5", Host: proxy.addr}, nil }
+	if _, _, err = websocket.Dial(ctx, fake.URL, &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}}); err == nil || !strings.Contains(err.Error(), "socks5") {
+		t.Fatalf("socks5 proxy: %v", err)
+	}
 }
 
 // connectProxy is an HTTP proxy that speaks only CONNECT.

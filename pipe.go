@@ -382,6 +382,16 @@ func (p *pipe) endFrame() bool {
 	return false
 }
 
+// dropGathered gives up the text message being gathered: dst is closing or
+// broken, and nothing more goes there.
+func (p *pipe) dropGathered() {
+	if p.msg != nil {
+		textBuffers.Put(p.msgBuf)
+		p.msg, p.msgBuf = nil, nil
+	}
+	p.gather = false
+}
+
 // filtered passes a whole text message through the filter and writes what
 // comes out as one frame.
 func (p *pipe) filtered(msg []byte) bool {
@@ -408,7 +418,8 @@ func (p *pipe) filtered(msg []byte) bool {
 // the frame is skipped and src read on for its answer) or a protocol error
 // (1002; src is read no more).
 func (p *pipe) fail(err error) {
-	p.verbatim, p.gather = false, false
+	p.verbatim = false
+	p.dropGathered()
 	if p.dropping {
 		return
 	}
@@ -424,6 +435,7 @@ func (p *pipe) fail(err error) {
 // on src is read only for its own close frame.
 func (p *pipe) closeDst() {
 	p.dropping = true
+	p.dropGathered()
 	if p.closeSent {
 		return
 	}
@@ -453,6 +465,7 @@ func (p *pipe) write(b []byte) {
 	p.flow.writing.Store(false)
 	if err != nil {
 		p.dstBroken, p.dropping = true, true
+		p.dropGathered()
 		_ = p.dst.conn.Close()
 	}
 }

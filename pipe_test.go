@@ -365,3 +365,30 @@ func startConnectProxy(t *testing.T) *connectProxy {
 	}()
 	return p
 }
+
+// TestGatheredTextDroppedOnClose: a text message the scrub is gathering when
+// the session ends is not sent after the client's close frame.
+func TestGatheredTextDroppedOnClose(t *testing.T) {
+	client, upstream := &recordingConn{}, &recordingConn{}
+	s := &session{
+		client:   &peer{conn: client, side: sideClient},
+		upstream: &peer{conn: upstream, side: sideUpstream},
+	}
+	scrub := func(msg []byte) policyVerdict { return policyVerdict{out: msg} }
+	p := &pipe{s: s, src: s.upstream, dst: s.client, flow: &s.down, maxMsg: 1 << 20, text: scrub}
+	server := func(first byte, payload string) []byte {
+		b := appendFrame(nil, first&0x0f, []byte(payload), false)
+		b[0] = first
+		return b
+	}
+	p.consume(server(0x01, `{"type":"Conversation`)) // text, not final
+	s.end(restartOutcome)
+	p.consume(server(0x80, `Text"}`))
+	p.consume(server(0x88, string(closePayload(1000, ""))))
+
+	got := client.out.Bytes()
+	want := appendFrame(nil, opClose, closePayload(websocket.StatusServiceRestart, "service restart"), false)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("client was sent %q, want only the 1012 close %q", got, want)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -295,8 +297,8 @@ func TestUpstreamThroughProxy(t *testing.T) {
 	// A malformed HTTPS_PROXY is reported without its value, which holds
 	// the proxy's password.
 	tr.proxy = func(*http.Request) (*url.URL, error) {
-		_, err := url.Parse("http://relay:s3cret@proxy:bad port")
-		return nil, err
+		// What http.ProxyFromEnvironment says of a value it cannot parse.
+		return nil, fmt.Errorf("invalid proxy address %q: %w", "http://relay:s3cret@proxy:bad port", errors.New("invalid port"))
 	}
 	_, _, err = websocket.Dial(ctx, fake.URL, &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
 	if err == nil || strings.Contains(err.Error(), "s3cret") {

@@ -30,14 +30,20 @@ import (
 const readBufferSize = 32 << 10
 
 // readBuffers lends a buffer per read, so a waiting direction holds none.
-var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
+var readBuffers = bufferPool(readBufferSize)
 
 // streamBufferSize is the buffer held by a direction whose source is not a
 // plain TCP socket (a TLS upstream): crypto/tls can only be read into a
 // buffer, so it is held while waiting. 4 KiB is what coder/websocket held.
 const streamBufferSize = 4 << 10
 
-var streamBuffers = sync.Pool{New: func() any { b := make([]byte, streamBufferSize); return &b }}
+var streamBuffers = bufferPool(streamBufferSize)
+
+// bufferPool lends byte slices of one size (as pointers, so that Put does
+// not allocate).
+func bufferPool(size int) *sync.Pool {
+	return &sync.Pool{New: func() any { b := make([]byte, size); return &b }}
+}
 
 // closeTimeout bounds the close handshake once a session ends: the close
 // frames are written and each side's answer awaited for at most this long.

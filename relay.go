@@ -28,7 +28,7 @@ import (
 const textBufferSize = 32 << 10
 
 // textBuffers lends a buffer per text message, so an idle session holds none.
-var textBuffers = sync.Pool{New: func() any { b := make([]byte, textBufferSize); return &b }}
+var textBuffers = bufferPool(textBufferSize)
 
 // closeWriteTimeout bounds writing the in-band Error frame to a client.
 const closeWriteTimeout = 5 * time.Second

@@ -41,15 +41,15 @@ func (p *pipe) readSocket(fd uintptr) bool {
 		case n == 0:
 			p.readErr = io.EOF
 		default:
-			p.stop = p.consume(buf[:n])
-			if !p.stop && n < len(buf) {
-				// Drained: the poller says when more comes.
-				readBuffers.Put(bp)
-				return false
+			if p.stop = p.consume(buf[:n]); p.stop {
+				break
 			}
-			if !p.stop {
-				continue
+			if n == len(buf) {
+				continue // more may be waiting
 			}
+			// Drained: the poller says when more comes.
+			readBuffers.Put(bp)
+			return false
 		}
 		readBuffers.Put(bp)
 		return true

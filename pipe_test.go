@@ -197,6 +197,9 @@ func TestClientProtocolErrors(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			// The eleven sessions come from one address, over its cap of
+			// five: each must be gone before the next opens.
+			h.settled()
 			c := h.rawDial("")
 			c.send(tc.frame)
 			if reason := c.expectClose(websocket.StatusProtocolError); reason != "protocol error" {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"runtime/pprof"
 	"sort"
@@ -24,7 +25,11 @@ import (
 // the time that took.
 func dial(ctx context.Context, url string) (*websocket.Conn, time.Duration, error) {
 	start := time.Now()
-	c, _, err := websocket.Dial(ctx, url, nil)
+	var opts *websocket.DialOptions
+	if strings.HasPrefix(url, "wss:") {
+		opts = &websocket.DialOptions{HTTPClient: &http.Client{Transport: &http.Transport{TLSClientConfig: upstreamTLS}}}
+	}
+	c, _, err := websocket.Dial(ctx, url, opts)
 	if err != nil {
 		return nil, 0, err
 	}

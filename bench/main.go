@@ -12,10 +12,14 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -43,6 +47,14 @@ var selfProfile = flag.String("selfprofile", "", "file for the load tool's CPU p
 
 // heapProfile, when set, saves dgrelay's heap profile with the idle sessions open.
 var heapProfile = flag.String("heapprofile", "", "file for dgrelay's heap profile with the idle sessions open")
+
+// tlsUpstream makes the fake serve wss://, as Deepgram does: every proxy then
+// dials it over TLS and verifies its certificate.
+var tlsUpstream = flag.Bool("tls", false, "the upstream serves wss:// (as Deepgram does) and every proxy verifies it")
+
+// upstreamTLS is what the load trusts when it dials the TLS upstream
+// directly (the direct path); set once before any measurement.
+var upstreamTLS *tls.Config
 
 // proxyCores can widen the proxies' cores for experiments (-proxy-cores 0,1).
 var proxyCores = flag.String("proxy-cores", proxyCore, "cores the proxies may use (taskset -c)")
@@ -119,8 +131,19 @@ func run(sz sizes, names []string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	fake := fakedeepgram.Start(fakedeepgram.Options{})
+	fake := fakedeepgram.Start(fakedeepgram.Options{TLS: *tlsUpstream})
 	defer fake.Close()
+	up := upstreamTarget{url: fake.URL}
+	if *tlsUpstream {
+		up.caFile = filepath.Join(dir, "upstream-ca.pem")
+		pemCert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: fake.Certificate().Raw})
+		if err := os.WriteFile(up.caFile, pemCert, 0o644); err != nil {
+			return err
+		}
+		roots := x509.NewCertPool()
+		roots.AddCert(fake.Certificate())
+		upstreamTLS = &tls.Config{RootCAs: roots}
+	}
 
 	var paths []*proxyPath
 	for _, name := range names {
@@ -131,11 +154,11 @@ func run(sz sizes, names []string) error {
 			// The floor: the load tool straight to the fake.
 			p = &proxyPath{name: "direct", url: fake.URL + "/v1/agent/converse", stop: func() {}}
 		case "dgrelay":
-			p, err = startDgrelay(dir, fake.URL)
+			p, err = startDgrelay(dir, up)
 		case "nginx":
-			p, err = startNginx(dir, fake.URL)
+			p, err = startNginx(dir, up)
 		case "node":
-			p, err = startNode(dir, fake.URL)
+			p, err = startNode(dir, up)
 		default:
 			return fmt.Errorf("unknown path %q", name)
 		}
@@ -240,6 +263,11 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
 	fmt.Fprintf(w, "\nmachine: %s CPUs (%s), %s, %s/%s; proxies pinned to core %s, load and upstream to core %s\n",
 		onlineCPUs(), cpuModel(), kernel(), runtime.GOOS, runtime.GOARCH, *proxyCores, loadCore)
+	scheme := "ws:// (plain TCP)"
+	if *tlsUpstream {
+		scheme = "wss:// (TLS, certificate verified by every proxy)"
+	}
+	fmt.Fprintf(w, "upstream: the fake Deepgram over %s\n", scheme)
 	fmt.Fprintf(w, "load: %d round trips per latency row, %d idle sessions, %d voice sessions for %s, %d connects, 64 KiB frames for %s\n\n",
 		sz.latencyTrips, sz.idle, sz.voice, sz.voiceFor, sz.connects, sz.ceilingFor)
 	header := "| figure |"

@@ -22,6 +22,14 @@ const benchKey = "bench-key-not-a-secret"
 // together).
 const shippedGODEBUG = "schedtrace=2147483647"
 
+// upstreamTarget is the fake Deepgram every path leads to.
+type upstreamTarget struct {
+	url string // ws:// or wss://, with no path
+	// caFile is the PEM of its certificate when it serves TLS, which every
+	// proxy is told to trust; "" for ws://.
+	caFile string
+}
+
 // proxyPath is one way from a client to the fake upstream.
 type proxyPath struct {
 	name string
@@ -109,7 +117,7 @@ func tcpProbe(port int) func() error {
 }
 
 // startDgrelay builds the relay as the Dockerfile does and runs it.
-func startDgrelay(dir, upstream string) (*proxyPath, error) {
+func startDgrelay(dir string, up upstreamTarget) (*proxyPath, error) {
 	bin := filepath.Join(dir, "dgrelay")
 	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -131,7 +139,7 @@ func startDgrelay(dir, upstream string) (*proxyPath, error) {
 		"PORT="+strconv.Itoa(port),
 		"METRICS_PORT="+strconv.Itoa(mport),
 		"DEEPGRAM_API_KEY="+benchKey,
-		"DEEPGRAM_AGENT_URL="+upstream+"/v1/agent/converse",
+		"DEEPGRAM_AGENT_URL="+up.url+"/v1/agent/converse",
 		"ALLOW_UNAUTHENTICATED=true",
 		"MAX_SESSIONS=100000",
 		"MAX_SESSIONS_PER_USER=0",
@@ -140,6 +148,10 @@ func startDgrelay(dir, upstream string) (*proxyPath, error) {
 		"DRAIN_TIMEOUT=0s",
 		"ENABLE_PPROF=true",
 	)
+	if up.caFile != "" {
+		// Go's roots on Linux: the file replaces the system bundle.
+		cmd.Env = append(cmd.Env, "SSL_CERT_FILE="+up.caFile)
+	}
 	stop, err := startProcess(cmd, dir, "dgrelay", tcpProbe(port))
 	if err != nil {
 		return nil, err
@@ -177,7 +189,7 @@ http {
   server {
     listen 127.0.0.1:%[2]d;
     location / {
-      proxy_pass http://127.0.0.1:%[3]s;
+      proxy_pass %[3]s;%[5]s
       proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection "upgrade";
@@ -190,7 +202,17 @@ http {
 }
 `
 
-func startNginx(dir, upstream string) (*proxyPath, error) {
+// nginxTLS verifies a TLS upstream as dgrelay does (the fake's certificate
+// names example.com and 127.0.0.1; nginx checks names only) and reuses TLS
+// sessions, which is nginx's default.
+const nginxTLS = `
+      proxy_ssl_server_name on;
+      proxy_ssl_name example.com;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate %s;
+      proxy_ssl_session_reuse on;`
+
+func startNginx(dir string, up upstreamTarget) (*proxyPath, error) {
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
 		if _, statErr := os.Stat("/usr/sbin/nginx"); statErr != nil {
@@ -202,9 +224,12 @@ func startNginx(dir, upstream string) (*proxyPath, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, upPort, _ := net.SplitHostPort(strings.TrimPrefix(upstream, "ws://"))
+	target, tlsConf := "http"+strings.TrimPrefix(up.url, "ws"), ""
+	if up.caFile != "" {
+		tlsConf = fmt.Sprintf(nginxTLS, up.caFile)
+	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(nginxConf, dir, port, upPort, benchKey)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(nginxConf, dir, port, target, benchKey, tlsConf)), 0o644); err != nil {
 		return nil, err
 	}
 	cmd := pinned(nginx, "-c", conf, "-p", dir)
@@ -220,7 +245,7 @@ func startNginx(dir, upstream string) (*proxyPath, error) {
 	}, nil
 }
 
-func startNode(dir, upstream string) (*proxyPath, error) {
+func startNode(dir string, up upstreamTarget) (*proxyPath, error) {
 	node, err := exec.LookPath("node")
 	if err != nil {
 		return nil, fmt.Errorf("node is not installed")
@@ -241,7 +266,10 @@ func startNode(dir, upstream string) (*proxyPath, error) {
 		return nil, err
 	}
 	cmd := pinned(node, filepath.Join(relayDir, "relay.mjs"))
-	cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "UPSTREAM="+upstream, "DEEPGRAM_API_KEY="+benchKey)
+	cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "UPSTREAM="+up.url, "DEEPGRAM_API_KEY="+benchKey)
+	if up.caFile != "" {
+		cmd.Env = append(cmd.Env, "NODE_EXTRA_CA_CERTS="+up.caFile)
+	}
 	stop, err := startProcess(cmd, dir, "node", tcpProbe(port))
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -34,6 +35,16 @@ func dialRaw(rawURL string, timeout time.Duration) (*rawClient, error) {
 		return nil, err
 	}
 	_ = conn.SetDeadline(time.Now().Add(timeout))
+	if u.Scheme == "wss" {
+		cfg := upstreamTLS.Clone()
+		cfg.ServerName = u.Hostname()
+		tc := tls.Client(conn, cfg)
+		if err := tc.Handshake(); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		conn = tc
+	}
 	var nonce [16]byte
 	_, _ = rand.Read(nonce[:])
 	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"sync"
@@ -32,9 +33,9 @@ const readBufferSize = 32 << 10
 // readBuffers lends a buffer per read, so a waiting direction holds none.
 var readBuffers = bufferPool(readBufferSize)
 
-// streamBufferSize is the buffer held by a direction whose source is not a
-// plain TCP socket (a TLS upstream): crypto/tls can only be read into a
-// buffer, so it is held while waiting. 4 KiB is what coder/websocket held.
+// streamBufferSize is the buffer held by a direction whose source can only
+// be read through net.Conn (off Linux): it is held while waiting. 4 KiB is
+// what coder/websocket held.
 const streamBufferSize = 4 << 10
 
 var streamBuffers = bufferPool(streamBufferSize)
@@ -59,13 +60,20 @@ type peer struct {
 	// raw reads the socket without a buffer held while waiting; nil when
 	// conn is not a plain TCP socket.
 	raw syscall.RawConn
+	// tls is the socket under conn when conn is TLS over plain TCP (the
+	// upstream in production): conn is read when it is readable, as raw is.
+	tls *tlsSocket
 	// early is what arrived with the handshake, relayed before any read.
 	early []byte
 	side  side
 }
 
 func newPeer(h *handoffConn, sd side) *peer {
-	return &peer{conn: h.Conn, raw: rawSocket(h.Conn), early: h.early, side: sd}
+	p := &peer{conn: h.Conn, raw: rawSocket(h.Conn), early: h.early, side: sd}
+	if tc, ok := h.Conn.(*tls.Conn); ok {
+		p.tls, _ = tc.NetConn().(*tlsSocket)
+	}
+	return p
 }
 
 // pipe is one direction of a session. It reads frames from src and is the
@@ -109,12 +117,13 @@ type pipe struct {
 	stop                   bool
 	pending                []byte
 	onReadable, onWritable func(fd uintptr) bool
+	onTLSReadable          func(fd uintptr) bool
 }
 
 // run relays src to dst until src has closed or failed and, once the session
 // ends, until dst has been sent its close.
 func (p *pipe) run() {
-	p.onReadable, p.onWritable = p.readSocket, p.writeSocket
+	p.onReadable, p.onWritable, p.onTLSReadable = p.readSocket, p.writeSocket, p.readTLSSocket
 	if len(p.src.early) > 0 {
 		early := p.src.early
 		p.src.early = nil
@@ -125,9 +134,12 @@ func (p *pipe) run() {
 	for {
 		var stop bool
 		var err error
-		if p.src.raw != nil {
-			stop, err = p.readRaw()
-		} else {
+		switch {
+		case p.src.raw != nil:
+			stop, err = p.readRaw(p.src.raw, p.onReadable)
+		case p.src.tls != nil:
+			stop, err = p.readRaw(p.src.tls.raw, p.onTLSReadable)
+		default:
 			stop, err = p.readStream()
 		}
 		if stop {
@@ -162,16 +174,16 @@ func (p *pipe) run() {
 // buffer; otherwise the socket is drained and the poller will say when more
 // comes. A net.Conn Read would instead read until EAGAIN, a wasted system
 // call per message at voice rates.
-func (p *pipe) readRaw() (bool, error) {
+func (p *pipe) readRaw(raw syscall.RawConn, onReadable func(fd uintptr) bool) (bool, error) {
 	p.readErr, p.stop = nil, false
-	if err := p.src.raw.Read(p.onReadable); err != nil && p.readErr == nil {
+	if err := raw.Read(onReadable); err != nil && p.readErr == nil {
 		p.readErr = err
 	}
 	return p.stop, p.readErr
 }
 
-// readStream reads a source that is not a plain socket (TLS) through a held
-// buffer.
+// readStream reads a source that has no socket of its own to wait on (off
+// Linux) through a held buffer.
 func (p *pipe) readStream() (bool, error) {
 	bp := streamBuffers.Get().(*[]byte)
 	defer streamBuffers.Put(bp)

@@ -3,11 +3,14 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand"
 	"net"
 	"net/http"
 	"net/url"
@@ -396,4 +399,209 @@ func TestGatheredTextDroppedOnClose(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("client was sent %q, want only the 1012 close %q", got, want)
 	}
+}
+
+// captureConn passes a TLS server's handshake through to its socket, then
+// keeps what the server writes, so that a test can deliver its records cut
+// anywhere.
+type captureConn struct {
+	net.Conn
+	mu       sync.Mutex
+	capture  bool
+	captured []byte
+}
+
+func (c *captureConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.capture {
+		c.captured = append(c.captured, b...)
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *captureConn) take() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.captured
+	c.captured = nil
+	return b
+}
+
+// tlsRig is a session whose upstream is TLS over loopback: the test writes
+// Deepgram's records into deepgram as it likes and reads the client's end.
+type tlsRig struct {
+	server   *tls.Conn // Deepgram's TLS end, writing into capture
+	capture  *captureConn
+	deepgram net.Conn  // Deepgram's socket, where the test delivers records
+	upstream *tls.Conn // the relay's TLS end
+	out      net.Conn  // the browser's socket
+	s        *session
+	done     chan struct{}
+}
+
+func newTLSRig(t *testing.T, cert tls.Certificate) *tlsRig {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	connect := func() (dialled, accepted net.Conn) {
+		d, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d, a
+	}
+	r := &tlsRig{}
+	var clientSide, upTCP net.Conn
+	r.out, clientSide = connect()
+	upTCP, r.deepgram = connect()
+	r.capture = &captureConn{Conn: r.deepgram}
+	r.server = tls.Server(r.capture, &tls.Config{Certificates: []tls.Certificate{cert}})
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	r.upstream = tls.Client(newTLSSocket(upTCP), &tls.Config{RootCAs: roots, ServerName: "deepgram.test"})
+	handshook := make(chan error, 1)
+	go func() { handshook <- r.server.Handshake() }()
+	if err := r.upstream.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-handshook; err != nil {
+		t.Fatal(err)
+	}
+	r.capture.mu.Lock()
+	r.capture.capture = true
+	r.capture.mu.Unlock()
+	r.s = &session{
+		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}},
+		client:   newPeer(&handoffConn{Conn: clientSide}, sideClient),
+		upstream: newPeer(&handoffConn{Conn: r.upstream}, sideUpstream),
+	}
+	if r.s.upstream.tls == nil {
+		t.Fatal("the TLS upstream is not read through its socket")
+	}
+	t.Cleanup(func() {
+		r.out.Close()
+		r.deepgram.Close()
+		if r.done != nil {
+			<-r.done
+		} else {
+			clientSide.Close()
+			upTCP.Close()
+		}
+	})
+	return r
+}
+
+// records is the TLS records Deepgram's end makes of frame.
+func (r *tlsRig) records(t *testing.T, frame []byte) []byte {
+	if _, err := r.server.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	return r.capture.take()
+}
+
+// deliver writes records to the relay's socket.
+func (r *tlsRig) deliver(t *testing.T, records ...[]byte) {
+	if _, err := r.deepgram.Write(bytes.Join(records, nil)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readBefore reads frame through the relay's TLS end before the session
+// starts, as the handshake's 101 is read.
+func (r *tlsRig) readBefore(t *testing.T, frame []byte) {
+	got := make([]byte, len(frame))
+	if _, err := io.ReadFull(r.upstream, got); err != nil || !bytes.Equal(got, frame) {
+		t.Fatalf("read before the session %q %v", got, err)
+	}
+}
+
+func (r *tlsRig) start() {
+	r.done = make(chan struct{})
+	go func() {
+		defer close(r.done)
+		r.s.run()
+	}()
+}
+
+// expect reads want from the client's socket.
+func (r *tlsRig) expect(t *testing.T, want []byte) {
+	_ = r.out.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, len(want))
+	if n, err := io.ReadFull(r.out, got); err != nil {
+		t.Fatalf("the client got %d of %d bytes: %v", n, len(want), err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the client got the frames changed")
+	}
+}
+
+// TestTLSRecordsSplitAnywhere: Deepgram's TLS records reach the relay cut at
+// any byte, several to a read and a frame over many records, after a read
+// made before the session began (as the 101 is read) that ended inside a
+// record; every frame reaches the client whole and in order.
+func TestTLSRecordsSplitAnywhere(t *testing.T) {
+	cert := selfSigned(t)
+	for seed := range 6 {
+		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewSource(int64(seed)))
+			r := newTLSRig(t, cert)
+			first := appendFrame(nil, opText, []byte(`{"type":"Welcome"}`), false)
+			firstRecord := r.records(t, first)
+			var want, rest []byte
+			for range 12 {
+				size := []int{0, 1, 125, 126, 1920, 16379, 16384, 40000}[rng.Intn(8)]
+				op := []byte{opBinary, opText}[rng.Intn(2)]
+				frame := appendFrame(nil, op, bytes.Repeat([]byte{byte('a' + rng.Intn(26))}, size), false)
+				want = append(want, frame...)
+				rest = append(rest, r.records(t, frame)...)
+			}
+			r.deliver(t, firstRecord, rest[:3])
+			rest = rest[3:]
+			r.readBefore(t, first)
+			r.start()
+			delivered := make(chan error, 1)
+			go func() {
+				for len(rest) > 0 {
+					k := min(len(rest), 1+rng.Intn(4000))
+					if _, err := r.deepgram.Write(rest[:k]); err != nil {
+						delivered <- err
+						return
+					}
+					rest = rest[k:]
+					if rng.Intn(3) == 0 {
+						time.Sleep(time.Duration(rng.Intn(300)) * time.Microsecond)
+					}
+				}
+				delivered <- nil
+			}()
+			r.expect(t, want)
+			if err := <-delivered; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestTLSRecordsLeftFromBefore: a record left whole in crypto/tls by the read
+// before the session, then two records in the session's first read: all
+// three reach the client, though nothing follows them.
+func TestTLSRecordsLeftFromBefore(t *testing.T) {
+	r := newTLSRig(t, selfSigned(t))
+	first := appendFrame(nil, opText, []byte(`{"type":"Welcome"}`), false)
+	a, b, c := appendFrame(nil, opBinary, []byte("A"), false), appendFrame(nil, opBinary, []byte("BB"), false), appendFrame(nil, opBinary, []byte("CCC"), false)
+	recFirst, recA, recB, recC := r.records(t, first), r.records(t, a), r.records(t, b), r.records(t, c)
+	r.deliver(t, recFirst, recA, recB[:3])
+	r.readBefore(t, first) // A stays whole in crypto/tls, B begun
+	r.deliver(t, recB[3:], recC)
+	time.Sleep(20 * time.Millisecond) // both in the socket before the session's first read
+	r.start()
+	r.expect(t, bytes.Join([][]byte{a, b, c}, nil))
 }

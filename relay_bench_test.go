@@ -2,10 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
+	"math/big"
 	"net"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // pipePair is a session's two pipes between real loopback sockets: the
@@ -100,4 +107,110 @@ func benchmarkPipe(b *testing.B, size int, policy *settingsPolicy) {
 	if string(got) != string(frame) {
 		b.Fatal("the frame arrived changed")
 	}
+}
+
+// BenchmarkPipeTLS relays one binary message per op from Deepgram over TLS to
+// the client's socket: production's downstream path. The benchmark's TLS
+// server end encrypts in the same process, so ns/op holds both ends' crypto.
+func BenchmarkPipeTLS(b *testing.B) {
+	for _, size := range []int{1920, 64 << 10} {
+		b.Run(strconv.Itoa(size)+"B", func(b *testing.B) {
+			benchmarkPipeTLS(b, size)
+		})
+	}
+}
+
+func benchmarkPipeTLS(b *testing.B, size int) {
+	cert := selfSigned(b)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	connect := func() (dialled, accepted net.Conn) {
+		d, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		a, err := ln.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return d, a
+	}
+	out, clientSide := connect() // out: the browser's end
+	upTCP, deepgramTCP := connect()
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	upstreamSide := tls.Client(newTLSSocket(upTCP), &tls.Config{RootCAs: roots, ServerName: "deepgram.test"})
+	in := tls.Server(deepgramTCP, &tls.Config{Certificates: []tls.Certificate{cert}})
+	handshook := make(chan error, 1)
+	go func() { handshook <- in.Handshake() }()
+	if err := upstreamSide.Handshake(); err != nil {
+		b.Fatal(err)
+	}
+	if err := <-handshook; err != nil {
+		b.Fatal(err)
+	}
+	s := &session{
+		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}},
+		client:   newPeer(&handoffConn{Conn: clientSide}, sideClient),
+		upstream: newPeer(&handoffConn{Conn: upstreamSide}, sideUpstream),
+	}
+	if s.upstream.tls == nil {
+		b.Fatal("the TLS upstream is not read through its socket")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.run()
+	}()
+	defer func() {
+		in.Close()
+		out.Close()
+		<-done
+	}()
+	frame := appendFrame(nil, opBinary, make([]byte, size), false)
+	got := make([]byte, len(frame))
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := in.Write(frame); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(out, got); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if string(got) != string(frame) {
+		b.Fatal("the frame arrived changed")
+	}
+}
+
+// selfSigned is a certificate for deepgram.test, made for one test.
+func selfSigned(b testing.TB) tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		DNSNames:              []string{"deepgram.test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
 }

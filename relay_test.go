@@ -7,6 +7,7 @@ import (
 	"crypto/sha1"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -408,9 +409,7 @@ func TestUpstreamTLS(t *testing.T) {
 
 	t.Run("trusted", func(t *testing.T) {
 		h := newHarness(t, env, fakedeepgram.Options{})
-		pool := x509.NewCertPool()
-		pool.AddCert(fake.Certificate())
-		h.relay.dialOpts.HTTPClient.Transport.(*upgradeTransport).tlsConfig.RootCAs = pool
+		trust(h, fake)
 		c := h.dial("service=agent")
 		write(t, c, websocket.MessageText, []byte(`{"type":"Settings"}`))
 		expectType(t, c, "Welcome")
@@ -420,6 +419,19 @@ func TestUpstreamTLS(t *testing.T) {
 			t.Fatalf("echo %v", data)
 		}
 		c.Close(websocket.StatusNormalClosure, "")
+
+		// The next session resumes the TLS session the first was given.
+		c = h.dial("service=agent")
+		expectType(t, c, "Welcome")
+		c.Close(websocket.StatusNormalClosure, "")
+		hs := fake.Handshakes()
+		var resumed []bool
+		for _, h := range hs {
+			resumed = append(resumed, h.Resumed)
+		}
+		if len(resumed) != 2 || resumed[0] || !resumed[1] {
+			t.Fatalf("handshakes resumed %v, want [false true]", resumed)
+		}
 	})
 	t.Run("untrusted certificate", func(t *testing.T) {
 		h := newHarness(t, env, fakedeepgram.Options{})
@@ -429,6 +441,61 @@ func TestUpstreamTLS(t *testing.T) {
 		}
 		expectClose(t, c, websocket.StatusBadGateway)
 	})
+}
+
+// trust makes h's relay verify the fake's certificate.
+func trust(h *harness, fake *fakedeepgram.Server) {
+	pool := x509.NewCertPool()
+	pool.AddCert(fake.Certificate())
+	h.relay.dialOpts.HTTPClient.Transport.(*upgradeTransport).tlsConfig.RootCAs = pool
+}
+
+// TestUpstreamTLSFrames: a TLS upstream is read when its socket is readable,
+// like a plain one, so records that come split, several to a read, or
+// several to a frame all reach the client whole and in order, and the close
+// handshake runs over TLS.
+func TestUpstreamTLSFrames(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{TLS: true, APIKey: testAPIKey})
+	defer fake.Close()
+	h := newHarness(t, map[string]string{"DEEPGRAM_AGENT_URL": fake.URL + "/v1/agent/converse"}, fakedeepgram.Options{})
+	trust(h, fake)
+	c := h.dial("")
+	c.SetReadLimit(1 << 20)
+	expectType(t, c, "Welcome")
+	live := h.relay.sessions.snapshot()
+	if len(live) != 1 || live[0].upstream.tls == nil {
+		t.Fatal("the TLS upstream is not read through its socket")
+	}
+
+	// A burst of TTS audio: records arrive back to back, many to a read.
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Stream","bytes":1920,"interval_ms":0,"count":300}`))
+	for i := range 300 {
+		if typ, data := read(t, c); typ != websocket.MessageBinary || len(data) != 1920 {
+			t.Fatalf("message %d: %v, %d bytes", i, typ, len(data))
+		}
+	}
+	// Three frames in one record.
+	three := hex.EncodeToString([]byte("\x81\x01a\x81\x01b\x82\x02cd"))
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Raw","hex":"`+three+`"}`))
+	for _, want := range []string{"a", "b", "cd"} {
+		if _, data := read(t, c); string(data) != want {
+			t.Fatalf("got %q, want %q", data, want)
+		}
+	}
+	// A frame over many records (a record holds 16 KiB at most).
+	big := bytes.Repeat([]byte("0123456789abcdef"), 5000)
+	write(t, c, websocket.MessageBinary, big)
+	if typ, data := read(t, c); typ != websocket.MessageBinary || !bytes.Equal(data, big) {
+		t.Fatalf("the 80,000 B echo came back as %v, %d bytes", typ, len(data))
+	}
+
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Close","code":4000,"reason":"bye"}`))
+	if ce := expectClose(t, c, 4000); ce.Reason != "bye" {
+		t.Fatalf("reason %q", ce.Reason)
+	}
+	if got := <-fake.Closed(); got.Code != 4000 {
+		t.Fatalf("upstream got %+v", got)
+	}
 }
 
 // TestEarlyUpstreamBytes: bytes Deepgram sends in the same packet as its 101

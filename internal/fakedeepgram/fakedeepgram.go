@@ -53,6 +53,8 @@ type Handshake struct {
 	Path     string
 	RawQuery string
 	Header   http.Header
+	// Resumed: the client resumed an earlier TLS session (TLS only).
+	Resumed bool
 }
 
 // Closed is how one upstream session ended, as the fake saw it.
@@ -152,7 +154,8 @@ func (s *Server) Close() {
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	opts := s.opts
-	s.handshakes = append(s.handshakes, Handshake{Host: r.Host, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: r.Header.Clone()})
+	s.handshakes = append(s.handshakes, Handshake{Host: r.Host, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: r.Header.Clone(),
+		Resumed: r.TLS != nil && r.TLS.DidResume})
 	s.mu.Unlock()
 
 	if opts.HandshakeDelay > 0 {

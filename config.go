@@ -85,11 +85,17 @@ type Config struct {
 	IdleTimeout time.Duration `env:"IDLE_TIMEOUT, default=60s"`
 	// WriteTimeout ends a session whose peer does not take a message for this long.
 	WriteTimeout time.Duration `env:"WRITE_TIMEOUT, default=10s"`
+	// UpstreamRetries is how many more times a Deepgram dial is tried after a
+	// failure another try may not meet, within the same 10 s bound.
+	UpstreamRetries int `env:"UPSTREAM_RETRIES, default=1"`
 }
 
 // upstreamDialTimeout bounds the TCP, TLS and WebSocket handshake with
 // Deepgram, so a client waits at most this long to hear about a failure.
 const upstreamDialTimeout = 10 * time.Second
+
+// maxUpstreamRetries bounds UPSTREAM_RETRIES.
+const maxUpstreamRetries = 3
 
 // loadConfig reads the environment through lookup and checks every value, so
 // a bad deploy fails at start with the variable's name rather than at the
@@ -154,10 +160,14 @@ func (c *Config) validate() error {
 		{"MAX_SESSIONS", c.MaxSessions, 1},
 		{"MAX_SESSIONS_PER_USER", c.MaxSessionsPerUser, 0},
 		{"SESSION_RATE_PER_MINUTE", c.SessionRatePerMinute, 0},
+		{"UPSTREAM_RETRIES", c.UpstreamRetries, 0},
 	} {
 		if n.value < n.min {
 			return fmt.Errorf("%s: %d must be at least %d", n.name, n.value, n.min)
 		}
+	}
+	if c.UpstreamRetries > maxUpstreamRetries {
+		return fmt.Errorf("UPSTREAM_RETRIES: %d is over %d: a dial that keeps failing is an outage, and the client waits through every try", c.UpstreamRetries, maxUpstreamRetries)
 	}
 	for _, d := range []struct {
 		name  string

@@ -29,6 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 	want.JWTLeeway = 30 * time.Second
 	want.MaxSessions, want.MaxSessionsPerUser, want.SessionRatePerMinute = 1000, 5, 30
 	want.MaxSessionDuration, want.IdleTimeout, want.WriteTimeout = 2*time.Hour, time.Minute, 10*time.Second
+	want.UpstreamRetries = 1
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", *cfg, want)
 	}
@@ -45,6 +46,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		"DEEPGRAM_AGENT_URL":  "https://agent.deepgram.com/v1/agent/converse",
 		"DEEPGRAM_LISTEN_URL": "wss://user:pass@api.deepgram.com/v1/listen",
 		"PROXY_PATH":          "/openai/proxy",
+		"UPSTREAM_RETRIES":    "4",
 	}
 	for name, value := range cases {
 		env := map[string]string{"DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true", name: value}

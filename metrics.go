@@ -24,6 +24,7 @@ type metrics struct {
 	bytes            *prometheus.CounterVec
 	messages         *prometheus.CounterVec
 	dialDuration     *prometheus.HistogramVec
+	dialRetries      *prometheus.CounterVec
 	upstreamErrors   *prometheus.CounterVec
 	authFailures     *prometheus.CounterVec
 	refusals         *prometheus.CounterVec
@@ -58,6 +59,9 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_upstream_dial_seconds", Help: "Time to open the Deepgram WebSocket, by result.",
 			Buckets: []float64{.025, .05, .1, .2, .4, .8, 1.6, 3.2, 6.4, 10},
 		}, []string{"service", "result"}),
+		dialRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_upstream_dial_retries_total", Help: "Deepgram dials tried again, by what the failed try met (connect, http_502, http_503, http_504).",
+		}, []string{"service", "cause"}),
 		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dgrelay_upstream_failures_total", Help: "Sessions that could not reach Deepgram, by the Error code sent to the client.",
 		}, []string{"code"}),
@@ -82,7 +86,7 @@ func newMetrics(version string) *metrics {
 	})
 	build.Set(1)
 	m.registry.MustRegister(m.sessionsActive, m.sessionsTotal, m.sessionDuration, m.closeCodes, m.bytes, m.messages,
-		m.dialDuration, m.upstreamErrors, m.authFailures, m.refusals, m.policyViolations, m.drains, m.draining, build,
+		m.dialDuration, m.dialRetries, m.upstreamErrors, m.authFailures, m.refusals, m.policyViolations, m.drains, m.draining, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

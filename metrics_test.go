@@ -2,6 +2,8 @@ package main
 
 import (
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +11,7 @@ import (
 	"dgrelay/internal/fakedeepgram"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestMetrics drives sessions that end every way and reads the registry as
@@ -90,5 +93,39 @@ func TestPprofOnlyWhenEnabled(t *testing.T) {
 		if resp := get(t, h.srv.URL+"/debug/pprof/", nil); resp.StatusCode != 404 {
 			t.Errorf("the public port serves pprof")
 		}
+	}
+}
+
+// TestReadmeMetricsTable: every dgrelay_ metric the registry holds is in the
+// README's metrics table.
+func TestReadmeMetricsTable(t *testing.T) {
+	raw, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(raw), "## Metrics\n")
+	if !ok {
+		t.Fatal("README has no Metrics section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	descs := make(chan *prometheus.Desc)
+	go func() {
+		newMetrics("dev").registry.Describe(descs)
+		close(descs)
+	}()
+	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
+	seen := 0
+	for d := range descs {
+		m := fqName.FindStringSubmatch(d.String())
+		if m == nil || !strings.HasPrefix(m[1], "dgrelay_") {
+			continue
+		}
+		seen++
+		if !strings.Contains(section, "`"+m[1]+"`") {
+			t.Errorf("%s is not in the README's metrics table", m[1])
+		}
+	}
+	if seen < 10 {
+		t.Fatalf("only %d dgrelay_ metrics described", seen)
 	}
 }

@@ -9,14 +9,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -484,18 +488,33 @@ type upstreamFailure struct {
 func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *session) (*websocket.Conn, *handoffConn, *upstreamFailure) {
 	ctx, cancel := context.WithTimeout(ctx, rl.dialTimeout)
 	defer cancel()
-	slot := new(handoffSlot)
-	ctx = withHandoffSlot(ctx, slot)
-	opts := rl.dialOpts
-	opts.Host = up.host
 	start := time.Now()
-	conn, resp, err := websocket.Dial(ctx, up.target(forwarded), &opts)
-	result := "ok"
-	if err == nil && slot.conn == nil {
-		// Only upgradeTransport dials; anything else is a bug here.
-		conn.CloseNow()
-		conn, err = nil, errors.New("upgraded connection not handed over")
+	var conn *websocket.Conn
+	var hc *handoffConn
+	var resp *http.Response
+	var err error
+	for try := 0; ; try++ {
+		conn, hc, resp, err = rl.dialOnce(ctx, up, forwarded)
+		cause := retryCause(resp, err)
+		if err == nil || cause == "" || try == rl.cfg.UpstreamRetries {
+			break
+		}
+		// Nothing was opened at Deepgram, so trying again is safe; the
+		// pause is short and jittered so that sessions refused together
+		// do not come back together.
+		pause := upstreamRetryPause/2 + mrand.N(upstreamRetryPause)
+		if deadline, _ := ctx.Deadline(); time.Until(deadline) < 2*pause {
+			break
+		}
+		rl.metrics.dialRetries.WithLabelValues(s.service, cause).Inc()
+		rl.log.Info("upstream dial retried", "session", s.id, "service", s.service, "cause", cause,
+			"error", rl.redact(urlQuery.ReplaceAllString(err.Error(), "")))
+		select {
+		case <-time.After(pause):
+		case <-ctx.Done(): // the client left; the next try says so
+		}
 	}
+	result := "ok"
 	if err != nil {
 		result = "error"
 	}
@@ -504,7 +523,7 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 		s.dgRequestID = resp.Header.Get("dg-request-id")
 	}
 	if err == nil {
-		return conn, slot.conn, nil
+		return conn, hc, nil
 	}
 	f := &upstreamFailure{Type: "Error", cause: err}
 	switch {
@@ -527,6 +546,47 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 		f.Description = "Deepgram could not be reached"
 	}
 	return nil, nil, f
+}
+
+// upstreamRetryPause is the middle of the pause before a dial is tried again.
+const upstreamRetryPause = 200 * time.Millisecond
+
+// dialOnce is one try at Deepgram's WebSocket.
+func (rl *relay) dialOnce(ctx context.Context, up upstream, forwarded string) (*websocket.Conn, *handoffConn, *http.Response, error) {
+	slot := new(handoffSlot)
+	opts := rl.dialOpts
+	opts.Host = up.host
+	conn, resp, err := websocket.Dial(withHandoffSlot(ctx, slot), up.target(forwarded), &opts)
+	if err == nil && slot.conn == nil {
+		// Only upgradeTransport dials; anything else is a bug here.
+		conn.CloseNow()
+		conn, err = nil, errors.New("upgraded connection not handed over")
+	}
+	return conn, slot.conn, resp, err
+}
+
+// retryCause says why a failed dial may be tried again, or "" when another
+// try would meet the same answer (a refused key, a bad request, a
+// certificate that does not verify) or the time is spent. Retried: a
+// connection refused or cut before Deepgram answered, and the 502, 503 and
+// 504 its front end answers while a backend restarts.
+func retryCause(resp *http.Response, err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case resp != nil && resp.StatusCode != 0:
+		switch resp.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return "http_" + strconv.Itoa(resp.StatusCode)
+		}
+		return ""
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || isTimeout(err):
+		return ""
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connect"
+	}
+	return ""
 }
 
 // urlQuery matches the query of a URL quoted in an error: the dial error

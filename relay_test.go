@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -375,6 +376,70 @@ func TestUpstreamFailures(t *testing.T) {
 	}
 }
 
+// TestUpstreamDialRetry: a dial that Deepgram's front cut or answered 502,
+// 503 or 504 is tried again and the session opens; a refused key or request
+// is not tried again; UPSTREAM_RETRIES bounds the tries.
+func TestUpstreamDialRetry(t *testing.T) {
+	cases := []struct {
+		name       string
+		retries    string
+		opts       fakedeepgram.Options
+		handshakes int
+		code       string // the Error frame's, or "" when the session opens
+		metric     string // the retry counter's line, when there is one
+	}{
+		{"503 then open", "1", fakedeepgram.Options{RejectStatus: 503, RejectFirst: 1}, 2, "", `cause="http_503",service="agent"} 1`},
+		{"502 twice then open", "2", fakedeepgram.Options{RejectStatus: 502, RejectFirst: 2}, 3, "", `cause="http_502",service="agent"} 2`},
+		{"cut then open", "1", fakedeepgram.Options{DropFirst: 1}, 2, "", `cause="connect",service="agent"} 1`},
+		{"504 past the retries", "1", fakedeepgram.Options{RejectStatus: 504}, 2, "UPSTREAM_REJECTED", `cause="http_504",service="agent"} 1`},
+		{"retries off", "0", fakedeepgram.Options{RejectStatus: 503, RejectFirst: 1}, 1, "UPSTREAM_REJECTED", ""},
+		{"a refused key is not retried", "3", fakedeepgram.Options{APIKey: "another-key"}, 1, "UPSTREAM_AUTH", ""},
+		{"a bad request is not retried", "3", fakedeepgram.Options{RejectStatus: 400}, 1, "UPSTREAM_REJECTED", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, map[string]string{"UPSTREAM_RETRIES": tc.retries}, tc.opts)
+			c := h.dial("service=agent")
+			if tc.code == "" {
+				expectType(t, c, "Welcome")
+				c.Close(websocket.StatusNormalClosure, "")
+			} else {
+				if e := expectType(t, c, "Error"); e["code"] != tc.code {
+					t.Fatalf("Error frame %v, want %s", e, tc.code)
+				}
+				expectClose(t, c, websocket.StatusBadGateway)
+			}
+			h.relay.drain(time.Second)
+			if got := len(h.fake.Handshakes()); got != tc.handshakes {
+				t.Errorf("%d handshakes at Deepgram, want %d", got, tc.handshakes)
+			}
+			m := httptest.NewServer(h.relay.metricsServer().Handler)
+			defer m.Close()
+			body := scrape(t, m.URL+"/metrics")
+			if tc.metric != "" && !strings.Contains(body, "dgrelay_upstream_dial_retries_total{"+tc.metric) {
+				t.Errorf("no retry counted as %s:\n%s", tc.metric, grepLines(body, "dial_retries"))
+			}
+			if tc.metric == "" && strings.Contains(body, "dgrelay_upstream_dial_retries_total{") {
+				t.Errorf("a retry was counted:\n%s", grepLines(body, "dial_retries"))
+			}
+			if logged := strings.Contains(h.logs.String(), `"message":"upstream dial retried"`); logged != (tc.metric != "") {
+				t.Errorf("retry logged: %v, want %v", logged, tc.metric != "")
+			}
+		})
+	}
+}
+
+// grepLines is the lines of s that hold sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, sub) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // TestSessionEndLog checks the one line a session leaves: counts both ways,
 // who closed, both codes and Deepgram's request id, and no token or query.
 func TestSessionEndLog(t *testing.T) {
@@ -440,6 +505,9 @@ func TestUpstreamTLS(t *testing.T) {
 			t.Fatalf("Error frame %v", e)
 		}
 		expectClose(t, c, websocket.StatusBadGateway)
+		if strings.Contains(h.logs.String(), "upstream dial retried") {
+			t.Error("a certificate that does not verify was tried again")
+		}
 	})
 }
 

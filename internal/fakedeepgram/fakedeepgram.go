@@ -34,8 +34,13 @@ type Options struct {
 	// APIKey, when set, is required as "Authorization: Token <APIKey>";
 	// anything else is answered 401 with a dg-error header, as Deepgram does.
 	APIKey string
-	// RejectStatus, when set, answers every handshake with this status.
+	// RejectStatus, when set, answers every handshake with this status
+	// (the first RejectFirst only, when that is set).
 	RejectStatus int
+	RejectFirst  int
+	// DropFirst cuts the connection of the first DropFirst handshakes
+	// without an answer, as a restarting backend does.
+	DropFirst int
 	// HandshakeDelay holds every handshake this long before answering.
 	HandshakeDelay time.Duration
 	// ReadLimit is the largest message accepted; 0 means 64 MiB.
@@ -156,7 +161,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	opts := s.opts
 	s.handshakes = append(s.handshakes, Handshake{Host: r.Host, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: r.Header.Clone(),
 		Resumed: r.TLS != nil && r.TLS.DidResume})
+	n := len(s.handshakes)
 	s.mu.Unlock()
+
+	if n <= opts.DropFirst {
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			conn.Close()
+		}
+		return
+	}
 
 	if opts.HandshakeDelay > 0 {
 		select {
@@ -172,7 +185,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, `{"err_code":"INVALID_AUTH","err_msg":"Invalid credentials."}`, http.StatusUnauthorized)
 		return
 	}
-	if opts.RejectStatus != 0 {
+	if opts.RejectStatus != 0 && (opts.RejectFirst == 0 || n <= opts.RejectFirst) {
 		w.Header().Set("dg-error", "Rejected by the fake upstream.")
 		http.Error(w, "rejected", opts.RejectStatus)
 		return

@@ -292,21 +292,29 @@ func (oc *originChecker) allowed(r *http.Request) bool {
 	return false
 }
 
-// clientIP is the caller's address: from the platform's header when
-// TRUST_PROXY_HEADERS is set (Fly's Fly-Client-IP, else the first
-// X-Forwarded-For hop, which Cloud Run's front end writes), else from the
-// socket. Without a trusted proxy in front, those headers are the client's
-// own words and would let it pick its rate-limit bucket.
-func clientIP(r *http.Request, trustProxy bool) string {
-	if trustProxy {
-		if ip := net.ParseIP(strings.TrimSpace(r.Header.Get("Fly-Client-IP"))); ip != nil {
-			return ip.String()
-		}
-		if first, _, _ := strings.Cut(r.Header.Get("X-Forwarded-For"), ","); first != "" {
-			if ip := net.ParseIP(strings.TrimSpace(first)); ip != nil {
-				return ip.String()
+// clientIP is the caller's address: from the header of the platform proxy
+// named by TRUST_PROXY_HEADERS, else from the socket. A header is the
+// client's own words unless that proxy writes it: Fly's proxy sets
+// Fly-Client-IP, and Cloud Run's front end puts the address it saw last in
+// X-Forwarded-For, after anything the client sent there. Believing any other
+// header would let a client pick its rate-limit bucket and its address in
+// the logs.
+func clientIP(r *http.Request, trustProxy string) string {
+	var fromProxy string
+	switch trustProxy {
+	case proxyFly:
+		fromProxy = r.Header.Get("Fly-Client-IP")
+	case proxyCloudRun:
+		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+			last := xff[len(xff)-1]
+			if i := strings.LastIndexByte(last, ','); i >= 0 {
+				last = last[i+1:]
 			}
+			fromProxy = last
 		}
+	}
+	if ip := net.ParseIP(strings.TrimSpace(fromProxy)); ip != nil {
+		return ip.String()
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {

@@ -396,22 +396,32 @@ func TestOrigins(t *testing.T) {
 }
 
 func TestClientIP(t *testing.T) {
-	r := httptest.NewRequest(http.MethodGet, "/", nil)
-	r.RemoteAddr = "10.1.2.3:5555"
-	r.Header.Set("X-Forwarded-For", "203.0.113.7, 10.0.0.1")
-	if got := clientIP(r, false); got != "10.1.2.3" {
-		t.Errorf("untrusted: %s", got)
+	cases := []struct {
+		name, trust, flyIP string
+		xff                []string
+		want               string
+	}{
+		{"untrusted", proxyNone, "2001:db8::1", []string{"203.0.113.7"}, "10.1.2.3"},
+		{"cloudrun", proxyCloudRun, "", []string{"203.0.113.7"}, "203.0.113.7"},
+		{"cloudrun: what the client wrote comes first", proxyCloudRun, "", []string{"6.6.6.6, 203.0.113.7"}, "203.0.113.7"},
+		{"cloudrun: the last of several lines", proxyCloudRun, "", []string{"6.6.6.6", "7.7.7.7,203.0.113.7"}, "203.0.113.7"},
+		{"cloudrun: a client's Fly-Client-IP", proxyCloudRun, "6.6.6.6", nil, "10.1.2.3"},
+		{"fly", proxyFly, "2001:db8::1", []string{"6.6.6.6, 203.0.113.7, 66.241.124.1"}, "2001:db8::1"},
+		{"fly: no header", proxyFly, "", []string{"203.0.113.7"}, "10.1.2.3"},
+		{"bad headers fall back to the socket", proxyCloudRun, "", []string{"garbage"}, "10.1.2.3"},
+		{"a bad Fly-Client-IP falls back to the socket", proxyFly, "not-an-ip", nil, "10.1.2.3"},
 	}
-	if got := clientIP(r, true); got != "203.0.113.7" {
-		t.Errorf("X-Forwarded-For: %s", got)
-	}
-	r.Header.Set("Fly-Client-IP", "2001:db8::1")
-	if got := clientIP(r, true); got != "2001:db8::1" {
-		t.Errorf("Fly-Client-IP: %s", got)
-	}
-	r.Header.Set("Fly-Client-IP", "not-an-ip")
-	r.Header.Set("X-Forwarded-For", "garbage")
-	if got := clientIP(r, true); got != "10.1.2.3" {
-		t.Errorf("bad headers fall back to the socket: %s", got)
+	for _, tc := range cases {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.RemoteAddr = "10.1.2.3:5555"
+		if tc.flyIP != "" {
+			r.Header.Set("Fly-Client-IP", tc.flyIP)
+		}
+		for _, v := range tc.xff {
+			r.Header.Add("X-Forwarded-For", v)
+		}
+		if got := clientIP(r, tc.trust); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
 	}
 }

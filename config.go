@@ -66,9 +66,10 @@ type Config struct {
 	// AllowedOrigins are the browser origins allowed besides the relay's own
 	// host: coder/websocket OriginPatterns (e.g. app.example.com, *.example.com).
 	AllowedOrigins []string `env:"ALLOWED_ORIGINS"`
-	// TrustProxyHeaders takes the client IP from Fly-Client-IP or the first
-	// X-Forwarded-For hop instead of the socket.
-	TrustProxyHeaders bool `env:"TRUST_PROXY_HEADERS, default=false"`
+	// TrustProxyHeaders names the platform proxy in front, whose header then
+	// gives the client IP: fly (Fly-Client-IP), cloudrun (the last
+	// X-Forwarded-For address), or off (the socket's peer).
+	TrustProxyHeaders string `env:"TRUST_PROXY_HEADERS, default=off"`
 
 	// SettingsPolicy is the Settings policy: inline JSON or @path to a file.
 	SettingsPolicy string `env:"SETTINGS_POLICY"`
@@ -93,6 +94,13 @@ type Config struct {
 // upstreamDialTimeout bounds the TCP, TLS and WebSocket handshake with
 // Deepgram, so a client waits at most this long to hear about a failure.
 const upstreamDialTimeout = 10 * time.Second
+
+// The TRUST_PROXY_HEADERS values.
+const (
+	proxyFly      = "fly"
+	proxyCloudRun = "cloudrun"
+	proxyNone     = "off"
+)
 
 // maxUpstreamRetries bounds UPSTREAM_RETRIES.
 const maxUpstreamRetries = 3
@@ -165,6 +173,15 @@ func (c *Config) validate() error {
 		if n.value < n.min {
 			return fmt.Errorf("%s: %d must be at least %d", n.name, n.value, n.min)
 		}
+	}
+	switch c.TrustProxyHeaders {
+	case proxyFly, proxyCloudRun, proxyNone:
+	case "false":
+		c.TrustProxyHeaders = proxyNone
+	default:
+		// "true" too: each platform's header is only trustworthy behind
+		// that platform, so the relay must know which one it is behind.
+		return fmt.Errorf("TRUST_PROXY_HEADERS: %q is not one of fly, cloudrun, off", c.TrustProxyHeaders)
 	}
 	if c.UpstreamRetries > maxUpstreamRetries {
 		return fmt.Errorf("UPSTREAM_RETRIES: %d is over %d: a dial that keeps failing is an outage, and the client waits through every try", c.UpstreamRetries, maxUpstreamRetries)

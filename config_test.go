@@ -29,7 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 	want.JWTLeeway = 30 * time.Second
 	want.MaxSessions, want.MaxSessionsPerUser, want.SessionRatePerMinute = 1000, 5, 30
 	want.MaxSessionDuration, want.IdleTimeout, want.WriteTimeout = 2*time.Hour, time.Minute, 10*time.Second
-	want.UpstreamRetries = 1
+	want.UpstreamRetries, want.TrustProxyHeaders = 1, "off"
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", *cfg, want)
 	}
@@ -47,6 +47,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		"DEEPGRAM_LISTEN_URL": "wss://user:pass@api.deepgram.com/v1/listen",
 		"PROXY_PATH":          "/openai/proxy",
 		"UPSTREAM_RETRIES":    "4",
+		"TRUST_PROXY_HEADERS": "true",
 	}
 	for name, value := range cases {
 		env := map[string]string{"DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true", name: value}

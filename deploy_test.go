@@ -94,6 +94,9 @@ func TestFlyToml(t *testing.T) {
 	if c.Type != "connections" || c.HardLimit != cfg.MaxSessions || c.SoftLimit <= 0 || c.SoftLimit > c.HardLimit {
 		t.Errorf("concurrency %+v: want connections with hard_limit = MAX_SESSIONS (%d)", c, cfg.MaxSessions)
 	}
+	if cfg.TrustProxyHeaders != proxyFly {
+		t.Errorf("TRUST_PROXY_HEADERS %q: on Fly the client address is Fly-Client-IP (fly)", cfg.TrustProxyHeaders)
+	}
 	if !fly.HTTPService.ForceHTTPS {
 		t.Error("force_https is off: tokens would cross the internet in clear")
 	}
@@ -188,6 +191,9 @@ func TestCloudBuild(t *testing.T) {
 	cfg := configFrom(t, env)
 	if flags["--port"] != strconv.Itoa(cfg.Port) {
 		t.Errorf("--port %s, but dgrelay listens on %d", flags["--port"], cfg.Port)
+	}
+	if cfg.TrustProxyHeaders != proxyCloudRun {
+		t.Errorf("TRUST_PROXY_HEADERS %q: on Cloud Run the client address is X-Forwarded-For's last (cloudrun)", cfg.TrustProxyHeaders)
 	}
 	if flags["--timeout"] != "3600" {
 		t.Errorf("--timeout %s: a WebSocket lives at most as long as the request, so use Cloud Run's 3600", flags["--timeout"])

@@ -71,6 +71,10 @@ type Config struct {
 	// X-Forwarded-For address), or off (the socket's peer).
 	TrustProxyHeaders string `env:"TRUST_PROXY_HEADERS, default=off"`
 
+	// GoogleCloudProject, on Cloud Run, makes session log lines carry their
+	// request's trace, so that Cloud Logging shows them with the request.
+	GoogleCloudProject string `env:"GOOGLE_CLOUD_PROJECT"`
+
 	// SettingsPolicy is the Settings policy: inline JSON or @path to a file.
 	SettingsPolicy string `env:"SETTINGS_POLICY"`
 

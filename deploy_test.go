@@ -192,6 +192,9 @@ func TestCloudBuild(t *testing.T) {
 	if flags["--port"] != strconv.Itoa(cfg.Port) {
 		t.Errorf("--port %s, but dgrelay listens on %d", flags["--port"], cfg.Port)
 	}
+	if env["GOOGLE_CLOUD_PROJECT"] != "my-project" { // ${PROJECT_ID}, substituted
+		t.Errorf("GOOGLE_CLOUD_PROJECT %q: session log lines carry their trace only with the project's id", env["GOOGLE_CLOUD_PROJECT"])
+	}
 	if cfg.TrustProxyHeaders != proxyCloudRun {
 		t.Errorf("TRUST_PROXY_HEADERS %q: on Cloud Run the client address is X-Forwarded-For's last (cloudrun)", cfg.TrustProxyHeaders)
 	}

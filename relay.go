@@ -266,7 +266,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rl.metrics.refusals.WithLabelValues("origin").Inc()
 		// The origin is logged (bounded) so that a missing ALLOWED_ORIGINS
 		// entry is easy to see; it is a page's address, not a secret.
-		rl.log.Info("session refused", "refusal", "origin", "origin", rl.redact(r.Header.Get("Origin")),
+		rl.logFor(cloudTrace(r, rl.cfg.GoogleCloudProject)).Info("session refused", "refusal", "origin", "origin", rl.redact(r.Header.Get("Origin")),
 			"remote", clientIP(r, rl.cfg.TrustProxyHeaders))
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
@@ -282,6 +282,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		id:      newSessionID(),
 		service: service,
 		remote:  clientIP(r, rl.cfg.TrustProxyHeaders),
+		trace:   cloudTrace(r, rl.cfg.GoogleCloudProject),
 		started: time.Now(),
 	}
 	if rl.auth.enabled() {
@@ -343,7 +344,7 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 			upConn.CloseNow()
 		}
 		// The error quotes the client's own headers: bounded and cleaned.
-		rl.log.Info("client handshake failed", "session", s.id, "remote", s.remote, "error", rl.redact(err.Error()))
+		s.log().Info("client handshake failed", "session", s.id, "remote", s.remote, "error", rl.redact(err.Error()))
 		return false
 	}
 	if failure != nil {
@@ -464,7 +465,7 @@ func (rl *relay) refuseAfterUpgrade(w http.ResponseWriter, r *http.Request, s *s
 	} else {
 		rl.metrics.refusals.WithLabelValues(label).Inc()
 	}
-	rl.log.Info("session refused", "refusal", label, "close", int(code), "user", s.user, "remote", s.remote)
+	s.log().Info("session refused", "refusal", label, "close", int(code), "user", s.user, "remote", s.remote)
 	c, _, err := rl.accept(w, r)
 	if err != nil {
 		return
@@ -507,7 +508,7 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 			break
 		}
 		rl.metrics.dialRetries.WithLabelValues(s.service, cause).Inc()
-		rl.log.Info("upstream dial retried", "session", s.id, "service", s.service, "cause", cause,
+		s.log().Info("upstream dial retried", "session", s.id, "service", s.service, "cause", cause,
 			"error", rl.redact(urlQuery.ReplaceAllString(err.Error(), "")))
 		select {
 		case <-time.After(pause):
@@ -626,7 +627,7 @@ func (rl *relay) refuse(client *websocket.Conn, s *session, f *upstreamFailure) 
 	rl.metrics.upstreamErrors.WithLabelValues(f.Code).Inc()
 	rl.metrics.sessionsTotal.WithLabelValues(s.service, "upstream_failed").Inc()
 	rl.metrics.closeCodes.WithLabelValues("client", codeLabel(websocket.StatusBadGateway)).Inc()
-	rl.log.Warn("upstream dial failed",
+	s.log().Warn("upstream dial failed",
 		"session", s.id, "service", s.service, "code", f.Code, "upstream_status", f.status,
 		"dg_request_id", s.dgRequestID, "remote", s.remote, "error", rl.redact(urlQuery.ReplaceAllString(f.cause.Error(), "?…")))
 }
@@ -641,7 +642,7 @@ func (rl *relay) sessionEnded(s *session) {
 	m.closeCodes.WithLabelValues("client", codeLabel(o.clientCode)).Inc()
 	m.closeCodes.WithLabelValues("upstream", codeLabel(o.upstreamCode)).Inc()
 	up, down := &s.up, &s.down
-	rl.log.Info("session end",
+	s.log().Info("session end",
 		"session", s.id,
 		"service", s.service,
 		"duration_ms", time.Since(s.started).Milliseconds(),
@@ -696,6 +697,7 @@ type session struct {
 	id          string
 	service     string
 	remote      string // client IP
+	trace       string // the request's Cloud Trace name, for log lines; may be empty
 	user        string // the token's sub; empty when unauthenticated
 	identity    string // what the per-user limits count: sub or IP
 	dgRequestID string
@@ -717,6 +719,9 @@ type session struct {
 	outcome outcome
 	closeBy time.Time
 }
+
+// log is the relay's logger for lines about s.
+func (s *session) log() *slog.Logger { return s.relay.logFor(s.trace) }
 
 // run relays both directions until each has finished, then closes both
 // connections. One pipe runs on the calling goroutine, the other on its own:
@@ -887,7 +892,7 @@ func (s *session) policyFilter(msg []byte) policyVerdict {
 	v := s.relay.policy.check(msg)
 	if len(v.stripped) > 0 {
 		s.relay.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.stripped)))
-		s.relay.log.Info("settings policy: stripped", "session", s.id, "user", s.user, "paths", v.stripped)
+		s.log().Info("settings policy: stripped", "session", s.id, "user", s.user, "paths", v.stripped)
 	}
 	return v
 }
@@ -897,7 +902,7 @@ func (s *session) policyFilter(msg []byte) policyVerdict {
 // that message and gets a normal close.
 func (s *session) refuseSettings(path string) {
 	s.relay.metrics.policyViolations.WithLabelValues("refuse").Inc()
-	s.relay.log.Info("settings policy: refused", "session", s.id, "user", s.user, "path", path)
+	s.log().Info("settings policy: refused", "session", s.id, "user", s.user, "path", path)
 	frame, _ := json.Marshal(map[string]string{"type": "Error", "code": "SETTINGS_REFUSED", "description": path + " is not allowed"})
 	s.end(outcome{closedBy: "relay", cause: "settings_refused", clientError: frame,
 		clientCode: websocket.StatusPolicyViolation, clientReason: "settings refused",

@@ -441,27 +441,11 @@ type tlsRig struct {
 	done     chan struct{}
 }
 
-func newTLSRig(t *testing.T, cert tls.Certificate) *tlsRig {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	connect := func() (dialled, accepted net.Conn) {
-		d, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d, a
-	}
+func newTLSRig(t testing.TB, cert tls.Certificate) *tlsRig {
 	r := &tlsRig{}
 	var clientSide, upTCP net.Conn
-	r.out, clientSide = connect()
-	upTCP, r.deepgram = connect()
+	r.out, clientSide = loopbackPair(t)
+	upTCP, r.deepgram = loopbackPair(t)
 	r.capture = &captureConn{Conn: r.deepgram}
 	r.server = tls.Server(r.capture, &tls.Config{Certificates: []tls.Certificate{cert}})
 	roots := x509.NewCertPool()

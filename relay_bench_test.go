@@ -23,26 +23,29 @@ type pipePair struct {
 	done    chan struct{}
 }
 
-func newPipePair(b *testing.B, policy *settingsPolicy) *pipePair {
-	b.Helper()
+// loopbackPair is two connected TCP sockets on 127.0.0.1.
+func loopbackPair(tb testing.TB) (dialled, accepted net.Conn) {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer ln.Close()
-	connect := func() (dialled, accepted net.Conn) {
-		d, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		a, err := ln.Accept()
-		if err != nil {
-			b.Fatal(err)
-		}
-		return d, a
+	d, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
 	}
-	in, clientSide := connect()
-	upstreamSide, out := connect()
+	a, err := ln.Accept()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return d, a
+}
+
+func newPipePair(b *testing.B, policy *settingsPolicy) *pipePair {
+	b.Helper()
+	in, clientSide := loopbackPair(b)
+	upstreamSide, out := loopbackPair(b)
 	s := &session{
 		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}, policy: policy},
 		client:   newPeer(&handoffConn{Conn: clientSide}, sideClient),
@@ -121,55 +124,12 @@ func BenchmarkPipeTLS(b *testing.B) {
 }
 
 func benchmarkPipeTLS(b *testing.B, size int) {
-	cert := selfSigned(b)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	connect := func() (dialled, accepted net.Conn) {
-		d, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		a, err := ln.Accept()
-		if err != nil {
-			b.Fatal(err)
-		}
-		return d, a
-	}
-	out, clientSide := connect() // out: the browser's end
-	upTCP, deepgramTCP := connect()
-	roots := x509.NewCertPool()
-	roots.AddCert(cert.Leaf)
-	upstreamSide := tls.Client(newTLSSocket(upTCP), &tls.Config{RootCAs: roots, ServerName: "deepgram.test"})
-	in := tls.Server(deepgramTCP, &tls.Config{Certificates: []tls.Certificate{cert}})
-	handshook := make(chan error, 1)
-	go func() { handshook <- in.Handshake() }()
-	if err := upstreamSide.Handshake(); err != nil {
-		b.Fatal(err)
-	}
-	if err := <-handshook; err != nil {
-		b.Fatal(err)
-	}
-	s := &session{
-		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}},
-		client:   newPeer(&handoffConn{Conn: clientSide}, sideClient),
-		upstream: newPeer(&handoffConn{Conn: upstreamSide}, sideUpstream),
-	}
-	if s.upstream.tls == nil {
-		b.Fatal("the TLS upstream is not read through its socket")
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.run()
-	}()
-	defer func() {
-		in.Close()
-		out.Close()
-		<-done
-	}()
+	r := newTLSRig(b, selfSigned(b))
+	r.capture.mu.Lock()
+	r.capture.capture = false // Deepgram's records go straight to the socket
+	r.capture.mu.Unlock()
+	r.start()
+	in, out := r.server, r.out
 	frame := appendFrame(nil, opBinary, make([]byte, size), false)
 	got := make([]byte, len(frame))
 	b.SetBytes(int64(size))

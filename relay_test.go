@@ -616,6 +616,47 @@ func TestUpstreamTLSFrames(t *testing.T) {
 	}
 }
 
+// TestUpstreamTLSBothWays: audio up while TTS audio streams down over one TLS
+// connection, so that crypto/tls is read in the socket callback while the
+// other direction writes to it (run under -race).
+func TestUpstreamTLSBothWays(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{TLS: true, APIKey: testAPIKey})
+	defer fake.Close()
+	h := newHarness(t, map[string]string{"DEEPGRAM_AGENT_URL": fake.URL + "/v1/agent/converse"}, fakedeepgram.Options{})
+	trust(h, fake)
+	const n = 300
+	for range 3 {
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Stream","bytes":1920,"interval_ms":1,"count":300}`))
+		sent := make(chan error, 1)
+		go func() {
+			for range n {
+				if err := c.Write(t.Context(), websocket.MessageBinary, make([]byte, 640)); err != nil {
+					sent <- err
+					return
+				}
+			}
+			sent <- nil
+		}()
+		echoes, tts := 0, 0
+		for echoes < n || tts < 300 {
+			switch _, data := read(t, c); len(data) {
+			case 640:
+				echoes++
+			case 1920:
+				tts++
+			default:
+				t.Fatalf("a %d B message", len(data))
+			}
+		}
+		if err := <-sent; err != nil {
+			t.Fatal(err)
+		}
+		c.Close(websocket.StatusNormalClosure, "")
+	}
+}
+
 // TestEarlyUpstreamBytes: bytes Deepgram sends in the same packet as its 101
 // (Welcome often is) reach the client first.
 func TestEarlyUpstreamBytes(t *testing.T) {

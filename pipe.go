@@ -34,8 +34,8 @@ const readBufferSize = 32 << 10
 var readBuffers = bufferPool(readBufferSize)
 
 // streamBufferSize is the buffer held by a direction whose source can only
-// be read through net.Conn (off Linux): it is held while waiting. 4 KiB is
-// what coder/websocket held.
+// be read through net.Conn (off Linux, or over a connection that is not a
+// TCP socket): it is held while waiting. 4 KiB is what coder/websocket held.
 const streamBufferSize = 4 << 10
 
 var streamBuffers = bufferPool(streamBufferSize)
@@ -183,7 +183,7 @@ func (p *pipe) readRaw(raw syscall.RawConn, onReadable func(fd uintptr) bool) (b
 }
 
 // readStream reads a source that has no socket of its own to wait on (off
-// Linux) through a held buffer.
+// Linux, or not over TCP) through a held buffer.
 func (p *pipe) readStream() (bool, error) {
 	bp := streamBuffers.Get().(*[]byte)
 	defer streamBuffers.Put(bp)

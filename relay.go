@@ -509,7 +509,7 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 		}
 		rl.metrics.dialRetries.WithLabelValues(s.service, cause).Inc()
 		s.log().Info("upstream dial retried", "session", s.id, "service", s.service, "cause", cause,
-			"error", rl.redact(urlQuery.ReplaceAllString(err.Error(), "")))
+			"error", rl.redact(urlQuery.ReplaceAllString(err.Error(), "?…")))
 		select {
 		case <-time.After(pause):
 		case <-ctx.Done(): // the client left; the next try says so

@@ -104,7 +104,10 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		"listen_upstream", rl.listen.host,
 		"key_source", keySource,
 		"auth", rl.auth.mode(cfg),
-		"settings_policy", policy != nil)
+		"settings_policy", policy != nil,
+		"max_sessions", cfg.MaxSessions,
+		"trust_proxy_headers", cfg.TrustProxyHeaders,
+		"upstream_retries", cfg.UpstreamRetries)
 
 	select {
 	case s := <-sig:

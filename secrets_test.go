@@ -153,6 +153,9 @@ func TestRunReadsKeyFromSecretManager(t *testing.T) {
 	if !strings.Contains(out, `"key_source":"`+name+`"`) {
 		t.Errorf("the start line does not name the secret:\n%s", out)
 	}
+	if !strings.Contains(out, `"trust_proxy_headers":"off","upstream_retries":1`) {
+		t.Errorf("the start line does not give the client IP source and the retries:\n%s", out)
+	}
 	if strings.Contains(out, testAPIKey) {
 		t.Errorf("the key is logged:\n%s", out)
 	}

@@ -8,7 +8,8 @@
 //
 // It prints one table: each figure per path and its ratio to nginx's. The
 // smoke run checks that every path relays correctly and asserts nothing
-// about speed.
+// about speed. The soak (dgrelay only) fails the run if sessions ended every
+// way leave goroutines or descriptors behind.
 package main
 
 import (
@@ -37,7 +38,7 @@ const proxyCore, loadCore = "0", "1"
 var cpuProfile = flag.String("cpuprofile", "", "file for dgrelay's CPU profile during the voice load")
 
 // scenarios picks which measurements run.
-var scenarios = flag.String("scenarios", "latency,connect,ceiling,idle,voice", "measurements to run")
+var scenarios = flag.String("scenarios", "latency,connect,ceiling,idle,voice,soak", "measurements to run")
 
 func want(name string) bool { return strings.Contains(","+*scenarios+",", ","+name+",") }
 
@@ -56,6 +57,9 @@ var tlsUpstream = flag.Bool("tls", false, "the upstream serves wss:// (as Deepgr
 // directly (the direct path); set once before any measurement.
 var upstreamTLS *tls.Config
 
+// soakWorkers is how many sessions the soak keeps opening and ending at once.
+const soakWorkers = 16
+
 // proxyCores can widen the proxies' cores for experiments (-proxy-cores 0,1).
 var proxyCores = flag.String("proxy-cores", proxyCore, "cores the proxies may use (taskset -c)")
 
@@ -66,12 +70,13 @@ type sizes struct {
 	voiceFor     time.Duration
 	connects     int
 	ceilingFor   time.Duration
+	soakFor      time.Duration
 }
 
 var (
-	full  = sizes{latencyTrips: 5000, idle: 5000, voice: 500, voiceFor: 30 * time.Second, connects: 1000, ceilingFor: 5 * time.Second}
-	quick = sizes{latencyTrips: 2000, idle: 2000, voice: 500, voiceFor: 10 * time.Second, connects: 300, ceilingFor: 2 * time.Second}
-	smoke = sizes{latencyTrips: 100, idle: 50, voice: 10, voiceFor: 2 * time.Second, connects: 20, ceilingFor: 500 * time.Millisecond}
+	full  = sizes{latencyTrips: 5000, idle: 5000, voice: 500, voiceFor: 30 * time.Second, connects: 1000, ceilingFor: 5 * time.Second, soakFor: 30 * time.Second}
+	quick = sizes{latencyTrips: 2000, idle: 2000, voice: 500, voiceFor: 10 * time.Second, connects: 300, ceilingFor: 2 * time.Second, soakFor: 10 * time.Second}
+	smoke = sizes{latencyTrips: 100, idle: 50, voice: 10, voiceFor: 2 * time.Second, connects: 20, ceilingFor: 500 * time.Millisecond, soakFor: 2 * time.Second}
 )
 
 func main() {
@@ -188,6 +193,15 @@ func measure(p *proxyPath, sz sizes, res results) error {
 	if err := measureUnloaded(p, sz, res); err != nil {
 		return err
 	}
+	if want("soak") && p.metricsURL != "" {
+		r, err := soak(p, soakWorkers, sz.soakFor)
+		if err != nil {
+			return fmt.Errorf("soak: %w", err)
+		}
+		res.set("soak_sessions", p.name, float64(r.sessions))
+		res.set("soak_goroutines", p.name, r.goroutinesAfter-r.goroutinesBefore)
+		res.set("soak_fds", p.name, r.fdsAfter-r.fdsBefore)
+	}
 	if !want("voice") {
 		return nil
 	}
@@ -300,6 +314,9 @@ func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
 		{"connect_p50", "connect to Welcome, p50 (µs)", false, true},
 		{"connect_p99", "connect to Welcome, p99 (µs)", false, true},
 		{"ceiling", "64 KiB frames, one way (MB/s)", false, false},
+		{"soak_sessions", "soak: sessions opened and ended six ways", false, false},
+		{"soak_goroutines", "soak: goroutines left after it (0: none leaked)", false, true},
+		{"soak_fds", "soak: open descriptors left after it", false, true},
 	}
 	for _, row := range rows {
 		vals := res[row.key]

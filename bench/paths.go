@@ -44,6 +44,8 @@ type proxyPath struct {
 	gauge func(name string) (float64, error)
 	// profileURL serves a CPU profile (dgrelay with ENABLE_PPROF only).
 	profileURL string
+	// metricsURL is the proxy's Prometheus endpoint (dgrelay only).
+	metricsURL string
 	stop       func()
 }
 
@@ -166,6 +168,7 @@ func startDgrelay(dir string, up upstreamTarget) (*proxyPath, error) {
 		},
 		gauge:      func(name string) (float64, error) { return scrapeGauge(metrics, name) },
 		profileURL: fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile", mport),
+		metricsURL: metrics,
 		stop:       stop,
 	}, nil
 }

@@ -43,6 +43,32 @@ type flyConfig struct {
 		Port int    `toml:"port"`
 		Path string `toml:"path"`
 	} `toml:"metrics"`
+	VM []struct {
+		Size string `toml:"size"`
+	} `toml:"vm"`
+}
+
+// voiceSessionsPerCore is how many of the benchmark's voice calls one core
+// carried over TLS (BENCHMARKS.md). A deploy file may promise at most
+// two thirds of it per core the platform gives: beyond the core, every
+// call's audio waits.
+const voiceSessionsPerCore = 738
+
+// maxSessionsFor is the most MAX_SESSIONS a machine of cores may be given.
+func maxSessionsFor(cores float64) int {
+	return int(cores * voiceSessionsPerCore * 2 / 3)
+}
+
+// flyCores is the share of a core a Fly VM size runs: a shared vCPU gets
+// 5 ms in every 80, a performance vCPU all of it.
+func flyCores(size string) (float64, bool) {
+	for prefix, share := range map[string]float64{"shared-cpu-": 1.0 / 16, "performance-": 1} {
+		if rest, ok := strings.CutPrefix(size, prefix); ok {
+			n, err := strconv.Atoi(strings.TrimSuffix(rest, "x"))
+			return float64(n) * share, err == nil && n > 0
+		}
+	}
+	return 0, false
 }
 
 // envNames is every variable the Config struct reads.
@@ -93,6 +119,12 @@ func TestFlyToml(t *testing.T) {
 	c := fly.HTTPService.Concurrency
 	if c.Type != "connections" || c.HardLimit != cfg.MaxSessions || c.SoftLimit <= 0 || c.SoftLimit > c.HardLimit {
 		t.Errorf("concurrency %+v: want connections with hard_limit = MAX_SESSIONS (%d)", c, cfg.MaxSessions)
+	}
+	if len(fly.VM) != 1 {
+		t.Fatalf("%d [[vm]] sections, want one", len(fly.VM))
+	}
+	if cores, ok := flyCores(fly.VM[0].Size); !ok || cfg.MaxSessions > maxSessionsFor(cores) {
+		t.Errorf("MAX_SESSIONS %d on a %s (%.3g of a core): at most %d calls fit", cfg.MaxSessions, fly.VM[0].Size, cores, maxSessionsFor(cores))
 	}
 	if cfg.TrustProxyHeaders != proxyFly {
 		t.Errorf("TRUST_PROXY_HEADERS %q: on Fly the client address is Fly-Client-IP (fly)", cfg.TrustProxyHeaders)
@@ -200,6 +232,9 @@ func TestCloudBuild(t *testing.T) {
 	}
 	if flags["--timeout"] != "3600" {
 		t.Errorf("--timeout %s: a WebSocket lives at most as long as the request, so use Cloud Run's 3600", flags["--timeout"])
+	}
+	if cpus, err := strconv.ParseFloat(flags["--cpu"], 64); err != nil || cfg.MaxSessions > maxSessionsFor(cpus) {
+		t.Errorf("MAX_SESSIONS %d with --cpu=%q: at most %d calls fit", cfg.MaxSessions, flags["--cpu"], maxSessionsFor(cpus))
 	}
 	if flags["--concurrency"] != strconv.Itoa(cfg.MaxSessions) {
 		t.Errorf("--concurrency %s, MAX_SESSIONS %d", flags["--concurrency"], cfg.MaxSessions)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"reflect"
 	"strings"
@@ -210,6 +211,29 @@ func (c *Config) validate() error {
 		return fmt.Errorf("LOG_LEVEL: %w", err)
 	}
 	return nil
+}
+
+// plaintextUpstreams names the upstream URL variables that send the key in
+// clear to another machine: ws:// to a host that is not this one. A
+// self-hosted Deepgram on a private network may be that on purpose, so it is
+// a warning at start, not a refusal.
+func (c *Config) plaintextUpstreams() []string {
+	var names []string
+	for _, u := range []struct{ name, raw string }{
+		{"DEEPGRAM_AGENT_URL", c.AgentURL},
+		{"DEEPGRAM_LISTEN_URL", c.ListenURL},
+	} {
+		parsed, err := url.Parse(u.raw)
+		if err != nil || parsed.Scheme != "ws" {
+			continue
+		}
+		host := parsed.Hostname()
+		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+			continue
+		}
+		names = append(names, u.name)
+	}
+	return names
 }
 
 func checkUpstreamURL(raw string) error {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -119,5 +120,39 @@ func TestReadmeConfigTable(t *testing.T) {
 	}
 	for name := range documented {
 		t.Errorf("the README documents %s, which the code does not read", name)
+	}
+}
+
+// TestPlaintextUpstreamWarning: a ws:// upstream on another machine is
+// warned about at start (the key would cross the network in clear); one on
+// this machine, as in tests, and wss:// are not.
+func TestPlaintextUpstreamWarning(t *testing.T) {
+	cfg := &Config{AgentURL: "ws://deepgram.internal:8080/v1/agent/converse", ListenURL: "wss://api.deepgram.com/v1/listen"}
+	if got := cfg.plaintextUpstreams(); !reflect.DeepEqual(got, []string{"DEEPGRAM_AGENT_URL"}) {
+		t.Errorf("flagged %v", got)
+	}
+	for _, local := range []string{"ws://127.0.0.1:9/v1/listen", "ws://localhost:9/v1/listen", "ws://[::1]:9/v1/listen"} {
+		cfg := &Config{AgentURL: "wss://agent.deepgram.com/v1/agent/converse", ListenURL: local}
+		if got := cfg.plaintextUpstreams(); len(got) != 0 {
+			t.Errorf("%s flagged", local)
+		}
+	}
+
+	logs := &lockedBuffer{}
+	sig := make(chan os.Signal, 1)
+	done := make(chan int)
+	go func() {
+		done <- run(context.Background(), envconfig.MapLookuper(map[string]string{
+			"PORT": freePort(t), "METRICS_PORT": "0", "DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true",
+			"DEEPGRAM_LISTEN_URL": "ws://10.0.0.9:8080/v1/listen",
+		}), logs, sig)
+	}()
+	waitForLog(t, logs, "dgrelay started")
+	sig <- syscall.SIGTERM
+	if code := <-done; code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if !strings.Contains(logs.String(), `"severity":"WARNING","message":"DEEPGRAM_LISTEN_URL is ws://: the Deepgram key crosses the network unencrypted"`) {
+		t.Errorf("no warning:\n%s", logs)
 	}
 }

@@ -22,8 +22,12 @@ import (
 // drifts apart fails here instead of in a user's deploy.
 
 type flyConfig struct {
-	KillSignal  string            `toml:"kill_signal"`
-	KillTimeout string            `toml:"kill_timeout"`
+	KillSignal  string `toml:"kill_signal"`
+	KillTimeout string `toml:"kill_timeout"`
+	Deploy      struct {
+		Strategy    string `toml:"strategy"`
+		WaitTimeout string `toml:"wait_timeout"`
+	} `toml:"deploy"`
 	Env         map[string]string `toml:"env"`
 	HTTPService struct {
 		InternalPort     int    `toml:"internal_port"`
@@ -115,6 +119,12 @@ func TestFlyToml(t *testing.T) {
 	kill, err := time.ParseDuration(fly.KillTimeout)
 	if err != nil || kill <= cfg.DrainTimeout+2*time.Second || kill > 300*time.Second {
 		t.Errorf("kill_timeout %q must exceed DRAIN_TIMEOUT %s (plus the close grace) and stay within Fly's 300s", fly.KillTimeout, cfg.DrainTimeout)
+	}
+	if fly.Deploy.Strategy != "bluegreen" {
+		t.Errorf("deploy strategy %q: a rolling deploy stops the machine before its replacement takes calls", fly.Deploy.Strategy)
+	}
+	if wait, err := time.ParseDuration(fly.Deploy.WaitTimeout); err != nil || wait <= kill {
+		t.Errorf("wait_timeout %q must outlast kill_timeout %q, or the deploy gives up on the draining machines", fly.Deploy.WaitTimeout, fly.KillTimeout)
 	}
 	c := fly.HTTPService.Concurrency
 	if c.Type != "connections" || c.HardLimit != cfg.MaxSessions || c.SoftLimit <= 0 || c.SoftLimit > c.HardLimit {

@@ -31,6 +31,15 @@ type metrics struct {
 	policyViolations *prometheus.CounterVec
 	drains           prometheus.Counter
 	draining         prometheus.Gauge
+
+	// up and down are the traffic counters' two series, looked up once:
+	// every live session adds to them every second.
+	up, down directionCounters
+}
+
+// directionCounters are one direction's series of the traffic counters.
+type directionCounters struct {
+	messages, bytes prometheus.Counter
 }
 
 func newMetrics(version string) *metrics {
@@ -84,6 +93,9 @@ func newMetrics(version string) *metrics {
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "dgrelay_build_info", Help: "The running build.", ConstLabels: prometheus.Labels{"version": version},
 	})
+	for dir, c := range map[string]*directionCounters{"up": &m.up, "down": &m.down} {
+		c.messages, c.bytes = m.messages.WithLabelValues(dir), m.bytes.WithLabelValues(dir)
+	}
 	build.Set(1)
 	m.registry.MustRegister(m.sessionsActive, m.sessionsTotal, m.sessionDuration, m.closeCodes, m.bytes, m.messages,
 		m.dialDuration, m.dialRetries, m.upstreamErrors, m.authFailures, m.refusals, m.policyViolations, m.drains, m.draining, build,
@@ -119,14 +131,17 @@ func codeLabel(code websocket.StatusCode) string {
 func (m *metrics) flush(s *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, d := range []struct {
-		f         *flow
-		reported  *flowReported
-		direction string
-	}{{&s.up, &s.upReported, "up"}, {&s.down, &s.downReported, "down"}} {
+	for _, d := range [...]struct {
+		f        *flow
+		reported *flowReported
+		counters directionCounters
+	}{{&s.up, &s.upReported, m.up}, {&s.down, &s.downReported, m.down}} {
 		msgs, bytes := d.f.messages.Load(), d.f.bytes.Load()
-		m.messages.WithLabelValues(d.direction).Add(float64(msgs - d.reported.messages))
-		m.bytes.WithLabelValues(d.direction).Add(float64(bytes - d.reported.bytes))
+		if msgs == d.reported.messages && bytes == d.reported.bytes {
+			continue // a quiet direction
+		}
+		d.counters.messages.Add(float64(msgs - d.reported.messages))
+		d.counters.bytes.Add(float64(bytes - d.reported.bytes))
 		d.reported.messages, d.reported.bytes = msgs, bytes
 	}
 }

@@ -152,6 +152,8 @@ type idleResult struct {
 	goroutinesPerSession float64
 	// heap and stack bytes per session, from the Go runtime (dgrelay only)
 	heapPerSession, stackPerSession float64
+	// the same once every session has carried a message each way
+	afterTalkPerSession, afterTalkHeapPerSession float64
 }
 
 func idleMemory(p *proxyPath, n int) (idleResult, error) {
@@ -186,7 +188,47 @@ func idleMemory(p *proxyPath, n int) (idleResult, error) {
 			}
 		}
 	}
+	// Then every session carries one 16 KiB message each way, as a call
+	// does before a pause, and is idle again: what buffers the proxy keeps
+	// from that.
+	if err := talkAll(conns, 16<<10); err != nil {
+		return res, fmt.Errorf("talk: %w", err)
+	}
+	time.Sleep(2 * time.Second)
+	res.afterTalkPerSession = (rssBytes(p.procs()) - rss0) / float64(n)
+	if p.goroutines != nil {
+		heap2, _ := p.gauge("go_memstats_heap_inuse_bytes")
+		res.afterTalkHeapPerSession = (heap2 - heap0) / float64(n)
+	}
 	return res, nil
+}
+
+// talkAll echoes one message of size on every session, 32 at a time.
+func talkAll(conns []*websocket.Conn, size int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var firstErr error
+	var mu sync.Mutex
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	msg := make([]byte, size)
+	for _, c := range conns {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := echo(ctx, c, websocket.MessageBinary, msg, make([]byte, size+1)); err != nil {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
 }
 
 // voiceResult is the proxy's cost under a realistic voice load.

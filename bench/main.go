@@ -260,10 +260,12 @@ func measureUnloaded(p *proxyPath, sz sizes, res results) error {
 			return fmt.Errorf("idle: %w", err)
 		}
 		res.set("idle_kb", p.name, idle.bytesPerSession/1024)
+		res.set("idle_talk_kb", p.name, idle.afterTalkPerSession/1024)
 		if p.goroutines != nil {
 			res.set("goroutines", p.name, idle.goroutinesPerSession)
 			res.set("idle_heap_kb", p.name, idle.heapPerSession/1024)
 			res.set("idle_stack_kb", p.name, idle.stackPerSession/1024)
+			res.set("idle_talk_heap_kb", p.name, idle.afterTalkHeapPerSession/1024)
 		}
 	}
 	return nil
@@ -305,6 +307,8 @@ func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
 		{"idle_heap_kb", "of which Go heap in use (KiB)", false, true},
 		{"idle_stack_kb", "of which goroutine stacks (KiB)", false, true},
 		{"goroutines", "goroutines per idle session", false, true},
+		{"idle_talk_kb", "idle memory per session after a 16 KiB message each way (KiB)", false, true},
+		{"idle_talk_heap_kb", "of which Go heap in use (KiB)", false, true},
 		{"voice_cpu_us", "CPU per voice session-second (µs)", false, true},
 		{"sessions_per_core", "voice sessions per core", false, false},
 		{"voice_probe_p99", "added round trip under voice load, p99 (µs)", true, true},

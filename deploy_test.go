@@ -53,10 +53,10 @@ type flyConfig struct {
 }
 
 // voiceSessionsPerCore is how many of the benchmark's voice calls one core
-// carried over TLS (BENCHMARKS.md). A deploy file may promise at most
-// two thirds of it per core the platform gives: beyond the core, every
-// call's audio waits.
-const voiceSessionsPerCore = 738
+// carried over TLS (BENCHMARKS.md: 709-738; the lower). A deploy file may
+// promise at most two thirds of it per core the platform gives: beyond the
+// core, every call's audio waits.
+const voiceSessionsPerCore = 709
 
 // maxSessionsFor is the most MAX_SESSIONS a machine of cores may be given.
 func maxSessionsFor(cores float64) int {

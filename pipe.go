@@ -30,9 +30,6 @@ import (
 // drained, and the next read waits for the poller.
 const readBufferSize = 32 << 10
 
-// readBuffers lends a buffer per read, so a waiting direction holds none.
-var readBuffers = bufferPool(readBufferSize)
-
 // streamBufferSize is the buffer held by a direction whose source can only
 // be read through net.Conn (off Linux, or over a connection that is not a
 // TCP socket): it is held while waiting. 4 KiB is what coder/websocket held.

@@ -10,6 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// readBuffers lends a buffer per read, so a waiting direction holds none.
+var readBuffers = bufferPool(readBufferSize)
+
 // rawSocket is conn's socket, for a pipe to read and write without net.Conn's
 // buffer-first Read; nil when conn is not a plain TCP socket.
 func rawSocket(conn net.Conn) syscall.RawConn {

@@ -49,7 +49,7 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_sessions_active", Help: "Sessions relaying now.",
 		}, []string{"service"}),
 		sessionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (closed, vanished, too_big, idle, duration, slow_client, slow_upstream, drain, upstream_failed, settings_refused).",
+			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (closed, vanished, too_big, protocol_error, text_budget, idle, duration, slow_client, slow_upstream, drain, upstream_failed, settings_refused).",
 		}, []string{"service", "outcome"}),
 		sessionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "dgrelay_session_duration_seconds", Help: "How long relayed sessions lasted.",

@@ -99,6 +99,7 @@ type pipe struct {
 	gather    bool    // a text message for the filter, gathered unmasked
 	msgBuf    *[]byte // the pooled buffer msg started in
 	msg       []byte
+	held      int64                   // msg's bytes counted in the relay's text budget
 	ctl       [maxControlPayload]byte // a control frame's payload
 	ctlN      int
 
@@ -120,6 +121,9 @@ type pipe struct {
 // run relays src to dst until src has closed or failed and, once the session
 // ends, until dst has been sent its close.
 func (p *pipe) run() {
+	// Whichever way the pipe ends, a message it was gathering goes back to
+	// the text budget.
+	defer p.dropGathered()
 	p.onReadable, p.onWritable, p.onTLSReadable = p.readSocket, p.writeSocket, p.readTLSSocket
 	if len(p.src.early) > 0 {
 		early := p.src.early
@@ -203,6 +207,10 @@ func (p *pipe) midFrame() bool { return p.inFrame && p.verbatim }
 // 1002 (§7.1.7).
 var errProtocol = errors.New("protocol error")
 
+// errTextBudget is a text frame the relay would have to hold past its text
+// budget: the session ends with 1013 (try again).
+var errTextBudget = errors.New("text budget spent")
+
 // consume handles bytes read from src: whole runs of forwarded frames are
 // written to dst as they came, in one write per run. It reports true when src
 // is to be read no more.
@@ -249,11 +257,11 @@ func (p *pipe) consume(b []byte) bool {
 			if err != nil {
 				flush(i)
 				p.fail(err)
-				if !errors.Is(err, websocket.ErrMessageTooBig) {
+				if !errors.Is(err, websocket.ErrMessageTooBig) && err != errTextBudget {
 					return true
 				}
-				// Too big: the frame is skipped and src read on for its
-				// answer to the 1009.
+				// Too big or over the budget: the frame is skipped and
+				// src read on for its answer to the close.
 			}
 			if carried {
 				flush(i)
@@ -333,6 +341,12 @@ func (p *pipe) startFrame() error {
 	if p.msgLen > p.maxMsg {
 		return websocket.ErrMessageTooBig
 	}
+	if p.gather {
+		if !p.s.relay.texts.take(h.length) {
+			return errTextBudget
+		}
+		p.held += h.length
+	}
 	if p.gather && p.msg == nil {
 		p.msgBuf = textBuffers.Get().(*[]byte)
 		p.msg = (*p.msgBuf)[:0]
@@ -391,17 +405,25 @@ func (p *pipe) endFrame() bool {
 	if p.gather && p.msg != nil {
 		msg := p.msg
 		p.msg = nil
-		defer textBuffers.Put(p.msgBuf)
+		defer p.releaseText(p.msgBuf)
 		return p.filtered(msg)
 	}
 	return false
+}
+
+// releaseText gives back a gathered message's buffer and its share of the
+// text budget.
+func (p *pipe) releaseText(buf *[]byte) {
+	textBuffers.Put(buf)
+	p.s.relay.texts.give(p.held)
+	p.held = 0
 }
 
 // dropGathered gives up the text message being gathered: dst is closing or
 // broken, and nothing more goes there.
 func (p *pipe) dropGathered() {
 	if p.msg != nil {
-		textBuffers.Put(p.msgBuf)
+		p.releaseText(p.msgBuf)
 		p.msg, p.msgBuf = nil, nil
 	}
 	p.gather = false
@@ -429,18 +451,21 @@ func (p *pipe) filtered(msg []byte) bool {
 	return false
 }
 
-// fail ends the session for a frame src should not have sent: too big (1009;
-// the frame is skipped and src read on for its answer) or a protocol error
-// (1002; src is read no more).
+// fail ends the session for a frame src should not have sent: too big (1009)
+// or over the text budget (1013), when the frame is skipped and src read on
+// for its answer, or a protocol error (1002; src is read no more).
 func (p *pipe) fail(err error) {
 	p.verbatim = false
 	p.dropGathered()
 	if p.dropping {
 		return
 	}
-	if errors.Is(err, websocket.ErrMessageTooBig) {
+	switch {
+	case errors.Is(err, websocket.ErrMessageTooBig):
 		p.s.end(tooBigOutcome(p.src.side))
-	} else {
+	case err == errTextBudget:
+		p.s.end(busyOutcome(p.src.side))
+	default:
 		p.s.end(protocolOutcome(p.src.side))
 	}
 	p.closeDst()

@@ -272,6 +272,40 @@ func TestPolicyFragmentedSettings(t *testing.T) {
 	}
 }
 
+// TestTextBudget: text messages the policy reads whole count against the
+// instance's text budget while they are being read. A message that would
+// pass it ends its session with 1013 (try again); once a message is through,
+// its bytes are free again.
+func TestTextBudget(t *testing.T) {
+	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
+	h.relay.texts.limit = 1000
+	first := h.rawDial("")
+	first.send(clientFrame(0x01, bytes.Repeat([]byte("a"), 600))) // held, not final
+	waitFor(t, func() bool { return h.relay.texts.used.Load() == 600 })
+
+	second := h.rawDial("")
+	second.send(clientFrame(0x01, bytes.Repeat([]byte("b"), 600)))
+	if reason := second.expectClose(websocket.StatusTryAgainLater); reason != "relay busy, try again" {
+		t.Fatalf("reason %q", reason)
+	}
+	second.send(clientFrame(0x88, closePayload(websocket.StatusTryAgainLater, "")))
+	if got := h.upstreamClosed(); got.Code != websocket.StatusNormalClosure || got.Reason != "client message refused: relay busy" {
+		t.Fatalf("upstream got %+v", got)
+	}
+
+	first.send(clientFrame(0x80, bytes.Repeat([]byte("a"), 100))) // the end
+	if op, p := first.read(); op != opText || len(p) != 700 {
+		t.Fatalf("echo: opcode %x, %d bytes", op, len(p))
+	}
+	waitFor(t, func() bool { return h.relay.texts.used.Load() == 0 })
+	first.send(clientFrame(0x81, bytes.Repeat([]byte("c"), 900)))
+	if op, p := first.read(); op != opText || len(p) != 900 {
+		t.Fatalf("echo after the budget freed: opcode %x, %d bytes", op, len(p))
+	}
+	waitForLog(t, h.logs, `"cause":"text_budget"`)
+}
+
 // TestUpstreamThroughProxy: with HTTPS_PROXY set, the upstream is reached
 // through the proxy's CONNECT tunnel, with its credentials, and the session
 // relays as usual.
@@ -379,6 +413,7 @@ func startConnectProxy(t *testing.T) *connectProxy {
 func TestGatheredTextDroppedOnClose(t *testing.T) {
 	client, upstream := &recordingConn{}, &recordingConn{}
 	s := &session{
+		relay:    &relay{texts: textBudget{limit: textBudgetBytes}},
 		client:   &peer{conn: client, side: sideClient},
 		upstream: &peer{conn: upstream, side: sideUpstream},
 	}
@@ -398,6 +433,9 @@ func TestGatheredTextDroppedOnClose(t *testing.T) {
 	want := appendFrame(nil, opClose, closePayload(websocket.StatusServiceRestart, "service restart"), false)
 	if !bytes.Equal(got, want) {
 		t.Fatalf("client was sent %q, want only the 1012 close %q", got, want)
+	}
+	if held := s.relay.texts.used.Load(); held != 0 {
+		t.Errorf("%d bytes still counted in the text budget", held)
 	}
 }
 

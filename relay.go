@@ -34,6 +34,31 @@ const textBufferSize = 32 << 10
 // textBuffers lends a buffer per text message, so an idle session holds none.
 var textBuffers = bufferPool(textBufferSize)
 
+// textBudgetBytes bounds what all sessions together hold of text messages
+// read whole (the Settings policy's, the secret scrub's). Each may be up to
+// MAX_MESSAGE_BYTES, and sessions that all stop halfway through one must not
+// run the instance out of memory; the budget is at least four such messages.
+const textBudgetBytes = 64 << 20
+
+// textBudget counts the bytes of text messages being read whole, across
+// sessions.
+type textBudget struct {
+	used  atomic.Int64
+	limit int64
+}
+
+// take counts n more bytes, or reports false and counts nothing when they
+// would pass the limit.
+func (b *textBudget) take(n int64) bool {
+	if b.used.Add(n) > b.limit {
+		b.used.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (b *textBudget) give(n int64) { b.used.Add(-n) }
+
 // closeWriteTimeout bounds writing the in-band Error frame to a client.
 const closeWriteTimeout = 5 * time.Second
 
@@ -86,6 +111,7 @@ type relay struct {
 	watchdog watchdog
 	metrics  *metrics
 	policy   *settingsPolicy // nil: Settings pass untouched
+	texts    textBudget
 	// dialTimeout is upstreamDialTimeout; tests shorten it.
 	dialTimeout time.Duration
 	// draining is set by the first shutdown signal: new upgrades get 503.
@@ -124,6 +150,7 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 		log:         log,
 		apiKey:      apiKey,
 		dialTimeout: upstreamDialTimeout,
+		texts:       textBudget{limit: max(textBudgetBytes, 4*cfg.MaxMessageBytes)},
 		agent:       agent,
 		listen:      listen,
 		dialOpts: websocket.DialOptions{
@@ -783,6 +810,14 @@ func vanishedOutcome(src side) outcome {
 func tooBigOutcome(src side) outcome {
 	return sideOutcome(src, "too_big", websocket.StatusMessageTooBig, "message too big",
 		websocket.StatusNormalClosure, src.String()+" message too big")
+}
+
+// busyOutcome: a text message from src that the relay must read whole would
+// have passed the instance's text budget. src may try again (1013); the
+// other side gets a normal close.
+func busyOutcome(src side) outcome {
+	return sideOutcome(src, "text_budget", websocket.StatusTryAgainLater, "relay busy, try again",
+		websocket.StatusNormalClosure, src.String()+" message refused: relay busy")
 }
 
 // protocolOutcome: src broke RFC 6455 (an unmasked client frame, a masked

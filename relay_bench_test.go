@@ -47,7 +47,7 @@ func newPipePair(b *testing.B, policy *settingsPolicy) *pipePair {
 	in, clientSide := loopbackPair(b)
 	upstreamSide, out := loopbackPair(b)
 	s := &session{
-		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}, policy: policy},
+		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}, policy: policy, texts: textBudget{limit: textBudgetBytes}},
 		client:   newPeer(&handoffConn{Conn: clientSide}, sideClient),
 		upstream: newPeer(&handoffConn{Conn: upstreamSide}, sideUpstream),
 	}

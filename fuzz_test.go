@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/http/httptest"
 	"net/url"
@@ -107,18 +108,27 @@ func (c *recordingConn) SetWriteDeadline(time.Time) error { return nil }
 
 // relayChunks runs Deepgram's bytes, cut into chunks, through a session's
 // upstream-to-client pipe and returns what the client was sent and how the
-// session ended.
-func relayChunks(chunks [][]byte) ([]byte, outcome) {
+// session ended. With gather, text is read whole through a filter; the text
+// budget must be whole again once the pipe is done.
+func relayChunks(chunks [][]byte, gather bool) ([]byte, outcome) {
 	client, upstream := &recordingConn{}, &recordingConn{}
 	s := &session{
+		relay:    &relay{texts: textBudget{limit: 500}},
 		client:   &peer{conn: client, side: sideClient},
 		upstream: &peer{conn: upstream, side: sideUpstream},
 	}
 	p := &pipe{s: s, src: s.upstream, dst: s.client, flow: &s.down, maxMsg: 1000}
+	if gather {
+		p.text = func(msg []byte) policyVerdict { return policyVerdict{out: msg} }
+	}
 	for _, c := range chunks {
 		if p.consume(c) {
 			break
 		}
+	}
+	p.dropGathered() // as run does when it returns
+	if held := s.relay.texts.used.Load(); held != 0 {
+		panic(fmt.Sprintf("%d bytes left in the text budget", held))
 	}
 	return client.out.Bytes(), s.result()
 }
@@ -134,12 +144,16 @@ func FuzzPipeSplits(f *testing.F) {
 	stream = append(stream, 0x01, 2, 'a', 'b', 0x89, 1, 'p', 0x80, 1, 'c') // fragments around a ping
 	stream = append(stream, frame(opClose, closePayload(4000, "bye"))...)
 	f.Add(stream, uint16(7), uint16(3))
-	f.Add(frame(opBinary, make([]byte, 1001)), uint16(1), uint16(2))              // too big
-	f.Add([]byte{0x82, 0x7f, 0xff, 0, 0, 0, 0, 0, 0, 0}, uint16(2), uint16(1))    // bad length
-	f.Add([]byte{0x82, 0x81, 1, 2, 3, 4, 5, 0x88, 0}, uint16(3), uint16(5))       // masked
-	f.Add(append(frame(opBinary, []byte("x")), 0x88, 1, 3), uint16(4), uint16(1)) // one-byte close
+	f.Add(frame(opBinary, make([]byte, 1001)), uint16(1), uint16(2))                                           // too big
+	f.Add([]byte{0x82, 0x7f, 0xff, 0, 0, 0, 0, 0, 0, 0}, uint16(2), uint16(1))                                 // bad length
+	f.Add([]byte{0x82, 0x81, 1, 2, 3, 4, 5, 0x88, 0}, uint16(3), uint16(5))                                    // masked
+	f.Add(append(frame(opBinary, []byte("x")), 0x88, 1, 3), uint16(4), uint16(1))                              // one-byte close
+	f.Add(append(frame(opText, make([]byte, 300)), frame(opText, make([]byte, 300))...), uint16(5), uint16(9)) // past the text budget when gathered
 	f.Fuzz(func(t *testing.T, data []byte, first, step uint16) {
-		whole, wholeEnd := relayChunks([][]byte{data})
+		// An odd first also reads text whole through a filter (as the
+		// secret scrub does), against a text budget of 500 bytes.
+		gather := first%2 == 1
+		whole, wholeEnd := relayChunks([][]byte{data}, gather)
 		var chunks [][]byte
 		size := int(first%64) + 1
 		for rest := data; len(rest) > 0; size = int(step%16) + 1 {
@@ -147,7 +161,7 @@ func FuzzPipeSplits(f *testing.F) {
 			chunks = append(chunks, rest[:n])
 			rest = rest[n:]
 		}
-		split, splitEnd := relayChunks(chunks)
+		split, splitEnd := relayChunks(chunks, gather)
 		if !bytes.Equal(whole, split) {
 			t.Fatalf("cut into %d reads the client got %x, whole %x", len(chunks), split, whole)
 		}

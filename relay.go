@@ -522,6 +522,7 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 	var resp *http.Response
 	var err error
 	for try := 0; ; try++ {
+		s.dialTries = try + 1
 		conn, hc, resp, err = rl.dialOnce(ctx, up, forwarded)
 		cause := retryCause(resp, err)
 		if err == nil || cause == "" || try == rl.cfg.UpstreamRetries {
@@ -546,7 +547,8 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 	if err != nil {
 		result = "error"
 	}
-	rl.metrics.dialDuration.WithLabelValues(s.service, result).Observe(time.Since(start).Seconds())
+	s.dialTime = time.Since(start)
+	rl.metrics.dialDuration.WithLabelValues(s.service, result).Observe(s.dialTime.Seconds())
 	if resp != nil {
 		s.dgRequestID = resp.Header.Get("dg-request-id")
 	}
@@ -656,7 +658,7 @@ func (rl *relay) refuse(client *websocket.Conn, s *session, f *upstreamFailure) 
 	rl.metrics.closeCodes.WithLabelValues("client", codeLabel(websocket.StatusBadGateway)).Inc()
 	s.log().Warn("upstream dial failed",
 		"session", s.id, "service", s.service, "code", f.Code, "upstream_status", f.status,
-		"dg_request_id", s.dgRequestID, "remote", s.remote, "error", rl.redact(urlQuery.ReplaceAllString(f.cause.Error(), "?…")))
+		"dg_request_id", s.dgRequestID, "dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "remote", s.remote, "error", rl.redact(urlQuery.ReplaceAllString(f.cause.Error(), "?…")))
 }
 
 // sessionEnded records a relayed session in the metrics and its log line.
@@ -678,6 +680,7 @@ func (rl *relay) sessionEnded(s *session) {
 		"closed_by", o.closedBy, "cause", o.cause,
 		"client_close", int(o.clientCode), "upstream_close", int(o.upstreamCode),
 		"dg_request_id", s.dgRequestID,
+		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries,
 		"user", s.user,
 		"remote", s.remote)
 }
@@ -728,6 +731,8 @@ type session struct {
 	user        string // the token's sub; empty when unauthenticated
 	identity    string // what the per-user limits count: sub or IP
 	dgRequestID string
+	dialTime    time.Duration // opening Deepgram's socket, retries included
+	dialTries   int
 	started     time.Time
 	client      *peer
 	upstream    *peer

@@ -425,6 +425,9 @@ func TestUpstreamDialRetry(t *testing.T) {
 			if logged := strings.Contains(h.logs.String(), `"message":"upstream dial retried"`); logged != (tc.metric != "") {
 				t.Errorf("retry logged: %v, want %v", logged, tc.metric != "")
 			}
+			if want := fmt.Sprintf(`"dial_tries":%d`, tc.handshakes); !strings.Contains(h.logs.String(), want) {
+				t.Errorf("no %s in the session's last line:\n%s", want, h.logs.String())
+			}
 		})
 	}
 }
@@ -504,7 +507,7 @@ func TestSessionEndLog(t *testing.T) {
 	logs := h.logs.String()
 	for _, want := range []string{`"message":"session end"`, `"severity":"INFO"`, `"service":"agent"`,
 		`"up_messages":1`, `"up_bytes":640`, `"down_messages":2`, `"closed_by":"client"`,
-		`"client_close":1000`, `"upstream_close":1000`, `"dg_request_id":"`, `"remote":"127.0.0.1"`} {
+		`"client_close":1000`, `"upstream_close":1000`, `"dg_request_id":"`, `"dial_ms":`, `"dial_tries":1`, `"remote":"127.0.0.1"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("session end log lacks %s:\n%s", want, logs)
 		}

@@ -79,18 +79,25 @@ func TestProxyPatterns(t *testing.T) {
 	}
 }
 
-// TestReadmeConfigTable holds the README's configuration table to the
-// Config struct: every variable in both, with the same default.
-func TestReadmeConfigTable(t *testing.T) {
+// readmeSection is the text of the README's "## title" section.
+func readmeSection(t *testing.T, title string) string {
+	t.Helper()
 	raw, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, table, ok := strings.Cut(string(raw), "## Configuration\n")
+	_, section, ok := strings.Cut(string(raw), "## "+title+"\n")
 	if !ok {
-		t.Fatal("README has no Configuration section")
+		t.Fatalf("README has no %s section", title)
 	}
-	table, _, _ = strings.Cut(table, "\n## ")
+	section, _, _ = strings.Cut(section, "\n## ")
+	return section
+}
+
+// TestReadmeConfigTable holds the README's configuration table to the
+// Config struct: every variable in both, with the same default.
+func TestReadmeConfigTable(t *testing.T) {
+	table := readmeSection(t, "Configuration")
 	documented := map[string]string{}
 	for _, line := range strings.Split(table, "\n") {
 		cells := strings.Split(line, "|")

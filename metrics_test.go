@@ -2,7 +2,6 @@ package main
 
 import (
 	"net/http/httptest"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -99,15 +98,7 @@ func TestPprofOnlyWhenEnabled(t *testing.T) {
 // TestReadmeMetricsTable: every dgrelay_ metric the registry holds is in the
 // README's metrics table.
 func TestReadmeMetricsTable(t *testing.T) {
-	raw, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(raw), "## Metrics\n")
-	if !ok {
-		t.Fatal("README has no Metrics section")
-	}
-	section, _, _ = strings.Cut(section, "\n## ")
+	section := readmeSection(t, "Metrics")
 	descs := make(chan *prometheus.Desc)
 	go func() {
 		newMetrics("dev").registry.Describe(descs)

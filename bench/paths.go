@@ -353,21 +353,34 @@ func rssBytes(pids []int) float64 {
 }
 
 func scrapeGauge(url, name string) (float64, error) {
+	lines, err := metricLines(url)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range lines {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("%s not in %s", name, url)
+}
+
+// metricLines fetches a Prometheus text endpoint, line by line.
+func metricLines(url string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
+	var lines []string
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return strconv.ParseFloat(v, 64)
-		}
+		lines = append(lines, sc.Text())
 	}
-	return 0, fmt.Errorf("%s not in %s", name, url)
+	return lines, sc.Err()
 }
 
 // saveProfile fetches a profile from url into file; seconds > 0 asks for

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -191,20 +188,15 @@ func waitNoSessions(p *proxyPath) error {
 	}
 }
 
-// scrapeSum adds up every series of the metric name, whatever its labels.
+// scrapeSum adds up every series of the metric name, whatever its labels (0
+// when it has none yet).
 func scrapeSum(url, name string) (float64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	resp, err := http.DefaultClient.Do(req)
+	lines, err := metricLines(url)
 	if err != nil {
 		return 0, err
 	}
-	defer resp.Body.Close()
-	sum, seen := 0.0, false
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
+	sum := 0.0
+	for _, line := range lines {
 		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
 			continue
 		}
@@ -212,11 +204,7 @@ func scrapeSum(url, name string) (float64, error) {
 		if err != nil {
 			return 0, err
 		}
-		sum, seen = sum+v, true
+		sum += v
 	}
-	if !seen {
-		// A vector with no series yet: no session has run.
-		return 0, errors.Join(sc.Err())
-	}
-	return sum, sc.Err()
+	return sum, nil
 }

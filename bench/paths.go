@@ -240,12 +240,7 @@ func startNginx(dir string, up upstreamTarget) (*proxyPath, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &proxyPath{
-		name:  "nginx",
-		url:   fmt.Sprintf("ws://127.0.0.1:%d/v1/agent/converse", port),
-		procs: func() []int { return processTree(cmd.Process.Pid) },
-		stop:  stop,
-	}, nil
+	return processPath("nginx", port, cmd, stop), nil
 }
 
 func startNode(dir string, up upstreamTarget) (*proxyPath, error) {
@@ -277,12 +272,18 @@ func startNode(dir string, up upstreamTarget) (*proxyPath, error) {
 	if err != nil {
 		return nil, err
 	}
+	return processPath("node", port, cmd, stop), nil
+}
+
+// processPath is a proxy other than dgrelay, run as cmd and serving the
+// agent route on port.
+func processPath(name string, port int, cmd *exec.Cmd, stop func()) *proxyPath {
 	return &proxyPath{
-		name:  "node",
+		name:  name,
 		url:   fmt.Sprintf("ws://127.0.0.1:%d/v1/agent/converse", port),
 		procs: func() []int { return processTree(cmd.Process.Pid) },
 		stop:  stop,
-	}, nil
+	}
 }
 
 // processTree is pid and all its descendants (taskset execs in place, nginx

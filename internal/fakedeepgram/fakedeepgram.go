@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -23,6 +24,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -83,6 +85,7 @@ const VoiceQuery = "fake_voice=1"
 //	{"type":"Fake.Send","bytes":N,"binary":true}       send one message of N bytes
 //	{"type":"Fake.Stream","bytes":N,"interval_ms":M,"count":C}  send C binary messages of N bytes every M ms
 //	{"type":"Fake.Raw","hex":"8a00"}                   write these bytes to the socket, framed or not
+//	{"type":"Fake.Raw","hex":"8a00","vanish":true}     the same, then drop TCP, the FIN in the bytes' segment
 type Command struct {
 	Type       string `json:"type"`
 	Code       int    `json:"code"`
@@ -92,6 +95,7 @@ type Command struct {
 	IntervalMS int    `json:"interval_ms"`
 	Count      int    `json:"count"`
 	Hex        string `json:"hex"`
+	Vanish     bool   `json:"vanish"`
 }
 
 // Server is a running fake upstream.
@@ -298,6 +302,9 @@ func (s *Server) session(c *websocket.Conn, raw net.Conn, id string, opts Option
 				// What a broken upstream would send; the library's own
 				// writes are idle while this runs.
 				b, err := hex.DecodeString(cmd.Hex)
+				if err == nil && cmd.Vanish {
+					return vanishAfter(raw, b)
+				}
 				if err == nil {
 					_, err = raw.Write(b)
 				}
@@ -402,4 +409,23 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	h.conn = conn
 	return conn, brw, err
+}
+
+// vanishAfter writes b and drops the TCP connection under raw with no close
+// frame and, over TLS, no close_notify. The socket is corked first, so the
+// bytes and the FIN leave in one segment: the peer's poller sees one edge for
+// both, the case a reader that stops at a short read misses.
+func vanishAfter(raw net.Conn, b []byte) Closed {
+	tcp := raw
+	if tc, ok := raw.(*tls.Conn); ok {
+		tcp = tc.NetConn()
+	}
+	if sc, ok := tcp.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _ = cork(fd) })
+		}
+	}
+	_, _ = raw.Write(b)
+	_ = tcp.Close()
+	return Closed{Code: -1}
 }

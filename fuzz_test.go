@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -113,7 +115,8 @@ func (c *recordingConn) SetWriteDeadline(time.Time) error { return nil }
 func relayChunks(chunks [][]byte, gather bool) ([]byte, outcome) {
 	client, upstream := &recordingConn{}, &recordingConn{}
 	s := &session{
-		relay:    &relay{texts: textBudget{limit: 500}},
+		relay:    &relay{texts: &textBudget{limit: 500, perUser: 500}},
+		userText: new(atomic.Int64),
 		client:   &peer{conn: client, side: sideClient},
 		upstream: &peer{conn: upstream, side: sideUpstream},
 	}
@@ -127,8 +130,16 @@ func relayChunks(chunks [][]byte, gather bool) ([]byte, outcome) {
 		}
 	}
 	p.dropGathered() // as run does when it returns
-	if held := s.relay.texts.used.Load(); held != 0 {
-		panic(fmt.Sprintf("%d bytes left in the text budget", held))
+	if held := s.relay.texts.used.Load(); held != 0 || s.userText.Load() != 0 {
+		panic(fmt.Sprintf("%d bytes left in the text budget, %d in the user's share", held, s.userText.Load()))
+	}
+	var in int
+	for _, c := range chunks {
+		in += len(c)
+	}
+	// The counters count what came, never what a header claims.
+	if n := s.down.bytes.Load(); n < 0 || n > int64(in) {
+		panic(fmt.Sprintf("%d bytes counted of %d read", n, in))
 	}
 	return client.out.Bytes(), s.result()
 }
@@ -149,6 +160,17 @@ func FuzzPipeSplits(f *testing.F) {
 	f.Add([]byte{0x82, 0x81, 1, 2, 3, 4, 5, 0x88, 0}, uint16(3), uint16(5))                                    // masked
 	f.Add(append(frame(opBinary, []byte("x")), 0x88, 1, 3), uint16(4), uint16(1))                              // one-byte close
 	f.Add(append(frame(opText, make([]byte, 300)), frame(opText, make([]byte, 300))...), uint16(5), uint16(9)) // past the text budget when gathered
+	// Lengths at the limits, in a continuation after a first fragment, so
+	// that the message's length is a sum: 0, the limit, one past it, 2^63-1.
+	for _, n := range []uint64{0, 1000, 1001, 1<<63 - 1} {
+		for _, op := range []byte{opBinary, opText} {
+			for _, seed := range []uint16{1, 2} { // odd: text gathered
+				huge := binary.BigEndian.AppendUint64([]byte{0x80, 127}, n)
+				f.Add(append(append([]byte{op, 100}, make([]byte, 100)...), huge...), seed, uint16(3))
+			}
+		}
+	}
+	f.Add([]byte{0x82, 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, uint16(8), uint16(1)) // 2^63-1 in one frame
 	f.Fuzz(func(t *testing.T, data []byte, first, step uint16) {
 		// An odd first also reads text whole through a filter (as the
 		// secret scrub does), against a text budget of 500 bytes.

@@ -140,8 +140,15 @@ func (m *metrics) flush(s *session) {
 		if msgs == d.reported.messages && bytes == d.reported.bytes {
 			continue // a quiet direction
 		}
-		d.counters.messages.Add(float64(msgs - d.reported.messages))
-		d.counters.bytes.Add(float64(bytes - d.reported.bytes))
+		// A Prometheus counter panics on a negative Add, which would end
+		// the process and every call on it: a count that ever went back
+		// is reported from where it is now, never subtracted.
+		if n := msgs - d.reported.messages; n > 0 {
+			d.counters.messages.Add(float64(n))
+		}
+		if n := bytes - d.reported.bytes; n > 0 {
+			d.counters.bytes.Add(float64(n))
+		}
 		d.reported.messages, d.reported.bytes = msgs, bytes
 	}
 }

@@ -292,6 +292,10 @@ func (p *pipe) consume(b []byte) bool {
 			flush(i)
 			p.payload(b[i : i+k])
 			run = i + k
+		} else {
+			// Counted as the bytes arrive, not as the header declares
+			// them: a frame cut short counts only what came.
+			p.flow.bytes.Add(int64(k))
 		}
 		i += k
 		p.left -= int64(k)
@@ -337,12 +341,14 @@ func (p *pipe) startFrame() error {
 	default:
 		return errProtocol
 	}
-	p.msgLen += h.length
-	if p.msgLen > p.maxMsg {
+	// msgLen never passes maxMsg, so the check is written the way round
+	// that cannot overflow: a peer declares up to 2^63-1 bytes a frame.
+	if h.length > p.maxMsg-p.msgLen {
 		return websocket.ErrMessageTooBig
 	}
+	p.msgLen += h.length
 	if p.gather {
-		if !p.s.relay.texts.take(h.length) {
+		if !p.s.relay.texts.take(p.s.userText, h.length) {
 			return errTextBudget
 		}
 		p.held += h.length
@@ -350,13 +356,11 @@ func (p *pipe) startFrame() error {
 	if p.gather && p.msg == nil {
 		p.msgBuf = textBuffers.Get().(*[]byte)
 		p.msg = (*p.msgBuf)[:0]
+		p.flow.gathering.Store(time.Now().UnixNano())
 	}
 	p.verbatim = forward && !p.gather
-	if p.verbatim {
-		p.flow.bytes.Add(h.length)
-		if h.fin {
-			p.flow.messages.Add(1)
-		}
+	if p.verbatim && h.fin {
+		p.flow.messages.Add(1)
 	}
 	return nil
 }
@@ -415,8 +419,9 @@ func (p *pipe) endFrame() bool {
 // text budget.
 func (p *pipe) releaseText(buf *[]byte) {
 	textBuffers.Put(buf)
-	p.s.relay.texts.give(p.held)
+	p.s.relay.texts.give(p.s.userText, p.held)
 	p.held = 0
+	p.flow.gathering.Store(0)
 }
 
 // dropGathered gives up the text message being gathered: dst is closing or

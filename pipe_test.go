@@ -13,9 +13,11 @@ import (
 	"math/rand"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -245,6 +247,41 @@ func TestFragmentedMessageTooBig(t *testing.T) {
 	}
 }
 
+// TestContinuationLengthOverflow: a first fragment, then a continuation that
+// declares 2^63-1 bytes. The message length check must not overflow: the
+// session ends with 1009 at once, no counter goes negative (a negative Add
+// panics the process), and a text message gathered for a policy gives its
+// bytes back.
+func TestContinuationLengthOverflow(t *testing.T) {
+	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
+	huge := []byte{0x80, 0x80 | 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4}
+	for _, first := range []byte{opBinary, opText} {
+		c := h.rawDial("")
+		c.send(clientFrame(first, bytes.Repeat([]byte("a"), 100))) // FIN=0
+		c.send(huge)
+		c.send(make([]byte, 4096)) // some of the 2^63-1 bytes
+		c.expectClose(websocket.StatusMessageTooBig)
+		c.conn.Close() // its close answer would be read as payload
+		if got := h.upstreamClosed(); got.Reason != "client message too big" {
+			t.Fatalf("opcode %d: upstream got %+v", first, got)
+		}
+		h.settled()
+	}
+	if held := h.relay.texts.used.Load(); held != 0 {
+		t.Fatalf("%d bytes left in the text budget", held)
+	}
+	rec := httptest.NewRecorder()
+	h.relay.metrics.handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if strings.HasPrefix(line, "dgrelay_bytes_total{") || strings.HasPrefix(line, "dgrelay_messages_total{") {
+			if f := strings.Fields(line); len(f) != 2 || strings.HasPrefix(f[1], "-") || len(f[1]) > 12 {
+				t.Fatalf("counter %q", line)
+			}
+		}
+	}
+}
+
 // TestPolicyFragmentedSettings: Settings sent in fragments is read whole by
 // the policy and reaches Deepgram as one message, with the policy applied.
 func TestPolicyFragmentedSettings(t *testing.T) {
@@ -413,7 +450,8 @@ func startConnectProxy(t *testing.T) *connectProxy {
 func TestGatheredTextDroppedOnClose(t *testing.T) {
 	client, upstream := &recordingConn{}, &recordingConn{}
 	s := &session{
-		relay:    &relay{texts: textBudget{limit: textBudgetBytes}},
+		relay:    &relay{texts: newTextBudget(1 << 20)},
+		userText: new(atomic.Int64),
 		client:   &peer{conn: client, side: sideClient},
 		upstream: &peer{conn: upstream, side: sideUpstream},
 	}

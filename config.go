@@ -110,6 +110,11 @@ const (
 // maxUpstreamRetries bounds UPSTREAM_RETRIES.
 const maxUpstreamRetries = 3
 
+// maxMessageBytesLimit bounds MAX_MESSAGE_BYTES: a message is read into
+// memory when a policy or the scrub reads it whole, and the text budget's
+// sizes are small multiples of it, which must not overflow.
+const maxMessageBytesLimit = 1 << 30
+
 // loadConfig reads the environment through lookup and checks every value, so
 // a bad deploy fails at start with the variable's name rather than at the
 // first call.
@@ -162,8 +167,8 @@ func (c *Config) validate() error {
 	if strings.Contains(strings.ToLower(c.ProxyPath), "/openai") {
 		return fmt.Errorf("PROXY_PATH: %q contains /openai, which makes the React component speak another protocol", c.ProxyPath)
 	}
-	if c.MaxMessageBytes < 1 {
-		return fmt.Errorf("MAX_MESSAGE_BYTES: %d must be at least 1", c.MaxMessageBytes)
+	if c.MaxMessageBytes < 1 || c.MaxMessageBytes > maxMessageBytesLimit {
+		return fmt.Errorf("MAX_MESSAGE_BYTES: %d must be from 1 to %d (1 GiB)", c.MaxMessageBytes, maxMessageBytesLimit)
 	}
 	for _, n := range []struct {
 		name  string

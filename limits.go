@@ -2,6 +2,7 @@ package main
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -22,15 +23,19 @@ type userLimits struct {
 type userState struct {
 	sessions int
 	limiter  *rate.Limiter // nil without a rate limit
+	// text is what the identity's sessions hold of the text budget; the
+	// pipes count it without the lock. The state outlives every session
+	// that holds a pointer to it: forget drops only states with none.
+	text atomic.Int64
 }
 
 func newUserLimits(maxSessions, perMinute int) *userLimits {
 	return &userLimits{maxSessions: maxSessions, perMinute: float64(perMinute), users: make(map[string]*userState)}
 }
 
-// acquire admits one more session for identity, or says which limit refused
-// it ("rate" or "user_sessions").
-func (ul *userLimits) acquire(identity string, now time.Time) (ok bool, refused string) {
+// acquire admits one more session for identity and returns its state, or
+// says which limit refused it ("rate" or "user_sessions").
+func (ul *userLimits) acquire(identity string, now time.Time) (*userState, string) {
 	ul.mu.Lock()
 	defer ul.mu.Unlock()
 	u := ul.users[identity]
@@ -44,13 +49,13 @@ func (ul *userLimits) acquire(identity string, now time.Time) (ok bool, refused 
 		ul.users[identity] = u
 	}
 	if ul.maxSessions > 0 && u.sessions >= ul.maxSessions {
-		return false, "user_sessions"
+		return nil, "user_sessions"
 	}
 	if u.limiter != nil && !u.limiter.AllowN(now, 1) {
-		return false, "rate"
+		return nil, "rate"
 	}
 	u.sessions++
-	return true, ""
+	return u, ""
 }
 
 // release is acquire's counterpart when the session ends.
@@ -81,17 +86,19 @@ func (ul *userLimits) forget(now time.Time) {
 // peer that stopped reading; age over MAX_SESSION_DURATION is over time.
 type watchdog struct {
 	idle, write, maxAge time.Duration // 0: off (write is never 0)
-	tick                time.Duration
+	// text bounds a text message the relay reads whole (textGatherTimeout).
+	text time.Duration
+	tick time.Duration
 }
 
-func newWatchdog(idle, write, maxAge time.Duration) watchdog {
+func newWatchdog(idle, write, maxAge, text time.Duration) watchdog {
 	tick := time.Second
-	for _, d := range []time.Duration{idle, write, maxAge} {
+	for _, d := range []time.Duration{idle, write, maxAge, text} {
 		if d > 0 && d/4 < tick {
 			tick = d / 4
 		}
 	}
-	return watchdog{idle: idle, write: write, maxAge: maxAge, tick: max(tick, 5*time.Millisecond)}
+	return watchdog{idle: idle, write: write, maxAge: maxAge, text: text, tick: max(tick, 5*time.Millisecond)}
 }
 
 // timers is the watchdog's view of one session. Only the watchdog goroutine
@@ -113,6 +120,13 @@ func (w watchdog) check(s *session, now time.Time) (outcome, bool) {
 	}
 	if w.maxAge > 0 && now.Sub(s.started) >= w.maxAge {
 		return policyOutcome("duration", websocket.StatusPolicyViolation, "session time limit reached"), true
+	}
+	// A text message left unfinished holds its share of the text budget.
+	if since := s.up.gathering.Load(); since != 0 && now.Sub(time.Unix(0, since)) >= w.text {
+		return slowTextOutcome(sideClient), true
+	}
+	if since := s.down.gathering.Load(); since != 0 && now.Sub(time.Unix(0, since)) >= w.text {
+		return slowTextOutcome(sideUpstream), true
 	}
 	// A write is stuck when it is in progress and its direction has not
 	// finished a message since the last tick.

@@ -26,39 +26,6 @@ import (
 	"github.com/coder/websocket"
 )
 
-// textBufferSize is the pooled buffer a text message the relay reads whole
-// (for the Settings policy or the secret scrub) starts in; a longer one grows
-// out of it, up to MAX_MESSAGE_BYTES.
-const textBufferSize = 32 << 10
-
-// textBuffers lends a buffer per text message, so an idle session holds none.
-var textBuffers = bufferPool(textBufferSize)
-
-// textBudgetBytes bounds what all sessions together hold of text messages
-// read whole (the Settings policy's, the secret scrub's). Each may be up to
-// MAX_MESSAGE_BYTES, and sessions that all stop halfway through one must not
-// run the instance out of memory; the budget is at least four such messages.
-const textBudgetBytes = 64 << 20
-
-// textBudget counts the bytes of text messages being read whole, across
-// sessions.
-type textBudget struct {
-	used  atomic.Int64
-	limit int64
-}
-
-// take counts n more bytes, or reports false and counts nothing when they
-// would pass the limit.
-func (b *textBudget) take(n int64) bool {
-	if b.used.Add(n) > b.limit {
-		b.used.Add(-n)
-		return false
-	}
-	return true
-}
-
-func (b *textBudget) give(n int64) { b.used.Add(-n) }
-
 // closeWriteTimeout bounds writing the in-band Error frame to a client.
 const closeWriteTimeout = 5 * time.Second
 
@@ -111,7 +78,7 @@ type relay struct {
 	watchdog watchdog
 	metrics  *metrics
 	policy   *settingsPolicy // nil: Settings pass untouched
-	texts    textBudget
+	texts    *textBudget
 	// dialTimeout is upstreamDialTimeout; tests shorten it.
 	dialTimeout time.Duration
 	// draining is set by the first shutdown signal: new upgrades get 503.
@@ -144,13 +111,13 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 		auth:        auth,
 		origins:     origins,
 		users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute),
-		watchdog:    newWatchdog(cfg.IdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration),
+		watchdog:    newWatchdog(cfg.IdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout),
 		metrics:     newMetrics(version),
 		stopped:     make(chan struct{}),
 		log:         log,
 		apiKey:      apiKey,
 		dialTimeout: upstreamDialTimeout,
-		texts:       textBudget{limit: max(textBudgetBytes, 4*cfg.MaxMessageBytes)},
+		texts:       newTextBudget(cfg.MaxMessageBytes),
 		agent:       agent,
 		listen:      listen,
 		dialOpts: websocket.DialOptions{
@@ -333,7 +300,8 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rl.refuseAfterUpgrade(w, r, s, websocket.StatusTryAgainLater, "relay full, try again", "instance_full")
 		return
 	}
-	if ok, limit := rl.users.acquire(s.identity, s.started); !ok {
+	user, limit := rl.users.acquire(s.identity, s.started)
+	if user == nil {
 		rl.sessions.done()
 		reason := "too many sessions"
 		if limit == "rate" {
@@ -342,6 +310,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rl.refuseAfterUpgrade(w, r, s, 4429, reason, limit)
 		return
 	}
+	s.userText = &user.text
 	if !rl.open(w, r, s, up, forwarded) {
 		rl.users.release(s.identity)
 		rl.sessions.done()
@@ -699,6 +668,10 @@ type flow struct {
 	// writing is true while a write to this direction's destination is in
 	// progress: the watchdog's view of a peer that stopped reading.
 	writing atomic.Bool
+	// gathering is when the text message being read whole began (Unix
+	// nanoseconds), 0 when none is: the watchdog's view of one left
+	// unfinished.
+	gathering atomic.Int64
 }
 
 // outcome is how a session ended: who ended it and the close each side gets
@@ -737,7 +710,10 @@ type session struct {
 	client      *peer
 	upstream    *peer
 	up, down    flow // client→upstream, upstream→client
-	timers      timers
+	// userText counts what the sessions of s's identity hold of the text
+	// budget.
+	userText *atomic.Int64
+	timers   timers
 
 	// upReported and downReported are what the metrics have counted of up
 	// and down; guarded by mu.
@@ -818,11 +794,37 @@ func tooBigOutcome(src side) outcome {
 }
 
 // busyOutcome: a text message from src that the relay must read whole would
-// have passed the instance's text budget. src may try again (1013); the
-// other side gets a normal close.
+// have passed the text budget (src's identity's share, or the instance's).
+// Whichever side sent it, the client is told to try again (1013, with
+// RELAY_BUSY in band) and Deepgram gets a normal close.
 func busyOutcome(src side) outcome {
-	return sideOutcome(src, "text_budget", websocket.StatusTryAgainLater, "relay busy, try again",
-		websocket.StatusNormalClosure, src.String()+" message refused: relay busy")
+	return outcome{closedBy: src.String(), cause: "text_budget",
+		clientCode: websocket.StatusTryAgainLater, clientReason: "relay busy, try again",
+		clientError:  errorFrame("RELAY_BUSY", "the relay is busy; try again"),
+		upstreamCode: websocket.StatusNormalClosure, upstreamReason: src.String() + " message refused: relay busy"}
+}
+
+// slowTextOutcome: a text message from src that the relay reads whole was
+// not finished within textGatherTimeout. A client that does gets 1008;
+// Deepgram that does is a stalled gateway for the client.
+func slowTextOutcome(src side) outcome {
+	if src == sideUpstream {
+		return sideOutcome(src, "text_timeout", websocket.StatusPolicyViolation, "message not finished in time",
+			websocket.StatusBadGateway, "upstream stalled")
+	}
+	return sideOutcome(src, "text_timeout", websocket.StatusPolicyViolation, "message not finished in time",
+		websocket.StatusNormalClosure, "client message not finished in time")
+}
+
+// errorFrame is the in-band Error message a client reads (the React
+// component's onError) before its close.
+func errorFrame(code, description string) []byte {
+	b, _ := json.Marshal(struct {
+		Type        string `json:"type"`
+		Code        string `json:"code"`
+		Description string `json:"description"`
+	}{"Error", code, description})
+	return b
 }
 
 // protocolOutcome: src broke RFC 6455 (an unmasked client frame, a masked

@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -47,7 +48,8 @@ func newPipePair(b *testing.B, policy *settingsPolicy) *pipePair {
 	in, clientSide := loopbackPair(b)
 	upstreamSide, out := loopbackPair(b)
 	s := &session{
-		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}, policy: policy, texts: textBudget{limit: textBudgetBytes}},
+		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}, policy: policy, texts: newTextBudget(1 << 20)},
+		userText: new(atomic.Int64),
 		client:   newPeer(&handoffConn{Conn: clientSide}, sideClient),
 		upstream: newPeer(&handoffConn{Conn: upstreamSide}, sideUpstream),
 	}

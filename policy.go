@@ -147,25 +147,26 @@ func (p *settingsPolicy) resolve(ctx context.Context, v map[string]any, at strin
 // policyVerdict is what the policy makes of one client text message.
 type policyVerdict struct {
 	out      []byte   // what goes upstream (the message itself when untouched)
-	drop     bool     // send nothing (a stripped Update)
-	refused  string   // non-empty: refuse the session, this path is why
+	drop     bool     // send nothing (a stripped Update, or a malformed message under strip)
+	refused  string   // non-empty: refuse the session; what the client is told
 	stripped []string // paths removed, for the log
 }
 
-// check applies the policy to one client text message. Only Settings and
-// the Update messages are parsed: a cheap byte search skips the rest, which
-// go on unparsed and unchanged.
+// check applies the policy to one client text message. Every message is
+// parsed, whatever its bytes look like, and what goes upstream is always the
+// parsed message encoded again: the decision is made on what Deepgram reads,
+// never on raw bytes, which escapes, duplicate keys and the like could make
+// say something else. A message that cannot be read one way only is refused
+// (or dropped under strip).
 func (p *settingsPolicy) check(msg []byte) policyVerdict {
-	if !bytes.Contains(msg, []byte(`"Settings"`)) && !bytes.Contains(msg, []byte(`"Update`)) {
-		return policyVerdict{out: msg}
+	m, typ, err := parseClientMessage(msg)
+	if err != nil {
+		why := "message refused: " + err.Error()
+		if p.refuse {
+			return policyVerdict{refused: why}
+		}
+		return policyVerdict{drop: true, stripped: []string{"(" + why + ")"}}
 	}
-	var m map[string]any
-	dec := json.NewDecoder(bytes.NewReader(msg))
-	dec.UseNumber()
-	if dec.Decode(&m) != nil {
-		return policyVerdict{out: msg} // not JSON: Deepgram answers it
-	}
-	typ, _ := m["type"].(string)
 	var view any
 	base := ""
 	if typ == "Settings" {
@@ -173,18 +174,18 @@ func (p *settingsPolicy) check(msg []byte) policyVerdict {
 	} else if u, ok := updateFields[typ]; ok {
 		if p.updates != nil && !p.updates[typ] {
 			if p.refuse {
-				return policyVerdict{refused: typ}
+				return policyVerdict{refused: typ + " is not allowed"}
 			}
 			return policyVerdict{drop: true, stripped: []string{typ}}
 		}
 		view, base = m[u.field], u.path
 	} else {
-		return policyVerdict{out: msg}
+		return p.encoded(m, nil)
 	}
 
 	violations := p.violations(view, base)
 	if len(violations) > 0 && p.refuse {
-		return policyVerdict{refused: violations[0]}
+		return policyVerdict{refused: violations[0] + " is not allowed"}
 	}
 	if obj, ok := view.(map[string]any); ok {
 		for _, v := range violations {
@@ -206,13 +207,18 @@ func (p *settingsPolicy) check(msg []byte) policyVerdict {
 	} else {
 		m[updateFields[typ].field] = view
 	}
-	var out bytes.Buffer
-	enc := json.NewEncoder(&out)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(m); err != nil {
-		return policyVerdict{out: msg}
+	return p.encoded(m, violations)
+}
+
+// encoded is the verdict that sends m, encoded again.
+func (p *settingsPolicy) encoded(m map[string]any, stripped []string) policyVerdict {
+	out, err := encodeMessage(m)
+	if err != nil {
+		// Only values the decoder made are in m: this cannot happen, and
+		// nothing unjudged goes upstream if it does.
+		return policyVerdict{drop: true, stripped: []string{"(message could not be encoded)"}}
 	}
-	return policyVerdict{out: bytes.TrimSuffix(out.Bytes(), []byte("\n")), stripped: violations}
+	return policyVerdict{out: out, stripped: stripped}
 }
 
 // violations lists, sorted, the paths under v (which sits at base) that the

@@ -104,7 +104,8 @@ func TestPolicyStrip(t *testing.T) {
 		t.Error("the browser's own provider key reached upstream")
 	}
 
-	// Audio is untouched, and other text messages pass byte for byte.
+	// Audio is untouched, and other text messages pass as the policy read
+	// them, encoded again.
 	audio := []byte{0, 1, 2, 250, 255}
 	write(t, c, websocket.MessageBinary, audio)
 	if typ, data := read(t, c); typ != websocket.MessageBinary || !bytes.Equal(data, audio) {
@@ -112,8 +113,8 @@ func TestPolicyStrip(t *testing.T) {
 	}
 	inject := []byte(`{ "type" : "InjectUserMessage",  "content":"change Settings <now>" }`)
 	write(t, c, websocket.MessageText, inject)
-	if _, data := read(t, c); !bytes.Equal(data, inject) {
-		t.Fatalf("a non-Settings text message was changed: %s", data)
+	if _, data := read(t, c); string(data) != `{"content":"change Settings <now>","type":"InjectUserMessage"}` {
+		t.Fatalf("a non-Settings text message was not passed as the policy read it: %s", data)
 	}
 
 	// A provider echoing a secret back does not hand it to the browser.
@@ -274,15 +275,79 @@ func TestPolicyCheck(t *testing.T) {
 	if v := p.check([]byte(`{"type":"Settings","agent":{"listen":{"x":1},"think":{"prompt":"p"}},"mip_opt_out":true}`)); !reflect.DeepEqual(v.stripped, []string{"agent.listen", "mip_opt_out"}) {
 		t.Errorf("stripped %v", v.stripped)
 	}
-	for _, msg := range []string{`not json "Settings"`, `{"type":"KeepAlive"}`, `{"type":"Settingsx"}`} {
+	for _, msg := range []string{`{"type":"KeepAlive"}`, `{"type":"Settingsx"}`} {
 		if v := p.check([]byte(msg)); string(v.out) != msg {
 			t.Errorf("%s was changed to %s", msg, v.out)
 		}
+	}
+	if v := p.check([]byte(`not json "Settings"`)); !v.drop || v.out != nil {
+		t.Errorf("a message that is not JSON went on as %q", v.out)
 	}
 	noAllow, _ := loadPolicy(context.Background(), `{"set":{"agent":{"language":"de"}}}`, nil, nil)
 	v = noAllow.check([]byte(`{"type":"Settings","agent":{"language":"en","greeting":"hi"}}`))
 	json.Unmarshal(v.out, &got)
 	if at(got, "agent.language") != "de" || at(got, "agent.greeting") != "hi" || len(v.stripped) != 0 {
 		t.Errorf("without allow, anything not pinned passes: %s", v.out)
+	}
+}
+
+// policyBypasses are client messages that a decision on raw bytes would
+// have passed unparsed: Settings and an Update behind an escape, a second
+// type key, a byte order mark, nesting past the bound, and a Settings after
+// a harmless first value.
+var policyBypasses = []struct{ name, msg, why string }{
+	{"escaped Settings", `{"type":"\u0053ettings","agent":{"listen":{"provider":{"model":"mine"}}}}`, "agent.listen is not allowed"},
+	{"escaped Update", `{"type":"\u0055pdateSpeak","speak":{"provider":{"model":"mine"}}}`, "UpdateSpeak is not allowed"},
+	{"duplicate type", `{"type":"KeepAlive","type":"Settings","agent":{"listen":{"provider":{"model":"mine"}}}}`, `message refused: duplicate key "type"`},
+	{"duplicate nested key", `{"type":"Settings","agent":{"think":{"prompt":"a","prompt":"mine"}}}`, `message refused: duplicate key "prompt"`},
+	{"byte order mark", "\ufeff" + `{"type":"Settings","agent":{"listen":{"provider":{"model":"mine"}}}}`, "message refused: not JSON"},
+	{"too deep", `{"type":"Settings","agent":{"think":{"prompt":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}}}`, "message refused: nested deeper than 64"},
+	{"two values", `{"type":"KeepAlive"} {"type":"Settings","agent":{"listen":{"provider":{"model":"mine"}}}}`, "message refused: more than one JSON value"},
+	{"no type", `{"agent":{"listen":{"provider":{"model":"mine"}}}}`, "message refused: no string type"},
+}
+
+// TestPolicyBypassRefused: under refuse, each bypass ends its session with
+// SETTINGS_REFUSED and 1008, and Deepgram receives none of it.
+func TestPolicyBypassRefused(t *testing.T) {
+	h := policyHarness(t, "refuse", `, "updates": {"UpdateSpeak": false}`)
+	for _, tc := range policyBypasses {
+		c := h.dial("")
+		expectType(t, c, "Welcome")
+		write(t, c, websocket.MessageText, []byte(tc.msg))
+		e := expectType(t, c, "Error")
+		if desc, _ := e["description"].(string); e["code"] != "SETTINGS_REFUSED" || !strings.HasPrefix(desc, tc.why) {
+			t.Errorf("%s: Error frame %v, want %q", tc.name, e, tc.why)
+		}
+		expectClose(t, c, websocket.StatusPolicyViolation)
+		h.upstreamClosed()
+	}
+	if texts := h.fake.Texts(); len(texts) != 0 {
+		t.Fatalf("Deepgram received %q", texts)
+	}
+}
+
+// TestPolicyBypassStripped: under strip, each bypass is dropped or stripped
+// and the session goes on; what reaches Deepgram is only what the policy
+// read, in the form it encoded.
+func TestPolicyBypassStripped(t *testing.T) {
+	h := policyHarness(t, "strip", `, "updates": {"UpdateSpeak": false}`)
+	c := h.dial("")
+	expectType(t, c, "Welcome")
+	for _, tc := range policyBypasses {
+		write(t, c, websocket.MessageText, []byte(tc.msg))
+	}
+	write(t, c, websocket.MessageText, []byte(`{"type":"InjectUserMessage","content":"\u003chi\u003e"}`))
+	// The escaped Settings is a Settings: stripped, pinned, applied.
+	expectType(t, c, "SettingsApplied")
+	if typ, data := read(t, c); typ != websocket.MessageText || string(data) != `{"content":"<hi>","type":"InjectUserMessage"}` {
+		t.Fatalf("echo %v %s: want the message as the policy encoded it (Deepgram got %q)", typ, data, h.fake.Texts())
+	}
+	for _, txt := range h.fake.Texts() {
+		if strings.Contains(string(txt), "mine") || strings.Contains(string(txt), `\u`) {
+			t.Errorf("Deepgram received %s", txt)
+		}
+	}
+	if n := len(h.fake.Texts()); n != 2 {
+		t.Errorf("Deepgram received %d messages, want the stripped Settings and the InjectUserMessage", n)
 	}
 }

@@ -940,13 +940,13 @@ func (s *session) policyFilter(msg []byte) policyVerdict {
 }
 
 // refuseSettings ends a session whose message the policy refused: the client
-// is told in band which path, then closed 1008; Deepgram received nothing of
-// that message and gets a normal close.
-func (s *session) refuseSettings(path string) {
+// is told in band why, then closed 1008; Deepgram received nothing of that
+// message and gets a normal close.
+func (s *session) refuseSettings(why string) {
 	s.relay.metrics.policyViolations.WithLabelValues("refuse").Inc()
-	s.log().Info("settings policy: refused", "session", s.id, "user", s.user, "path", path)
-	frame, _ := json.Marshal(map[string]string{"type": "Error", "code": "SETTINGS_REFUSED", "description": path + " is not allowed"})
-	s.end(outcome{closedBy: "relay", cause: "settings_refused", clientError: frame,
+	// why names the client's own keys: bounded and cleaned for the log.
+	s.log().Info("settings policy: refused", "session", s.id, "user", s.user, "why", s.relay.redact(why))
+	s.end(outcome{closedBy: "relay", cause: "settings_refused", clientError: errorFrame("SETTINGS_REFUSED", why),
 		clientCode: websocket.StatusPolicyViolation, clientReason: "settings refused",
 		upstreamCode: websocket.StatusNormalClosure, upstreamReason: "settings refused"})
 }

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// maxMessageDepth bounds how deeply a client message a policy reads may
+// nest. Settings nest about six deep, a function's JSON Schema parameters a
+// few more; past this the message is refused rather than read by a parser
+// (Deepgram's) that may stop at another depth than ours.
+const maxMessageDepth = 64
+
+// errMessageDepth is a message nested past maxMessageDepth.
+var errMessageDepth = fmt.Errorf("nested deeper than %d", maxMessageDepth)
+
+// parseClientMessage reads one client text message as a policy must: the
+// policy decides on what Deepgram will read, so any message two JSON parsers
+// could read differently is refused instead of guessed at. It accepts one
+// JSON object and nothing after it, with no key twice in any object (Go
+// keeps the last, other parsers the first), no byte order mark, nesting at
+// most maxMessageDepth, and a string "type". Escapes are decoded, so
+// "\u0053ettings" is Settings here as it is to Deepgram.
+func parseClientMessage(msg []byte) (m map[string]any, typ string, err error) {
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, "", fmt.Errorf("not JSON: %w", err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, "", errors.New("not a JSON object")
+	}
+	m, err = readObject(dec, 1)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, "", errors.New("more than one JSON value")
+	}
+	typ, ok := m["type"].(string)
+	if !ok {
+		return nil, "", errors.New("no string type")
+	}
+	return m, typ, nil
+}
+
+// readObject reads the members of an object whose '{' dec has just
+// returned, at depth (the top object is 1).
+func readObject(dec *json.Decoder, depth int) (map[string]any, error) {
+	m := map[string]any{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("not JSON: %w", err)
+		}
+		key := tok.(string) // dec.Token returns only a string where a key goes
+		if _, dup := m[key]; dup {
+			return nil, fmt.Errorf("duplicate key %q", boundKey(key))
+		}
+		v, err := readValue(dec, depth)
+		if err != nil {
+			return nil, err
+		}
+		m[key] = v
+	}
+	if _, err := dec.Token(); err != nil { // '}'
+		return nil, fmt.Errorf("not JSON: %w", err)
+	}
+	return m, nil
+}
+
+// readValue reads one value inside a container at depth.
+func readValue(dec *json.Decoder, depth int) (any, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, fmt.Errorf("not JSON: %w", err)
+	}
+	d, ok := tok.(json.Delim)
+	if !ok {
+		return tok, nil // string, json.Number, bool or nil
+	}
+	if depth >= maxMessageDepth {
+		return nil, errMessageDepth
+	}
+	if d == '{' {
+		return readObject(dec, depth+1)
+	}
+	list := []any{}
+	for dec.More() {
+		v, err := readValue(dec, depth+1)
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, v)
+	}
+	if _, err := dec.Token(); err != nil { // ']'
+		return nil, fmt.Errorf("not JSON: %w", err)
+	}
+	return list, nil
+}
+
+// boundKey cuts a client's key for an error it reads back and a log line.
+func boundKey(k string) string {
+	const max = 64
+	if len(k) <= max {
+		return k
+	}
+	return string(bytes.ToValidUTF8([]byte(k[:max]), nil)) + "…"
+}
+
+// encodeMessage is the form of m that goes to Deepgram: what the policy
+// judged, and nothing a parser could read otherwise.
+func encodeMessage(m map[string]any) ([]byte, error) {
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(m); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
+}

@@ -81,7 +81,10 @@ type pipe struct {
 	src, dst *peer
 	flow     *flow
 	text     textFilter // nil: text is forwarded as it came
-	maxMsg   int64
+	// scrub cleans a control frame's payload or a close reason from src,
+	// within a byte limit; nil: they are forwarded as they came.
+	scrub  func(b []byte, limit int) []byte
+	maxMsg int64
 
 	// The frame being read: its header, split across reads when hdrN > 0,
 	// and how much of its payload is still to come.
@@ -325,8 +328,9 @@ func (p *pipe) startFrame() error {
 			return errProtocol
 		}
 		// Pings and pongs are the two peers' business; a close is the
-		// relay's, which answers it and passes it on itself.
-		p.verbatim = forward && h.opcode != opClose
+		// relay's, which answers it and passes it on itself. Where src's
+		// words are scrubbed, a ping or pong is read and sent on anew.
+		p.verbatim = forward && h.opcode != opClose && p.scrub == nil
 		return nil
 	case opText, opBinary:
 		if p.inMessage {
@@ -397,12 +401,23 @@ func (p *pipe) endFrame() bool {
 			return true
 		}
 		if !p.dropping {
+			if p.scrub != nil {
+				reason = string(p.scrub([]byte(reason), maxControlPayload-2))
+			}
 			p.s.end(closedOutcome(p.src.side, code, reason))
 			p.closeDst()
 		}
 		return true
 	}
-	if h.isControl() || !h.fin {
+	if h.isControl() {
+		if p.scrub != nil && !p.dropping && !p.dstBroken {
+			payload := p.scrub(p.ctl[:p.ctlN], maxControlPayload)
+			var frame [maxHeaderLen + maxControlPayload]byte
+			p.write(appendFrame(frame[:0], h.opcode, payload, p.dst.side == sideUpstream))
+		}
+		return false
+	}
+	if !h.fin {
 		return false
 	}
 	p.inMessage = false

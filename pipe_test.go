@@ -317,12 +317,18 @@ func TestTextBudget(t *testing.T) {
 	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
 	h.relay.texts.limit = 1000
+	// inject is a client message of n bytes the policy passes.
+	inject := func(n int) []byte {
+		return []byte(`{"type":"InjectUserMessage","content":"` + strings.Repeat("a", n-41) + `"}`)
+	}
+	msg := inject(700)
 	first := h.rawDial("")
-	first.send(clientFrame(0x01, bytes.Repeat([]byte("a"), 600))) // held, not final
+	first.send(clientFrame(0x01, msg[:600])) // held, not final
 	waitFor(t, func() bool { return h.relay.texts.used.Load() == 600 })
 
 	second := h.rawDial("")
 	second.send(clientFrame(0x01, bytes.Repeat([]byte("b"), 600)))
+	second.expectRelayError("RELAY_BUSY")
 	if reason := second.expectClose(websocket.StatusTryAgainLater); reason != "relay busy, try again" {
 		t.Fatalf("reason %q", reason)
 	}
@@ -331,13 +337,14 @@ func TestTextBudget(t *testing.T) {
 		t.Fatalf("upstream got %+v", got)
 	}
 
-	first.send(clientFrame(0x80, bytes.Repeat([]byte("a"), 100))) // the end
+	first.send(clientFrame(0x80, msg[600:])) // the end
 	if op, p := first.read(); op != opText || len(p) != 700 {
 		t.Fatalf("echo: opcode %x, %d bytes", op, len(p))
 	}
 	waitFor(t, func() bool { return h.relay.texts.used.Load() == 0 })
-	first.send(clientFrame(0x81, bytes.Repeat([]byte("c"), 900)))
-	if op, p := first.read(); op != opText || len(p) != 900 {
+	// 450 up, then its 450 echo down: both fit only once the first is free.
+	first.send(clientFrame(0x81, inject(450)))
+	if op, p := first.read(); op != opText || len(p) != 450 {
 		t.Fatalf("echo after the budget freed: opcode %x, %d bytes", op, len(p))
 	}
 	waitForLog(t, h.logs, `"cause":"text_budget"`)
@@ -450,7 +457,7 @@ func startConnectProxy(t *testing.T) *connectProxy {
 func TestGatheredTextDroppedOnClose(t *testing.T) {
 	client, upstream := &recordingConn{}, &recordingConn{}
 	s := &session{
-		relay:    &relay{texts: newTextBudget(1 << 20)},
+		relay:    pipeRelay(nil),
 		userText: new(atomic.Int64),
 		client:   &peer{conn: client, side: sideClient},
 		upstream: &peer{conn: upstream, side: sideUpstream},
@@ -539,7 +546,8 @@ func newTLSRig(t testing.TB, cert tls.Certificate) *tlsRig {
 	r.capture.capture = true
 	r.capture.mu.Unlock()
 	r.s = &session{
-		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}},
+		relay:    pipeRelay(nil),
+		userText: new(atomic.Int64),
 		client:   newPeer(&handoffConn{Conn: clientSide}, sideClient),
 		upstream: newPeer(&handoffConn{Conn: r.upstream}, sideUpstream),
 	}

@@ -347,14 +347,11 @@ func deepCopy(v any) any {
 	return v
 }
 
-// scrub replaces every resolved secret in a text frame bound for the client,
-// should Deepgram or a provider ever echo one. It returns msg itself when
-// there is none, which is always but for a leak.
-func (p *settingsPolicy) scrub(msg []byte) []byte {
-	for _, s := range p.secrets {
-		if bytes.Contains(msg, s) {
-			msg = bytes.ReplaceAll(msg, s, []byte("[redacted]"))
-		}
+// secretValues is what the policy resolved from references, for the scrub;
+// none without a policy.
+func (p *settingsPolicy) secretValues() [][]byte {
+	if p == nil {
+		return nil
 	}
-	return msg
+	return p.secrets
 }

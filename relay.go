@@ -78,6 +78,7 @@ type relay struct {
 	watchdog watchdog
 	metrics  *metrics
 	policy   *settingsPolicy // nil: Settings pass untouched
+	scrub    *scrubber
 	texts    *textBudget
 	// dialTimeout is upstreamDialTimeout; tests shorten it.
 	dialTimeout time.Duration
@@ -108,6 +109,7 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 	rl := &relay{
 		cfg:         cfg,
 		policy:      policy,
+		scrub:       newScrubber(apiKey, policy.secretValues()),
 		auth:        auth,
 		origins:     origins,
 		users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute),
@@ -592,21 +594,10 @@ func retryCause(resp *http.Response, err error) string {
 // names the target, and a log line carries no query string.
 var urlQuery = regexp.MustCompile(`\?[^"\s]*`)
 
-// redact bounds a message that came from Deepgram and removes the key from it,
-// should it ever be echoed there.
-func (rl *relay) redact(msg string) string {
-	msg = strings.ReplaceAll(msg, rl.apiKey, "[redacted]")
-	msg = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return -1
-		}
-		return r
-	}, msg)
-	if len(msg) > 200 {
-		msg = msg[:200]
-	}
-	return strings.ToValidUTF8(msg, "")
-}
+// redact makes a message that may quote Deepgram, a client or an error fit
+// for a log line or an Error frame: bounded, and free of the key and the
+// policy's secrets.
+func (rl *relay) redact(msg string) string { return rl.scrub.clean(msg) }
 
 // refuse tells a client that Deepgram could not be reached: first in band,
 // which the React component shows, then close 1014 (bad gateway).
@@ -738,12 +729,15 @@ func (s *session) run() {
 	maxMsg := s.relay.cfg.MaxMessageBytes
 	up := &pipe{s: s, src: s.client, dst: s.upstream, flow: &s.up, maxMsg: maxMsg}
 	down := &pipe{s: s, src: s.upstream, dst: s.client, flow: &s.down, maxMsg: maxMsg}
-	if p := s.relay.policy; p != nil {
+	if s.relay.policy != nil {
 		up.text = s.policyFilter
-		if len(p.secrets) > 0 {
-			down.text = func(msg []byte) policyVerdict { return policyVerdict{out: p.scrub(msg)} }
-		}
 	}
+	// Deepgram's words are scrubbed of the key and the policy's secrets
+	// before a client reads them: text, control payloads, close reasons.
+	// Binary messages are audio, relayed as they came.
+	sc := s.relay.scrub
+	down.text = func(msg []byte) policyVerdict { return policyVerdict{out: sc.text(msg)} }
+	down.scrub = sc.short
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

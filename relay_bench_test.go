@@ -43,12 +43,19 @@ func loopbackPair(tb testing.TB) (dialled, accepted net.Conn) {
 	return d, a
 }
 
+// pipeRelay is the part of a relay that a session's pipes use, for tests
+// that run pipes over sockets of their own.
+func pipeRelay(policy *settingsPolicy) *relay {
+	return &relay{cfg: &Config{MaxMessageBytes: 1 << 20}, policy: policy, texts: newTextBudget(1 << 20),
+		scrub: newScrubber(testAPIKey, policy.secretValues())}
+}
+
 func newPipePair(b *testing.B, policy *settingsPolicy) *pipePair {
 	b.Helper()
 	in, clientSide := loopbackPair(b)
 	upstreamSide, out := loopbackPair(b)
 	s := &session{
-		relay:    &relay{cfg: &Config{MaxMessageBytes: 1 << 20}, policy: policy, texts: newTextBudget(1 << 20)},
+		relay:    pipeRelay(policy),
 		userText: new(atomic.Int64),
 		client:   newPeer(&handoffConn{Conn: clientSide}, sideClient),
 		upstream: newPeer(&handoffConn{Conn: upstreamSide}, sideUpstream),

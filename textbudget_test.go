@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,8 +50,9 @@ func TestTextBudgetUserShare(t *testing.T) {
 	a3.expectClose(websocket.StatusTryAgainLater)
 
 	b := h.rawDial("token=" + bob)
-	b.send(clientFrame(0x81, bytes.Repeat([]byte("b"), 900)))
-	if op, p := b.read(); op != opText || len(p) != 900 {
+	msg := []byte(`{"type":"InjectUserMessage","content":"` + strings.Repeat("b", 859) + `"}`)
+	b.send(clientFrame(0x81, msg))
+	if op, p := b.read(); op != opText || len(p) != len(msg) {
 		t.Fatalf("bob's echo: opcode %x, %d bytes", op, len(p))
 	}
 }

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"slices"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// redactedMark stands where a secret was.
+const redactedMark = "[redacted]"
+
+// scrubber removes the relay's secrets from what leaves it toward a client
+// or a log: the Deepgram key, and the values the Settings policy resolved
+// from ${env:} and ${secret:} references, which go to Deepgram inside
+// Settings and must come back from nowhere. A secret is found as its bytes,
+// and also spelled with JSON escapes (\u0073k-..., Go's \u003c for <) or cut
+// by control characters, as a reader would still see it.
+type scrubber struct {
+	// secrets, longest first, so that one holding another is replaced whole.
+	secrets [][]byte
+}
+
+func newScrubber(apiKey string, policySecrets [][]byte) *scrubber {
+	sc := &scrubber{}
+	for _, s := range append([][]byte{[]byte(apiKey)}, policySecrets...) {
+		if len(s) > 0 && !slices.ContainsFunc(sc.secrets, func(t []byte) bool { return bytes.Equal(s, t) }) {
+			sc.secrets = append(sc.secrets, s)
+		}
+	}
+	slices.SortFunc(sc.secrets, func(a, b []byte) int { return len(b) - len(a) })
+	return sc
+}
+
+// text scrubs a whole text message from Deepgram. It returns msg itself when
+// no secret is in it, which is always but for a leak: the common path is one
+// search per secret. A message that spells a secret with escapes is read as
+// JSON, scrubbed string by string and encoded again.
+func (sc *scrubber) text(msg []byte) []byte {
+	msg = sc.replace(msg)
+	if !hasEscapeOrControl(msg) {
+		return msg
+	}
+	if !sc.holdsSecret(readable(msg)) {
+		return msg
+	}
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	dec.UseNumber()
+	if dec.Decode(&v) == nil && !dec.More() {
+		if out, err := encodeValue(sc.scrubValue(v)); err == nil {
+			return out
+		}
+	}
+	// Not JSON: what a reader would see, scrubbed.
+	return sc.replace(readable(msg))
+}
+
+// short scrubs a close reason or a control frame's payload and keeps it
+// within limit bytes (123 for a reason, 125 for a payload), cut at a UTF-8
+// boundary: the mark can be longer than the secret it replaces.
+func (sc *scrubber) short(b []byte, limit int) []byte {
+	out := sc.replace(b)
+	if hasEscapeOrControl(out) && sc.holdsSecret(readable(out)) {
+		out = sc.replace(readable(out))
+	}
+	if len(out) > limit {
+		cut := limit
+		for cut > 0 && !utf8.RuneStart(out[cut]) {
+			cut--
+		}
+		out = out[:cut]
+	}
+	return out
+}
+
+// clean makes a message from Deepgram or a client fit for a log line or an
+// Error frame: control characters out first (so that none left inside a
+// secret hides it from the search), the secrets replaced, at most 200 bytes
+// of valid UTF-8.
+func (sc *scrubber) clean(msg string) string {
+	return string(sc.short(bytes.ToValidUTF8(stripControls([]byte(msg)), nil), 200))
+}
+
+// replace replaces each secret's bytes; it returns b itself when none is in b.
+func (sc *scrubber) replace(b []byte) []byte {
+	for _, s := range sc.secrets {
+		if bytes.Contains(b, s) {
+			b = bytes.ReplaceAll(b, s, []byte(redactedMark))
+		}
+	}
+	return b
+}
+
+func (sc *scrubber) holdsSecret(b []byte) bool {
+	for _, s := range sc.secrets {
+		if bytes.Contains(b, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// scrubValue scrubs every string in a decoded JSON value, keys included.
+func (sc *scrubber) scrubValue(v any) any {
+	switch t := v.(type) {
+	case string:
+		return string(sc.replace(stripControls([]byte(t))))
+	case []any:
+		for i := range t {
+			t[i] = sc.scrubValue(t[i])
+		}
+	case map[string]any:
+		out := make(map[string]any, len(t))
+		for k, c := range t {
+			out[sc.scrubValue(k).(string)] = sc.scrubValue(c)
+		}
+		return out
+	}
+	return v
+}
+
+func encodeValue(v any) ([]byte, error) {
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
+}
+
+// hasEscapeOrControl reports whether b could spell a secret other than as
+// its bytes: a backslash (a JSON escape) or a control character in it.
+func hasEscapeOrControl(b []byte) bool {
+	for _, c := range b {
+		if c == '\\' || c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// readable is b as a reader sees it: JSON escapes decoded wherever they
+// stand, control characters left out. Escapes that are not JSON's stay as
+// they are.
+func readable(b []byte) []byte {
+	out := make([]byte, 0, len(b))
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c != '\\' || i+1 == len(b) {
+			out = append(out, c)
+			continue
+		}
+		switch e := b[i+1]; e {
+		case '"', '\\', '/':
+			out = append(out, e)
+			i++
+		case 'b', 'f', 'n', 'r', 't':
+			i++ // a control character: left out
+		case 'u':
+			r, n := unescapeRune(b[i:])
+			if n == 0 {
+				out = append(out, c)
+				continue
+			}
+			out = utf8.AppendRune(out, r)
+			i += n - 1
+		default:
+			out = append(out, c)
+		}
+	}
+	return stripControls(out)
+}
+
+// unescapeRune decodes the \uXXXX escape (or surrogate pair of two) at the
+// start of b, returning the rune and the bytes it took, 0 when b does not
+// start with one.
+func unescapeRune(b []byte) (rune, int) {
+	r := hex4(b)
+	if r < 0 {
+		return 0, 0
+	}
+	if utf16.IsSurrogate(r) {
+		if r2 := hex4(b[6:]); r2 >= 0 {
+			if pair := utf16.DecodeRune(r, r2); pair != utf8.RuneError {
+				return pair, 12
+			}
+		}
+		return utf8.RuneError, 6
+	}
+	return r, 6
+}
+
+// hex4 reads \uXXXX at the start of b, or returns -1.
+func hex4(b []byte) rune {
+	if len(b) < 6 || b[0] != '\\' || b[1] != 'u' {
+		return -1
+	}
+	var r rune
+	for _, c := range b[2:6] {
+		switch {
+		case c >= '0' && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case c >= 'A' && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return -1
+		}
+	}
+	return r
+}
+
+// stripControls removes ASCII control characters (C0 and DEL). It returns b
+// itself when there is none.
+func stripControls(b []byte) []byte {
+	if !slices.ContainsFunc(b, isControl) {
+		return b
+	}
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if !isControl(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func isControl(c byte) bool { return c < 0x20 || c == 0x7f }

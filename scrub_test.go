@@ -1,0 +1,80 @@
+package main
+
+import (
+	"encoding/hex"
+	"strings"
+	"testing"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
+)
+
+// jsonEscaped spells every byte of s as a \u escape, as a JSON encoder may.
+func jsonEscaped(s string) string {
+	var b strings.Builder
+	for _, c := range []byte(s) {
+		b.WriteString(`\u00` + hex.EncodeToString([]byte{c}))
+	}
+	return b.String()
+}
+
+// TestScrubReachesEveryPath: a secret Deepgram echoes never reaches the
+// client: not in a text message (as bytes, JSON-escaped, or with Go's
+// \u003c for <), not in a close reason (TestScrubPing: a ping's); and the
+// Deepgram key is on the list as well as the policy's values.
+func TestScrubReachesEveryPath(t *testing.T) {
+	h := policyHarness(t, "strip", "")
+	raw := func(c *websocket.Conn, frame []byte) {
+		write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Raw","hex":"`+hex.EncodeToString(frame)+`"}`))
+	}
+	c := h.dial("")
+	expectType(t, c, "Welcome")
+	secrets := []string{llmKey, voiceKey, testAPIKey, "a<b&c>d" + llmKey}
+	for _, secret := range secrets {
+		for _, spelled := range []string{secret, jsonEscaped(secret), strings.NewReplacer("<", `\u003c`, "&", `\u0026`, ">", `\u003e`).Replace(secret)} {
+			raw(c, appendFrame(nil, opText, []byte(`{"type":"ConversationText","content":"`+spelled+`"}`), false))
+			_, data := read(t, c)
+			if got := string(readable(data)); strings.Contains(got, llmKey) || strings.Contains(got, voiceKey) || strings.Contains(got, testAPIKey) || !strings.Contains(got, redactedMark) {
+				t.Errorf("%q reached the client as %s", spelled, data)
+			}
+		}
+	}
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Close","code":4000,"reason":"bye `+testAPIKey+`"}`))
+	ce := expectClose(t, c, 4000)
+	if strings.Contains(ce.Reason, testAPIKey) || ce.Reason != "bye "+redactedMark {
+		t.Fatalf("close reason %q", ce.Reason)
+	}
+}
+
+// TestScrubPing: a ping from Deepgram reaches the client with its payload
+// scrubbed, as a ping.
+func TestScrubPing(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	c := h.rawDial("")
+	frame := appendFrame(nil, opPing, []byte("p:"+testAPIKey), false)
+	c.send(clientFrame(0x81, []byte(`{"type":"Fake.Raw","hex":"`+hex.EncodeToString(frame)+`"}`)))
+	op, p := c.read()
+	if op != opPing || string(p) != "p:"+redactedMark {
+		t.Fatalf("got opcode %x %q", op, p)
+	}
+}
+
+// TestRedactControlCharacters: a message quoting the key with control
+// characters inside (a dg-error, a log line) loses the control characters
+// first, so the key they hid is found and replaced.
+func TestRedactControlCharacters(t *testing.T) {
+	rl := &relay{scrub: newScrubber(testAPIKey, nil)}
+	for _, msg := range []string{
+		"bad key " + testAPIKey[:4] + "\t" + testAPIKey[4:],
+		"bad key " + testAPIKey[:2] + "\x00\x7f" + testAPIKey[2:] + "\n",
+		"bad key " + jsonEscaped(testAPIKey),
+	} {
+		if got := rl.redact(msg); strings.Contains(got, testAPIKey) || !strings.Contains(got, redactedMark) {
+			t.Errorf("%q redacted to %q", msg, got)
+		}
+	}
+	if got := rl.redact(strings.Repeat("é", 300)); len(got) > 200 || !strings.HasPrefix(strings.Repeat("é", 300), got) {
+		t.Errorf("a long message was cut to %d bytes: %q", len(got), got)
+	}
+}

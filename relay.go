@@ -123,7 +123,14 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 		agent:       agent,
 		listen:      listen,
 		dialOpts: websocket.DialOptions{
-			HTTPClient:      &http.Client{Transport: newUpgradeTransport()},
+			HTTPClient: &http.Client{
+				Transport: newUpgradeTransport(),
+				// A 3xx is Deepgram's answer, never a place to go:
+				// following it would send the key (and the forwarded
+				// query, in a Referer) to whatever Location names. The
+				// 3xx itself reaches dial, which answers UPSTREAM_REJECTED.
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			},
 			HTTPHeader:      http.Header{"Authorization": {"Token " + apiKey}},
 			CompressionMode: websocket.CompressionDisabled,
 		},

@@ -432,6 +432,36 @@ func TestUpstreamDialRetry(t *testing.T) {
 	}
 }
 
+// TestUpstreamRedirectNotFollowed: a 3xx from upstream is Deepgram's answer,
+// not a place to go. Followed, the handshake would take the key (and the
+// forwarded query, in a Referer) to whatever Location names; here that is a
+// second upstream that would accept it.
+func TestUpstreamRedirectNotFollowed(t *testing.T) {
+	elsewhere := fakedeepgram.Start(fakedeepgram.Options{APIKey: testAPIKey})
+	// Cleanups run last first: this one after the harness's, which ends a
+	// session that did reach elsewhere.
+	t.Cleanup(elsewhere.Close)
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, strings.Replace(elsewhere.URL, "ws://", "http://", 1)+r.URL.Path, http.StatusFound)
+	}))
+	t.Cleanup(redirector.Close)
+	h := newHarness(t, map[string]string{"DEEPGRAM_AGENT_URL": "ws" + strings.TrimPrefix(redirector.URL, "http") + "/v1/agent/converse"},
+		fakedeepgram.Options{})
+	c := h.dial("service=agent&keyterms=private-words")
+	if e := expectType(t, c, "Error"); e["code"] != "UPSTREAM_REJECTED" || !strings.Contains(e["description"].(string), "HTTP 302") {
+		t.Fatalf("Error frame %v, want UPSTREAM_REJECTED naming HTTP 302", e)
+	}
+	expectClose(t, c, websocket.StatusBadGateway)
+	h.relay.drain(time.Second)
+	if hs := elsewhere.Handshakes(); len(hs) != 0 {
+		t.Fatalf("the redirect was followed: the other server got %d handshake(s), with the key: %v",
+			len(hs), hs[0].Header.Get("Authorization") == "Token "+testAPIKey)
+	}
+	if !strings.Contains(h.logs.String(), `"upstream_status":302`) {
+		t.Errorf("the failure is not logged with Deepgram's status:\n%s", grepLines(h.logs.String(), "upstream dial failed"))
+	}
+}
+
 // grepLines is the lines of s that hold sub.
 func grepLines(s, sub string) string {
 	var out []string

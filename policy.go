@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/sethvargo/go-envconfig"
@@ -93,55 +94,67 @@ func loadPolicy(ctx context.Context, value string, env envconfig.Lookuper, secre
 	if _, ok := p.set["type"]; ok {
 		return nil, errors.New("SETTINGS_POLICY: set may not change type")
 	}
-	if err := p.resolve(ctx, p.set, "set", env, secrets); err != nil {
+	// p.set is a map: resolve changes it in place.
+	if _, err := p.resolve(ctx, p.set, "set", env, secrets); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
 // resolve replaces ${env:NAME} and ${secret:projects/...} in every string
-// under v, once, and remembers the values as secrets. An error names the
-// reference, never a value.
-func (p *settingsPolicy) resolve(ctx context.Context, v map[string]any, at string, env envconfig.Lookuper, secrets *secretReader) error {
-	for k, child := range v {
-		path := at + "." + k
-		switch c := child.(type) {
-		case map[string]any:
-			if err := p.resolve(ctx, c, path, env, secrets); err != nil {
-				return err
+// under v, once, and remembers the values as secrets; it returns v with them
+// replaced. It walks arrays as well as objects, at any depth:
+// agent.think.functions[].endpoint.headers is where a function's credentials
+// go. An error names the reference, never a value.
+func (p *settingsPolicy) resolve(ctx context.Context, v any, path string, env envconfig.Lookuper, secrets *secretReader) (any, error) {
+	switch c := v.(type) {
+	case map[string]any:
+		for k, child := range c {
+			out, err := p.resolve(ctx, child, path+"."+k, env, secrets)
+			if err != nil {
+				return nil, err
 			}
-		case string:
-			var failed error
-			out := policyReference.ReplaceAllStringFunc(c, func(ref string) string {
-				m := policyReference.FindStringSubmatch(ref)
-				kind, name := m[1], m[2]
-				var val string
-				switch kind {
-				case "env":
-					got, ok := env.Lookup(name)
-					if !ok || got == "" {
-						failed = fmt.Errorf("SETTINGS_POLICY: %s: ${env:%s} is not set", path, name)
-					}
-					val = got
-				case "secret":
-					got, err := secrets.access(ctx, name)
-					if err != nil {
-						failed = fmt.Errorf("SETTINGS_POLICY: %s: %w", path, err)
-					}
-					val = got
-				}
-				if val != "" {
-					p.secrets = append(p.secrets, []byte(val))
-				}
-				return val
-			})
-			if failed != nil {
-				return failed
-			}
-			v[k] = out
+			c[k] = out
 		}
+	case []any:
+		for i, child := range c {
+			out, err := p.resolve(ctx, child, path+"["+strconv.Itoa(i)+"]", env, secrets)
+			if err != nil {
+				return nil, err
+			}
+			c[i] = out
+		}
+	case string:
+		var failed error
+		out := policyReference.ReplaceAllStringFunc(c, func(ref string) string {
+			m := policyReference.FindStringSubmatch(ref)
+			kind, name := m[1], m[2]
+			var val string
+			switch kind {
+			case "env":
+				got, ok := env.Lookup(name)
+				if !ok || got == "" {
+					failed = fmt.Errorf("SETTINGS_POLICY: %s: ${env:%s} is not set", path, name)
+				}
+				val = got
+			case "secret":
+				got, err := secrets.access(ctx, name)
+				if err != nil {
+					failed = fmt.Errorf("SETTINGS_POLICY: %s: %w", path, err)
+				}
+				val = got
+			}
+			if val != "" {
+				p.secrets = append(p.secrets, []byte(val))
+			}
+			return val
+		})
+		if failed != nil {
+			return nil, failed
+		}
+		return out, nil
 	}
-	return nil
+	return v, nil
 }
 
 // policyVerdict is what the policy makes of one client text message.

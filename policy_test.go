@@ -253,6 +253,63 @@ func TestPolicyStartErrors(t *testing.T) {
 	}
 }
 
+// TestPolicyResolvesInArrays: references are resolved at every depth, inside
+// arrays too, since agent.think.functions[].endpoint.headers is where a
+// function's credentials go; each value joins the secrets the scrub removes.
+func TestPolicyResolvesInArrays(t *testing.T) {
+	env := envconfig.MapLookuper(map[string]string{"FN_KEY": "fn-ENV-SECRET-1", "DEEP": "deep-ENV-SECRET-2", "MAPPED": "mapped-ENV-SECRET-3"})
+	p, err := loadPolicy(context.Background(), `{"set": {"agent": {"think": {"functions": [
+	  {"name": "lookup", "endpoint": {"url": "https://fn.example.com", "headers": {"authorization": "Bearer ${env:FN_KEY}"}}}]}},
+	  "x": [["${env:DEEP}", 1, null], {"y": ["${env:MAPPED}"]}]}}`, env, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn := at(p.set, "agent.think.functions").([]any)[0].(map[string]any)
+	if got := lookupPath(fn, "endpoint.headers.authorization"); got != "Bearer fn-ENV-SECRET-1" {
+		t.Errorf("functions[0].endpoint.headers.authorization is %v", got)
+	}
+	x := p.set["x"].([]any)
+	if got := x[0].([]any)[0]; got != "deep-ENV-SECRET-2" {
+		t.Errorf("an array in an array: %v", got)
+	}
+	if got := x[1].(map[string]any)["y"].([]any)[0]; got != "mapped-ENV-SECRET-3" {
+		t.Errorf("an array in a map in an array: %v", got)
+	}
+	leak := "fn-ENV-SECRET-1 deep-ENV-SECRET-2 mapped-ENV-SECRET-3"
+	if got := string(p.scrub([]byte(leak))); got != "[redacted] [redacted] [redacted]" {
+		t.Errorf("the values are not all scrubbed: %q", got)
+	}
+	_, err = loadPolicy(context.Background(), `{"set": {"a": [{"b": "${env:NOT_SET_ANYWHERE}"}]}}`, env, nil)
+	if err == nil || !strings.Contains(err.Error(), "set.a[0].b: ${env:NOT_SET_ANYWHERE} is not set") {
+		t.Errorf("an unset reference in an array: %v", err)
+	}
+}
+
+// TestPolicyFunctionHeaders: through the relay, Deepgram receives a
+// function endpoint's header resolved, and the value echoed back reaches the
+// client scrubbed.
+func TestPolicyFunctionHeaders(t *testing.T) {
+	const fnKey = "fn-ENV-SECRET-0123456789"
+	h := newHarness(t, map[string]string{
+		"SETTINGS_POLICY": `{"set": {"agent": {"think": {"functions": [{"name": "lookup", "description": "d",
+		  "endpoint": {"url": "https://fn.example.com", "method": "post", "headers": {"authorization": "Bearer ${env:FN_KEY}"}}}]}}}}`,
+		"FN_KEY": fnKey,
+	}, fakedeepgram.Options{})
+	c := h.dial("")
+	expectType(t, c, "Welcome")
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","agent":{"think":{"prompt":"p"}}}`))
+	expectType(t, c, "SettingsApplied")
+	fn, _ := at(lastText(t, h), "agent.think.functions").([]any)
+	if len(fn) != 1 || lookupPath(fn[0].(map[string]any), "endpoint.headers.authorization") != "Bearer "+fnKey {
+		t.Fatalf("Deepgram did not receive the resolved header: %v", fn)
+	}
+	// The fake echoes this message back: the value must not reach the client.
+	write(t, c, websocket.MessageText, []byte(`{"type":"InjectUserMessage","content":"`+fnKey+`"}`))
+	if _, data := read(t, c); bytes.Contains(data, []byte(fnKey)) || !bytes.Contains(data, []byte("[redacted]")) {
+		t.Fatalf("the function's key reached the client unscrubbed: %s", data)
+	}
+}
+
 // TestPolicyCheck covers the merge and allow rules on their own.
 func TestPolicyCheck(t *testing.T) {
 	p, err := loadPolicy(context.Background(), `{

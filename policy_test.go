@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"dgrelay/internal/fakedeepgram"
 
@@ -253,6 +255,66 @@ func TestPolicyStartErrors(t *testing.T) {
 	}
 }
 
+// TestPolicyStripLogBounded: the paths a client chose go to the log bounded,
+// in number and in length, however many it sends; the metric still counts
+// every one. Unbounded, a 1 MB Settings made a 1 MB log line.
+func TestPolicyStripLogBounded(t *testing.T) {
+	h := policyHarness(t, "strip", "")
+	c := h.dial("")
+	const keys = 4000
+	var b strings.Builder
+	// The first path in sorted order is cut inside a 3-byte character.
+	b.WriteString(`{"type":"Settings","agent":{"` + strings.Repeat("€", 100) + `":1}`)
+	for i := range keys {
+		fmt.Fprintf(&b, `,"x%05d%s":1`, i, strings.Repeat("k", 200))
+	}
+	b.WriteString("}")
+	write(t, c, websocket.MessageText, []byte(b.String()))
+	expectType(t, c, "Welcome")
+	expectType(t, c, "SettingsApplied")
+	c.Close(websocket.StatusNormalClosure, "")
+	h.relay.drain(time.Second)
+
+	line := grepLines(h.logs.String(), `"message":"settings policy: stripped"`)
+	if len(line) > 4<<10 {
+		t.Fatalf("the stripped line is %d bytes", len(line))
+	}
+	var entry struct {
+		Paths []string `json:"paths"`
+		Total int      `json:"paths_total"`
+	}
+	if err := json.Unmarshal([]byte(line), &entry); err != nil {
+		t.Fatalf("%v: %s", err, line)
+	}
+	if entry.Total != keys+1 || len(entry.Paths) != maxLoggedPaths {
+		t.Errorf("%d paths logged of %d, want %d of %d", len(entry.Paths), entry.Total, maxLoggedPaths, keys+1)
+	}
+	for _, p := range entry.Paths {
+		if len(p) > maxLoggedPathBytes+len("…") || !utf8.ValidString(p) || !strings.HasSuffix(p, "…") {
+			t.Errorf("path %q (%d bytes) is not cut at a character to %d bytes and marked", p, len(p), maxLoggedPathBytes)
+		}
+	}
+	m := httptest.NewServer(h.relay.metricsServer().Handler)
+	defer m.Close()
+	if body := scrape(t, m.URL+"/metrics"); !strings.Contains(body, fmt.Sprintf(`dgrelay_settings_policy_violations_total{action="strip"} %d`, keys+1)) {
+		t.Errorf("the metric does not count every path:\n%s", grepLines(body, "policy_violations"))
+	}
+}
+
+// TestPolicyRefuseLogBounded: the one path a refusal logs is cut as well.
+func TestPolicyRefuseLogBounded(t *testing.T) {
+	h := policyHarness(t, "refuse", "")
+	c := h.dial("")
+	expectType(t, c, "Welcome")
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","`+strings.Repeat("k", 500<<10)+`":1}`))
+	expectType(t, c, "Error")
+	expectClose(t, c, websocket.StatusPolicyViolation)
+	h.relay.drain(time.Second)
+	if line := grepLines(h.logs.String(), `"message":"settings policy: refused"`); line == "" || len(line) > 1<<10 {
+		t.Fatalf("the refused line is %d bytes", len(line))
+	}
+}
+
 // TestPolicyResolvesInArrays: references are resolved at every depth, inside
 // arrays too, since agent.think.functions[].endpoint.headers is where a
 // function's credentials go; each value joins the secrets the scrub removes.
@@ -276,7 +338,7 @@ func TestPolicyResolvesInArrays(t *testing.T) {
 		t.Errorf("an array in a map in an array: %v", got)
 	}
 	leak := "fn-ENV-SECRET-1 deep-ENV-SECRET-2 mapped-ENV-SECRET-3"
-	if got := string(p.scrub([]byte(leak))); got != "[redacted] [redacted] [redacted]" {
+	if got := string(newScrubber(testAPIKey, p.secretValues()).text([]byte(leak))); got != "[redacted] [redacted] [redacted]" {
 		t.Errorf("the values are not all scrubbed: %q", got)
 	}
 	_, err = loadPolicy(context.Background(), `{"set": {"a": [{"b": "${env:NOT_SET_ANYWHERE}"}]}}`, env, nil)

@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -935,9 +936,40 @@ func (s *session) policyFilter(msg []byte) policyVerdict {
 	v := s.relay.policy.check(msg)
 	if len(v.stripped) > 0 {
 		s.relay.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.stripped)))
-		s.log().Info("settings policy: stripped", "session", s.id, "user", s.user, "paths", v.stripped)
+		s.log().Info("settings policy: stripped", "session", s.id, "user", s.user,
+			"paths", loggedPaths(v.stripped), "paths_total", len(v.stripped))
 	}
 	return v
+}
+
+// maxLoggedPaths and maxLoggedPathBytes bound what a log line holds of the
+// paths a client chose: the metric counts them all, but a Settings with
+// thousands of long keys must not become a log line as large (a 1 MB
+// Settings made one of 0.9 MB, at the operator's expense).
+const (
+	maxLoggedPaths     = 20
+	maxLoggedPathBytes = 128
+)
+
+// loggedPaths is the first maxLoggedPaths of paths, each cut to
+// maxLoggedPathBytes at a character boundary and marked "…" where cut.
+func loggedPaths(paths []string) []string {
+	out := make([]string, 0, min(len(paths), maxLoggedPaths))
+	for _, p := range paths[:min(len(paths), maxLoggedPaths)] {
+		out = append(out, loggedPath(p))
+	}
+	return out
+}
+
+func loggedPath(p string) string {
+	if len(p) <= maxLoggedPathBytes {
+		return p
+	}
+	n := maxLoggedPathBytes
+	for n > 0 && !utf8.RuneStart(p[n]) {
+		n--
+	}
+	return p[:n] + "…"
 }
 
 // refuseSettings ends a session whose message the policy refused: the client
@@ -945,8 +977,10 @@ func (s *session) policyFilter(msg []byte) policyVerdict {
 // message and gets a normal close.
 func (s *session) refuseSettings(why string) {
 	s.relay.metrics.policyViolations.WithLabelValues("refuse").Inc()
-	// why names the client's own keys: bounded and cleaned for the log.
-	s.log().Info("settings policy: refused", "session", s.id, "user", s.user, "why", s.relay.redact(why))
+	// why names the client's own keys: bounded and cleaned for the log
+	// and the Error frame alike.
+	why = s.relay.redact(why)
+	s.log().Info("settings policy: refused", "session", s.id, "user", s.user, "why", why)
 	s.end(outcome{closedBy: "relay", cause: "settings_refused", clientError: errorFrame("SETTINGS_REFUSED", why),
 		clientCode: websocket.StatusPolicyViolation, clientReason: "settings refused",
 		upstreamCode: websocket.StatusNormalClosure, upstreamReason: "settings refused"})

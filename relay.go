@@ -341,6 +341,11 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 	// and no bound to choose. The cost is that the client's handshake waits
 	// for Deepgram's, which a browser does anyway before Welcome.
 	upConn, upRaw, failure := rl.dial(r.Context(), up, forwarded, s)
+	if failure != nil && failure.clientGone {
+		// Nothing is answered: the connection it would go on is gone.
+		rl.clientGone(s)
+		return false
+	}
 
 	client, clientRaw, err := rl.accept(w, r)
 	if err != nil {
@@ -487,6 +492,9 @@ type upstreamFailure struct {
 	Description string `json:"description"`
 	status      int    // Deepgram's HTTP status, 0 when none came
 	cause       error
+	// clientGone: the client left and its request's end cancelled the
+	// dial. Deepgram did not fail, and there is no one to tell.
+	clientGone bool
 }
 
 // dial connects to Deepgram for s. On failure it says why, in words for the
@@ -523,7 +531,12 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 		}
 	}
 	result := "ok"
-	if err != nil {
+	// Only the request's end cancels ctx (dial's own cancel runs later):
+	// a dial it cut short says nothing about Deepgram.
+	gone := err != nil && errors.Is(err, context.Canceled) && errors.Is(ctx.Err(), context.Canceled)
+	if gone {
+		result = "client_gone"
+	} else if err != nil {
 		result = "error"
 	}
 	s.dialTime = time.Since(start)
@@ -533,6 +546,9 @@ func (rl *relay) dial(ctx context.Context, up upstream, forwarded string, s *ses
 	}
 	if err == nil {
 		return conn, hc, nil
+	}
+	if gone {
+		return nil, nil, &upstreamFailure{cause: err, clientGone: true}
 	}
 	f := &upstreamFailure{Type: "Error", cause: err}
 	switch {
@@ -627,6 +643,17 @@ func (rl *relay) refuse(client *websocket.Conn, s *session, f *upstreamFailure) 
 	s.log().Warn("upstream dial failed",
 		"session", s.id, "service", s.service, "code", f.Code, "upstream_status", f.status,
 		"dg_request_id", s.dgRequestID, "dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "remote", s.remote, "error", rl.redact(urlQuery.ReplaceAllString(f.cause.Error(), "?…")))
+}
+
+// clientGone records a client that left while Deepgram was being dialled. It
+// is not counted or logged as an upstream failure: clients opening and
+// dropping connections must not look like a Deepgram outage.
+func (rl *relay) clientGone(s *session) {
+	rl.metrics.sessionsTotal.WithLabelValues(s.service, "client_gone").Inc()
+	rl.metrics.closeCodes.WithLabelValues("client", codeLabel(0)).Inc()
+	s.log().Info("client left during the upstream dial",
+		"session", s.id, "service", s.service, "cause", "client_gone",
+		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "remote", s.remote)
 }
 
 // sessionEnded records a relayed session in the metrics and its log line.

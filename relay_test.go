@@ -462,6 +462,48 @@ func TestUpstreamRedirectNotFollowed(t *testing.T) {
 	}
 }
 
+// TestClientGoneDuringDial: a client that leaves while Deepgram is being
+// dialled is its own ending, not a Deepgram failure: no WARNING and nothing
+// in dgrelay_upstream_failures_total, or any client could raise an outage
+// alert by opening and dropping connections.
+func TestClientGoneDuringDial(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{HandshakeDelay: 30 * time.Second})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := "GET /ws/deepgram-proxy/?service=agent HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	if _, err := conn.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(h.fake.Handshakes()) == 1 }) // the dial is under way
+	conn.Close()
+	waitForLog(t, h.logs, `"service":"agent"`) // the handler's one line
+	h.relay.drain(5 * time.Second)
+
+	logs := h.logs.String()
+	if strings.Contains(logs, `"severity":"WARNING"`) || strings.Contains(logs, "upstream dial failed") {
+		t.Errorf("a client leaving was logged as a Deepgram failure:\n%s", logs)
+	}
+	if !strings.Contains(grepLines(logs, `"severity":"INFO"`), `"cause":"client_gone"`) {
+		t.Errorf("no INFO line with cause client_gone:\n%s", logs)
+	}
+	m := httptest.NewServer(h.relay.metricsServer().Handler)
+	defer m.Close()
+	body := scrape(t, m.URL+"/metrics")
+	if strings.Contains(body, "dgrelay_upstream_failures_total{") {
+		t.Errorf("counted as a Deepgram failure:\n%s", grepLines(body, "upstream_failures"))
+	}
+	if !strings.Contains(body, `dgrelay_sessions_total{outcome="client_gone",service="agent"} 1`) {
+		t.Errorf("not counted as client_gone:\n%s", grepLines(body, "sessions_total"))
+	}
+	if strings.Contains(body, `result="error"`) {
+		t.Errorf("the dial is counted as an error:\n%s", grepLines(body, "dial_seconds_count"))
+	}
+}
+
 // grepLines is the lines of s that hold sub.
 func grepLines(s, sub string) string {
 	var out []string

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"dgrelay/internal/wspipe"
 )
 
 // upgradeTransport is the http.RoundTripper coder/websocket dials Deepgram
@@ -149,7 +151,7 @@ func (t *upgradeTransport) handshake(ctx context.Context, conn net.Conn, req *ht
 	if req.URL.Scheme == "https" {
 		cfg := t.tlsConfig.Clone()
 		cfg.ServerName = host
-		tc := tls.Client(newTLSSocket(conn), cfg)
+		tc := tls.Client(wspipe.NewTLSSocket(conn), cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return nil, fmt.Errorf("tls handshake with %s: %w", host, err)
 		}
@@ -192,4 +194,10 @@ type closingBody struct {
 
 func (b *closingBody) Close() error {
 	return errors.Join(b.ReadCloser.Close(), b.conn.Close())
+}
+
+// isTimeout reports whether err is a deadline passing.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -2,18 +2,13 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
-	"fmt"
-	"net"
 	"net/http/httptest"
 	"net/url"
 	"reflect"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // FuzzTokenFrom: whatever the handshake carries, token extraction neither
@@ -95,102 +90,6 @@ func FuzzRoute(f *testing.F) {
 		}
 		if forwarded != strings.Join(kept, "&") {
 			t.Fatalf("%q forwarded %q, want %q", query, forwarded, strings.Join(kept, "&"))
-		}
-	})
-}
-
-// recordingConn is a destination that keeps what a pipe writes to it.
-type recordingConn struct {
-	net.Conn // nil: only what a pipe calls is implemented
-	out      bytes.Buffer
-}
-
-func (c *recordingConn) Write(p []byte) (int, error)      { return c.out.Write(p) }
-func (c *recordingConn) Close() error                     { return nil }
-func (c *recordingConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *recordingConn) SetWriteDeadline(time.Time) error { return nil }
-
-// relayChunks runs Deepgram's bytes, cut into chunks, through a session's
-// upstream-to-client pipe and returns what the client was sent and how the
-// session ended. With gather, text is read whole through a filter; the text
-// budget must be whole again once the pipe is done.
-func relayChunks(chunks [][]byte, gather bool) ([]byte, outcome) {
-	client, upstream := &recordingConn{}, &recordingConn{}
-	s := &session{
-		relay:    &relay{texts: &textBudget{limit: 500, perUser: 500}},
-		userText: new(atomic.Int64),
-		client:   &peer{conn: client, side: sideClient},
-		upstream: &peer{conn: upstream, side: sideUpstream},
-	}
-	p := &pipe{s: s, src: s.upstream, dst: s.client, flow: &s.down, maxMsg: 1000}
-	if gather {
-		p.text = func(msg []byte) policyVerdict { return policyVerdict{out: msg} }
-	}
-	for _, c := range chunks {
-		if p.consume(c) {
-			break
-		}
-	}
-	p.dropGathered() // as run does when it returns
-	if held := s.relay.texts.used.Load(); held != 0 || s.userText.Load() != 0 {
-		panic(fmt.Sprintf("%d bytes left in the text budget, %d in the user's share", held, s.userText.Load()))
-	}
-	var in int
-	for _, c := range chunks {
-		in += len(c)
-	}
-	// The counters count what came, never what a header claims.
-	if n := s.down.bytes.Load(); n < 0 || n > int64(in) {
-		panic(fmt.Sprintf("%d bytes counted of %d read", n, in))
-	}
-	return client.out.Bytes(), s.result()
-}
-
-// FuzzPipeSplits: however Deepgram's bytes are cut into reads, the client is
-// sent the same bytes and the session ends the same way, and no input makes
-// the frame parser panic.
-func FuzzPipeSplits(f *testing.F) {
-	frame := func(first byte, payload []byte) []byte { return appendFrame(nil, first&0x0f, payload, false) }
-	var stream []byte
-	stream = append(stream, frame(opText, []byte(`{"type":"Welcome"}`))...)
-	stream = append(stream, frame(opBinary, bytes.Repeat([]byte{1}, 300))...)
-	stream = append(stream, 0x01, 2, 'a', 'b', 0x89, 1, 'p', 0x80, 1, 'c') // fragments around a ping
-	stream = append(stream, frame(opClose, closePayload(4000, "bye"))...)
-	f.Add(stream, uint16(7), uint16(3))
-	f.Add(frame(opBinary, make([]byte, 1001)), uint16(1), uint16(2))                                           // too big
-	f.Add([]byte{0x82, 0x7f, 0xff, 0, 0, 0, 0, 0, 0, 0}, uint16(2), uint16(1))                                 // bad length
-	f.Add([]byte{0x82, 0x81, 1, 2, 3, 4, 5, 0x88, 0}, uint16(3), uint16(5))                                    // masked
-	f.Add(append(frame(opBinary, []byte("x")), 0x88, 1, 3), uint16(4), uint16(1))                              // one-byte close
-	f.Add(append(frame(opText, make([]byte, 300)), frame(opText, make([]byte, 300))...), uint16(5), uint16(9)) // past the text budget when gathered
-	// Lengths at the limits, in a continuation after a first fragment, so
-	// that the message's length is a sum: 0, the limit, one past it, 2^63-1.
-	for _, n := range []uint64{0, 1000, 1001, 1<<63 - 1} {
-		for _, op := range []byte{opBinary, opText} {
-			for _, seed := range []uint16{1, 2} { // odd: text gathered
-				huge := binary.BigEndian.AppendUint64([]byte{0x80, 127}, n)
-				f.Add(append(append([]byte{op, 100}, make([]byte, 100)...), huge...), seed, uint16(3))
-			}
-		}
-	}
-	f.Add([]byte{0x82, 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, uint16(8), uint16(1)) // 2^63-1 in one frame
-	f.Fuzz(func(t *testing.T, data []byte, first, step uint16) {
-		// An odd first also reads text whole through a filter (as the
-		// secret scrub does), against a text budget of 500 bytes.
-		gather := first%2 == 1
-		whole, wholeEnd := relayChunks([][]byte{data}, gather)
-		var chunks [][]byte
-		size := int(first%64) + 1
-		for rest := data; len(rest) > 0; size = int(step%16) + 1 {
-			n := min(size, len(rest))
-			chunks = append(chunks, rest[:n])
-			rest = rest[n:]
-		}
-		split, splitEnd := relayChunks(chunks, gather)
-		if !bytes.Equal(whole, split) {
-			t.Fatalf("cut into %d reads the client got %x, whole %x", len(chunks), split, whole)
-		}
-		if wholeEnd.cause != splitEnd.cause || wholeEnd.clientCode != splitEnd.clientCode || wholeEnd.clientReason != splitEnd.clientReason {
-			t.Fatalf("cut into %d reads the session ended %+v, whole %+v", len(chunks), splitEnd, wholeEnd)
 		}
 	})
 }

@@ -215,7 +215,7 @@ func (rl *relay) drain(timeout time.Duration) {
 	live := rl.sessions.close()
 	rl.log.Info("drain deadline: closing sessions", "sessions", len(live))
 	for _, s := range live {
-		go s.end(restartOutcome)
+		go s.end(endDrain.outcome(""))
 	}
 	grace := time.NewTimer(drainGrace)
 	defer grace.Stop()

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strconv"
 
+	"dgrelay/internal/wspipe"
+
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -11,7 +13,8 @@ import (
 )
 
 // metrics are the relay's Prometheus collectors, on a registry of its own
-// (the one piece of shared mutable state the relay keeps). Labels are fixed
+// (shared by every session, like the session set, the user limits and the
+// text budget). Labels are fixed
 // sets: service, direction, side, reason, cause, close code. No user id,
 // token or key is ever a label value.
 type metrics struct {
@@ -132,11 +135,11 @@ func (m *metrics) flush(s *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, d := range [...]struct {
-		f        *flow
+		f        *wspipe.Flow
 		reported *flowReported
 		counters directionCounters
 	}{{&s.up, &s.upReported, m.up}, {&s.down, &s.downReported, m.down}} {
-		msgs, bytes := d.f.messages.Load(), d.f.bytes.Load()
+		msgs, bytes := d.f.Messages.Load(), d.f.Bytes.Load()
 		if msgs == d.reported.messages && bytes == d.reported.bytes {
 			continue // a quiet direction
 		}

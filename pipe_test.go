@@ -3,25 +3,22 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
 )
@@ -54,7 +51,7 @@ func (h *harness) rawDial(query string) *rawClient {
 		h.t.Fatalf("handshake: %v %v", resp, err)
 	}
 	c := &rawClient{t: h.t, conn: conn, br: br}
-	if op, p := c.read(); op != opText || !strings.Contains(string(p), "Welcome") {
+	if op, p := c.read(); op != wspipe.OpText || !strings.Contains(string(p), "Welcome") {
 		h.t.Fatalf("first frame %x %q, want Welcome", op, p)
 	}
 	return c
@@ -78,7 +75,7 @@ func clientFrame(first byte, payload []byte) []byte {
 	b = append(b, key[:]...)
 	start := len(b)
 	b = append(b, payload...)
-	applyMask(b[start:], key, 0)
+	wspipe.Mask(b[start:], key, 0)
 	return b
 }
 
@@ -102,23 +99,23 @@ func (c *rawClient) trickle(b []byte) {
 // read returns the next whole frame from the relay, which must be unmasked.
 func (c *rawClient) read() (byte, []byte) {
 	c.t.Helper()
-	var hdr [maxHeaderLen]byte
+	var hdr [wspipe.MaxHeaderLen]byte
 	if _, err := io.ReadFull(c.br, hdr[:2]); err != nil {
 		c.t.Fatalf("read frame: %v", err)
 	}
-	n := headerLen(hdr[1])
+	n := wspipe.HeaderLen(hdr[1])
 	if _, err := io.ReadFull(c.br, hdr[2:n]); err != nil {
 		c.t.Fatalf("read frame header: %v", err)
 	}
-	var h frameHeader
-	if _, err := parseHeader(hdr[:n], &h); err != nil || h.masked || !h.fin {
+	var h wspipe.Header
+	if _, err := wspipe.ParseHeader(hdr[:n], &h); err != nil || h.Masked || !h.Fin {
 		c.t.Fatalf("frame header %x: %+v %v", hdr[:n], h, err)
 	}
-	p := make([]byte, h.length)
+	p := make([]byte, h.Length)
 	if _, err := io.ReadFull(c.br, p); err != nil {
 		c.t.Fatalf("read payload: %v", err)
 	}
-	return h.opcode, p
+	return h.Opcode, p
 }
 
 // expectClose reads frames until a close and checks its code.
@@ -126,11 +123,11 @@ func (c *rawClient) expectClose(want websocket.StatusCode) string {
 	c.t.Helper()
 	for {
 		op, p := c.read()
-		if op != opClose {
+		if op != wspipe.OpClose {
 			continue
 		}
-		code, reason, ok := parseClose(p)
-		if !ok || code != want {
+		code, reason, ok := wspipe.ParseClose(p)
+		if !ok || websocket.StatusCode(code) != want {
 			c.t.Fatalf("close %d %q (valid %v), want %d", code, reason, ok, want)
 		}
 		return reason
@@ -158,10 +155,10 @@ func TestFramesSplitAnywhere(t *testing.T) {
 		op      byte
 		payload []byte
 	}{
-		{opBinary, audio},
-		{opPong, []byte("are you there")},
-		{opText, []byte(`{"type":"InjectUserMessage","content":"hi"}`)},
-		{opBinary, big},
+		{wspipe.OpBinary, audio},
+		{wspipe.OpPong, []byte("are you there")},
+		{wspipe.OpText, []byte(`{"type":"InjectUserMessage","content":"hi"}`)},
+		{wspipe.OpBinary, big},
 	}
 	for _, w := range want {
 		op, p := c.read()
@@ -169,7 +166,7 @@ func TestFramesSplitAnywhere(t *testing.T) {
 			t.Fatalf("got opcode %x, %d bytes %.40q; want opcode %x, %d bytes %.40q", op, len(p), p, w.op, len(w.payload), w.payload)
 		}
 	}
-	c.send(clientFrame(0x88, closePayload(4000, "done")))
+	c.send(clientFrame(0x88, wspipe.ClosePayload(4000, "done")))
 	if reason := c.expectClose(4000); reason != "" {
 		t.Fatalf("echo reason %q, want none", reason)
 	}
@@ -256,7 +253,7 @@ func TestContinuationLengthOverflow(t *testing.T) {
 	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
 	huge := []byte{0x80, 0x80 | 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4}
-	for _, first := range []byte{opBinary, opText} {
+	for _, first := range []byte{wspipe.OpBinary, wspipe.OpText} {
 		c := h.rawDial("")
 		c.send(clientFrame(first, bytes.Repeat([]byte("a"), 100))) // FIN=0
 		c.send(huge)
@@ -294,7 +291,7 @@ func TestPolicyFragmentedSettings(t *testing.T) {
 	c.trickle(clientFrame(0x80, []byte(settings[20:])))
 	for {
 		op, p := c.read()
-		if op == opText && strings.Contains(string(p), "SettingsApplied") {
+		if op == wspipe.OpText && strings.Contains(string(p), "SettingsApplied") {
 			break
 		}
 	}
@@ -332,19 +329,19 @@ func TestTextBudget(t *testing.T) {
 	if reason := second.expectClose(websocket.StatusTryAgainLater); reason != "relay busy, try again" {
 		t.Fatalf("reason %q", reason)
 	}
-	second.send(clientFrame(0x88, closePayload(websocket.StatusTryAgainLater, "")))
+	second.send(clientFrame(0x88, wspipe.ClosePayload(int(websocket.StatusTryAgainLater), "")))
 	if got := h.upstreamClosed(); got.Code != websocket.StatusNormalClosure || got.Reason != "client message refused: relay busy" {
 		t.Fatalf("upstream got %+v", got)
 	}
 
 	first.send(clientFrame(0x80, msg[600:])) // the end
-	if op, p := first.read(); op != opText || len(p) != 700 {
+	if op, p := first.read(); op != wspipe.OpText || len(p) != 700 {
 		t.Fatalf("echo: opcode %x, %d bytes", op, len(p))
 	}
 	waitFor(t, func() bool { return h.relay.texts.used.Load() == 0 })
 	// 450 up, then its 450 echo down: both fit only once the first is free.
 	first.send(clientFrame(0x81, inject(450)))
-	if op, p := first.read(); op != opText || len(p) != 450 {
+	if op, p := first.read(); op != wspipe.OpText || len(p) != 450 {
 		t.Fatalf("echo after the budget freed: opcode %x, %d bytes", op, len(p))
 	}
 	waitForLog(t, h.logs, `"cause":"text_budget"`)
@@ -450,226 +447,4 @@ func startConnectProxy(t *testing.T) *connectProxy {
 		}
 	}()
 	return p
-}
-
-// TestGatheredTextDroppedOnClose: a text message the scrub is gathering when
-// the session ends is not sent after the client's close frame.
-func TestGatheredTextDroppedOnClose(t *testing.T) {
-	client, upstream := &recordingConn{}, &recordingConn{}
-	s := &session{
-		relay:    pipeRelay(nil),
-		userText: new(atomic.Int64),
-		client:   &peer{conn: client, side: sideClient},
-		upstream: &peer{conn: upstream, side: sideUpstream},
-	}
-	scrub := func(msg []byte) policyVerdict { return policyVerdict{out: msg} }
-	p := &pipe{s: s, src: s.upstream, dst: s.client, flow: &s.down, maxMsg: 1 << 20, text: scrub}
-	server := func(first byte, payload string) []byte {
-		b := appendFrame(nil, first&0x0f, []byte(payload), false)
-		b[0] = first
-		return b
-	}
-	p.consume(server(0x01, `{"type":"Conversation`)) // text, not final
-	s.end(restartOutcome)
-	p.consume(server(0x80, `Text"}`))
-	p.consume(server(0x88, string(closePayload(1000, ""))))
-
-	got := client.out.Bytes()
-	want := appendFrame(nil, opClose, closePayload(websocket.StatusServiceRestart, "service restart"), false)
-	if !bytes.Equal(got, want) {
-		t.Fatalf("client was sent %q, want only the 1012 close %q", got, want)
-	}
-	if held := s.relay.texts.used.Load(); held != 0 {
-		t.Errorf("%d bytes still counted in the text budget", held)
-	}
-}
-
-// captureConn passes a TLS server's handshake through to its socket, then
-// keeps what the server writes, so that a test can deliver its records cut
-// anywhere.
-type captureConn struct {
-	net.Conn
-	mu       sync.Mutex
-	capture  bool
-	captured []byte
-}
-
-func (c *captureConn) Write(b []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.capture {
-		c.captured = append(c.captured, b...)
-		return len(b), nil
-	}
-	return c.Conn.Write(b)
-}
-
-func (c *captureConn) take() []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	b := c.captured
-	c.captured = nil
-	return b
-}
-
-// tlsRig is a session whose upstream is TLS over loopback: the test writes
-// Deepgram's records into deepgram as it likes and reads the client's end.
-type tlsRig struct {
-	server   *tls.Conn // Deepgram's TLS end, writing into capture
-	capture  *captureConn
-	deepgram net.Conn  // Deepgram's socket, where the test delivers records
-	upstream *tls.Conn // the relay's TLS end
-	out      net.Conn  // the browser's socket
-	s        *session
-	done     chan struct{}
-}
-
-func newTLSRig(t testing.TB, cert tls.Certificate) *tlsRig {
-	r := &tlsRig{}
-	var clientSide, upTCP net.Conn
-	r.out, clientSide = loopbackPair(t)
-	upTCP, r.deepgram = loopbackPair(t)
-	r.capture = &captureConn{Conn: r.deepgram}
-	r.server = tls.Server(r.capture, &tls.Config{Certificates: []tls.Certificate{cert}})
-	roots := x509.NewCertPool()
-	roots.AddCert(cert.Leaf)
-	r.upstream = tls.Client(newTLSSocket(upTCP), &tls.Config{RootCAs: roots, ServerName: "deepgram.test"})
-	handshook := make(chan error, 1)
-	go func() { handshook <- r.server.Handshake() }()
-	if err := r.upstream.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-handshook; err != nil {
-		t.Fatal(err)
-	}
-	r.capture.mu.Lock()
-	r.capture.capture = true
-	r.capture.mu.Unlock()
-	r.s = &session{
-		relay:    pipeRelay(nil),
-		userText: new(atomic.Int64),
-		client:   newPeer(&handoffConn{Conn: clientSide}, sideClient),
-		upstream: newPeer(&handoffConn{Conn: r.upstream}, sideUpstream),
-	}
-	if r.s.upstream.tls == nil {
-		t.Fatal("the TLS upstream is not read through its socket")
-	}
-	t.Cleanup(func() {
-		r.out.Close()
-		r.deepgram.Close()
-		if r.done != nil {
-			<-r.done
-		} else {
-			clientSide.Close()
-			upTCP.Close()
-		}
-	})
-	return r
-}
-
-// records is the TLS records Deepgram's end makes of frame.
-func (r *tlsRig) records(t *testing.T, frame []byte) []byte {
-	if _, err := r.server.Write(frame); err != nil {
-		t.Fatal(err)
-	}
-	return r.capture.take()
-}
-
-// deliver writes records to the relay's socket.
-func (r *tlsRig) deliver(t *testing.T, records ...[]byte) {
-	if _, err := r.deepgram.Write(bytes.Join(records, nil)); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// readBefore reads frame through the relay's TLS end before the session
-// starts, as the handshake's 101 is read.
-func (r *tlsRig) readBefore(t *testing.T, frame []byte) {
-	got := make([]byte, len(frame))
-	if _, err := io.ReadFull(r.upstream, got); err != nil || !bytes.Equal(got, frame) {
-		t.Fatalf("read before the session %q %v", got, err)
-	}
-}
-
-func (r *tlsRig) start() {
-	r.done = make(chan struct{})
-	go func() {
-		defer close(r.done)
-		r.s.run()
-	}()
-}
-
-// expect reads want from the client's socket.
-func (r *tlsRig) expect(t *testing.T, want []byte) {
-	_ = r.out.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got := make([]byte, len(want))
-	if n, err := io.ReadFull(r.out, got); err != nil {
-		t.Fatalf("the client got %d of %d bytes: %v", n, len(want), err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatal("the client got the frames changed")
-	}
-}
-
-// TestTLSRecordsSplitAnywhere: Deepgram's TLS records reach the relay cut at
-// any byte, several to a read and a frame over many records, after a read
-// made before the session began (as the 101 is read) that ended inside a
-// record; every frame reaches the client whole and in order.
-func TestTLSRecordsSplitAnywhere(t *testing.T) {
-	cert := selfSigned(t)
-	for seed := range 6 {
-		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
-			rng := rand.New(rand.NewSource(int64(seed)))
-			r := newTLSRig(t, cert)
-			first := appendFrame(nil, opText, []byte(`{"type":"Welcome"}`), false)
-			firstRecord := r.records(t, first)
-			var want, rest []byte
-			for range 12 {
-				size := []int{0, 1, 125, 126, 1920, 16379, 16384, 40000}[rng.Intn(8)]
-				op := []byte{opBinary, opText}[rng.Intn(2)]
-				frame := appendFrame(nil, op, bytes.Repeat([]byte{byte('a' + rng.Intn(26))}, size), false)
-				want = append(want, frame...)
-				rest = append(rest, r.records(t, frame)...)
-			}
-			r.deliver(t, firstRecord, rest[:3])
-			rest = rest[3:]
-			r.readBefore(t, first)
-			r.start()
-			delivered := make(chan error, 1)
-			go func() {
-				for len(rest) > 0 {
-					k := min(len(rest), 1+rng.Intn(4000))
-					if _, err := r.deepgram.Write(rest[:k]); err != nil {
-						delivered <- err
-						return
-					}
-					rest = rest[k:]
-					if rng.Intn(3) == 0 {
-						time.Sleep(time.Duration(rng.Intn(300)) * time.Microsecond)
-					}
-				}
-				delivered <- nil
-			}()
-			r.expect(t, want)
-			if err := <-delivered; err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
-}
-
-// TestTLSRecordsLeftFromBefore: a record left whole in crypto/tls by the read
-// before the session, then two records in the session's first read: all
-// three reach the client, though nothing follows them.
-func TestTLSRecordsLeftFromBefore(t *testing.T) {
-	r := newTLSRig(t, selfSigned(t))
-	first := appendFrame(nil, opText, []byte(`{"type":"Welcome"}`), false)
-	a, b, c := appendFrame(nil, opBinary, []byte("A"), false), appendFrame(nil, opBinary, []byte("BB"), false), appendFrame(nil, opBinary, []byte("CCC"), false)
-	recFirst, recA, recB, recC := r.records(t, first), r.records(t, a), r.records(t, b), r.records(t, c)
-	r.deliver(t, recFirst, recA, recB[:3])
-	r.readBefore(t, first) // A stays whole in crypto/tls, B begun
-	r.deliver(t, recB[3:], recC)
-	time.Sleep(20 * time.Millisecond) // both in the socket before the session's first read
-	r.start()
-	r.expect(t, bytes.Join([][]byte{a, b, c}, nil))
 }

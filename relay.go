@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,7 +20,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unicode/utf8"
+
+	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
 )
@@ -164,7 +163,7 @@ func (rl *relay) watch(ctx context.Context) {
 		case now := <-tick.C:
 			for _, s := range rl.sessions.snapshot() {
 				rl.metrics.flush(s)
-				if s.hasEnded() {
+				if s.Closing() {
 					continue // closing already
 				}
 				if o, ok := rl.watchdog.check(s, now); ok {
@@ -364,7 +363,7 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 	}
 	clientRaw.release(client)
 	upRaw.release(upConn)
-	s.client, s.upstream = newPeer(clientRaw, sideClient), newPeer(upRaw, sideUpstream)
+	s.client, s.upstream = wspipe.NewPeer(clientRaw.Conn, clientRaw.early, wspipe.Client), wspipe.NewPeer(upRaw.Conn, upRaw.early, wspipe.Upstream)
 	return true
 }
 
@@ -377,13 +376,13 @@ func (rl *relay) serveSession(s *session) {
 	active.Inc()
 	if !rl.sessions.add(s) {
 		// The drain deadline passed while this session was dialling.
-		s.end(restartOutcome)
+		s.end(endDrain.outcome(""))
 	} else {
 		s.run()
 		rl.sessions.remove(s)
 	}
 	active.Dec()
-	rl.sessionEnded(s)
+	s.ended()
 }
 
 // refuseDraining answers an upgrade that arrives during the drain: the
@@ -656,359 +655,30 @@ func (rl *relay) clientGone(s *session) {
 		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "remote", s.remote)
 }
 
-// sessionEnded records a relayed session in the metrics and its log line.
-func (rl *relay) sessionEnded(s *session) {
-	o := s.result()
-	m := rl.metrics
-	m.flush(s)
-	m.sessionsTotal.WithLabelValues(s.service, o.cause).Inc()
-	m.sessionDuration.WithLabelValues(s.service).Observe(time.Since(s.started).Seconds())
-	m.closeCodes.WithLabelValues("client", codeLabel(o.clientCode)).Inc()
-	m.closeCodes.WithLabelValues("upstream", codeLabel(o.upstreamCode)).Inc()
-	up, down := &s.up, &s.down
-	s.log().Info("session end",
-		"session", s.id,
-		"service", s.service,
-		"duration_ms", time.Since(s.started).Milliseconds(),
-		"up_messages", up.messages.Load(), "up_bytes", up.bytes.Load(),
-		"down_messages", down.messages.Load(), "down_bytes", down.bytes.Load(),
-		"closed_by", o.closedBy, "cause", o.cause,
-		"client_close", int(o.clientCode), "upstream_close", int(o.upstreamCode),
-		"dg_request_id", s.dgRequestID,
-		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries,
-		"user", s.user,
-		"remote", s.remote)
-}
-
-func newSessionID() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// flow counts one direction of a session. Each counter is written by one pipe
-// only; atomics let the log line and the timers read them while it runs.
-type flow struct {
-	messages atomic.Int64
-	bytes    atomic.Int64
-	// writing is true while a write to this direction's destination is in
-	// progress: the watchdog's view of a peer that stopped reading.
-	writing atomic.Bool
-	// gathering is when the text message being read whole began (Unix
-	// nanoseconds), 0 when none is: the watchdog's view of one left
-	// unfinished.
-	gathering atomic.Int64
-}
-
-// outcome is how a session ended: who ended it and the close each side gets
-// (or sent). A zero code means that side's connection is dropped without a
-// close frame, because it is gone.
-type outcome struct {
-	closedBy       string // client, upstream or relay
-	cause          string // closed, vanished, too_big, protocol_error, drain, ...
-	clientCode     websocket.StatusCode
-	clientReason   string
-	upstreamCode   websocket.StatusCode
-	upstreamReason string
-	// clientError is an Error text frame the client gets before its close.
-	clientError []byte
-}
-
-// restartOutcome is how a drain ends a session: 1012 tells the client to
-// reconnect (it lands on another instance), and Deepgram gets a normal close.
-var restartOutcome = outcome{closedBy: "relay", cause: "drain",
-	clientCode: websocket.StatusServiceRestart, clientReason: "service restart",
-	upstreamCode: websocket.StatusNormalClosure, upstreamReason: "relay restarting"}
-
-// session is one client and its Deepgram connection.
-type session struct {
-	relay       *relay
-	id          string
-	service     string
-	remote      string // client IP
-	trace       string // the request's Cloud Trace name, for log lines; may be empty
-	user        string // the token's sub; empty when unauthenticated
-	identity    string // what the per-user limits count: sub or IP
-	dgRequestID string
-	dialTime    time.Duration // opening Deepgram's socket, retries included
-	dialTries   int
-	started     time.Time
-	client      *peer
-	upstream    *peer
-	up, down    flow // client→upstream, upstream→client
-	// userText counts what the sessions of s's identity hold of the text
-	// budget.
-	userText *atomic.Int64
-	timers   timers
-
-	// upReported and downReported are what the metrics have counted of up
-	// and down; guarded by mu.
-	upReported, downReported flowReported
-
-	// closing is set once end has run: the pipes check it between frames.
-	closing atomic.Bool
-
-	mu      sync.Mutex // guards ended, outcome, closeBy and the reported counts
-	ended   bool
-	outcome outcome
-	closeBy time.Time
-}
-
-// log is the relay's logger for lines about s.
-func (s *session) log() *slog.Logger { return s.relay.logFor(s.trace) }
-
 // run relays both directions until each has finished, then closes both
-// connections. One pipe runs on the calling goroutine, the other on its own:
-// two goroutines a session.
+// connections: the two pipes of the session, one on the calling goroutine,
+// the other on its own. The first to end the session wakes the other.
 func (s *session) run() {
 	maxMsg := s.relay.cfg.MaxMessageBytes
-	up := &pipe{s: s, src: s.client, dst: s.upstream, flow: &s.up, maxMsg: maxMsg}
-	down := &pipe{s: s, src: s.upstream, dst: s.client, flow: &s.down, maxMsg: maxMsg}
+	var upText wspipe.TextFilter
 	if s.relay.policy != nil {
-		up.text = s.policyFilter
+		upText = s.policyFilter
 	}
+	up := wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget()})
 	// Deepgram's words are scrubbed of the key and the policy's secrets
 	// before a client reads them: text, control payloads, close reasons.
 	// Binary messages are audio, relayed as they came.
 	sc := s.relay.scrub
-	down.text = func(msg []byte) policyVerdict { return policyVerdict{out: sc.text(msg)} }
-	down.scrub = sc.short
+	down := wspipe.New(s, s.upstream, s.client, &s.down, wspipe.Options{MaxMessage: maxMsg,
+		Text: func(msg []byte) wspipe.Verdict { return wspipe.Verdict{Out: sc.text(msg)} }, Budget: s.budget(), Scrub: sc.short})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		down.run()
+		down.Run()
 	}()
-	up.run()
+	up.Run()
 	wg.Wait()
-	_ = s.client.conn.Close()
-	_ = s.upstream.conn.Close()
-}
-
-type side int
-
-const (
-	sideClient side = iota
-	sideUpstream
-)
-
-func (d side) String() string {
-	if d == sideClient {
-		return "client"
-	}
-	return "upstream"
-}
-
-// closedOutcome: src sent a close frame. A deliberate close is passed on as
-// it came; 1005 (a close frame without a code) goes on as a close frame
-// without a code, and src gets its own code back.
-func closedOutcome(src side, code websocket.StatusCode, reason string) outcome {
-	return sideOutcome(src, "closed", code, "", code, reason)
-}
-
-// vanishedOutcome: src is gone without a close frame (1006 is not sendable).
-// The client hears that the gateway failed, Deepgram that the client went
-// away.
-func vanishedOutcome(src side) outcome {
-	if src == sideUpstream {
-		return sideOutcome(src, "vanished", 0, "", websocket.StatusBadGateway, "upstream went away")
-	}
-	return sideOutcome(src, "vanished", 0, "", websocket.StatusGoingAway, "client went away")
-}
-
-// tooBigOutcome: src sent a message over MAX_MESSAGE_BYTES.
-func tooBigOutcome(src side) outcome {
-	return sideOutcome(src, "too_big", websocket.StatusMessageTooBig, "message too big",
-		websocket.StatusNormalClosure, src.String()+" message too big")
-}
-
-// busyOutcome: a text message from src that the relay must read whole would
-// have passed the text budget (src's identity's share, or the instance's).
-// Whichever side sent it, the client is told to try again (1013, with
-// RELAY_BUSY in band) and Deepgram gets a normal close.
-func busyOutcome(src side) outcome {
-	return outcome{closedBy: src.String(), cause: "text_budget",
-		clientCode: websocket.StatusTryAgainLater, clientReason: "relay busy, try again",
-		clientError:  errorFrame("RELAY_BUSY", "the relay is busy; try again"),
-		upstreamCode: websocket.StatusNormalClosure, upstreamReason: src.String() + " message refused: relay busy"}
-}
-
-// slowTextOutcome: a text message from src that the relay reads whole was
-// not finished within textGatherTimeout. A client that does gets 1008;
-// Deepgram that does is a stalled gateway for the client.
-func slowTextOutcome(src side) outcome {
-	if src == sideUpstream {
-		return sideOutcome(src, "text_timeout", websocket.StatusPolicyViolation, "message not finished in time",
-			websocket.StatusBadGateway, "upstream stalled")
-	}
-	return sideOutcome(src, "text_timeout", websocket.StatusPolicyViolation, "message not finished in time",
-		websocket.StatusNormalClosure, "client message not finished in time")
-}
-
-// errorFrame is the in-band Error message a client reads (the React
-// component's onError) before its close.
-func errorFrame(code, description string) []byte {
-	b, _ := json.Marshal(struct {
-		Type        string `json:"type"`
-		Code        string `json:"code"`
-		Description string `json:"description"`
-	}{"Error", code, description})
-	return b
-}
-
-// protocolOutcome: src broke RFC 6455 (an unmasked client frame, a masked
-// server frame, reserved bits, an unknown opcode, ...). A client that does
-// has a bug; Deepgram that does is a gateway failure for the client.
-func protocolOutcome(src side) outcome {
-	if src == sideUpstream {
-		return sideOutcome(src, "protocol_error", websocket.StatusProtocolError, "protocol error",
-			websocket.StatusBadGateway, "upstream protocol error")
-	}
-	return sideOutcome(src, "protocol_error", websocket.StatusProtocolError, "protocol error",
-		websocket.StatusNormalClosure, "client protocol error")
-}
-
-// sideOutcome is an outcome src caused: src gets srcCode, the other side code.
-func sideOutcome(src side, cause string, srcCode websocket.StatusCode, srcReason string, code websocket.StatusCode, reason string) outcome {
-	o := outcome{closedBy: src.String(), cause: cause}
-	if src == sideClient {
-		o.clientCode, o.clientReason, o.upstreamCode, o.upstreamReason = srcCode, srcReason, code, reason
-	} else {
-		o.upstreamCode, o.upstreamReason, o.clientCode, o.clientReason = srcCode, srcReason, code, reason
-	}
-	return o
-}
-
-// end starts closing the session as o says, once; later calls do nothing. It
-// does not wait: it wakes both pipes, each of which writes its destination's
-// close and then waits, until the deadline, for its source's.
-func (s *session) end(o outcome) {
-	s.mu.Lock()
-	if s.ended {
-		s.mu.Unlock()
-		return
-	}
-	s.ended, s.outcome = true, o
-	s.closeBy = time.Now().Add(closeTimeout)
-	deadline := s.closeBy
-	s.mu.Unlock()
-	s.closing.Store(true)
-	for _, p := range []*peer{s.client, s.upstream} {
-		// The write deadline bounds the closes and a write stuck on a
-		// peer that stopped reading; the past read deadline wakes the
-		// pipe waiting on p.
-		_ = p.conn.SetWriteDeadline(deadline)
-		_ = p.conn.SetReadDeadline(time.Unix(1, 0))
-	}
-}
-
-// closeDeadline is when the closing session stops waiting for its peers.
-func (s *session) closeDeadline() time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closeBy
-}
-
-// closeFrames are the frames that close side to as the outcome says: an Error
-// frame first where there is one, then the close; nil when side to is gone.
-// A side that sent the close gets its code back, as RFC 6455 §5.5.1 asks.
-func (s *session) closeFrames(to side) []byte {
-	o := s.result()
-	code, reason, errFrame := o.clientCode, o.clientReason, o.clientError
-	if to == sideUpstream {
-		code, reason, errFrame = o.upstreamCode, o.upstreamReason, nil
-	}
-	if code == 0 {
-		return nil
-	}
-	if o.cause == "closed" && o.closedBy == to.String() {
-		reason = ""
-	}
-	masked := to == sideUpstream
-	var b []byte
-	if errFrame != nil {
-		b = appendFrame(b, opText, errFrame, masked)
-	}
-	return appendFrame(b, opClose, closePayload(code, reason), masked)
-}
-
-// hasEnded reports whether end has run (the closes may still be under way).
-func (s *session) hasEnded() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ended
-}
-
-// result is the outcome, for the log line once the session has stopped.
-func (s *session) result() outcome {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.outcome
-}
-
-// kill drops both connections without close frames: the last step of a drain
-// whose peers did not answer in time.
-func (s *session) kill() {
-	_ = s.client.conn.Close()
-	_ = s.upstream.conn.Close()
-}
-
-// textFilter decides what becomes of one whole text message: the Settings
-// policy upstream, the secret scrub downstream.
-type textFilter func(msg []byte) policyVerdict
-
-// policyFilter applies the Settings policy to a client text message and logs
-// what it stripped: paths only, never values.
-func (s *session) policyFilter(msg []byte) policyVerdict {
-	v := s.relay.policy.check(msg)
-	if len(v.stripped) > 0 {
-		s.relay.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.stripped)))
-		s.log().Info("settings policy: stripped", "session", s.id, "user", s.user,
-			"paths", loggedPaths(v.stripped), "paths_total", len(v.stripped))
-	}
-	return v
-}
-
-// maxLoggedPaths and maxLoggedPathBytes bound what a log line holds of the
-// paths a client chose: the metric counts them all, but a Settings with
-// thousands of long keys must not become a log line as large (a 1 MB
-// Settings made one of 0.9 MB, at the operator's expense).
-const (
-	maxLoggedPaths     = 20
-	maxLoggedPathBytes = 128
-)
-
-// loggedPaths is the first maxLoggedPaths of paths, each cut to
-// maxLoggedPathBytes at a character boundary and marked "…" where cut.
-func loggedPaths(paths []string) []string {
-	out := make([]string, 0, min(len(paths), maxLoggedPaths))
-	for _, p := range paths[:min(len(paths), maxLoggedPaths)] {
-		out = append(out, loggedPath(p))
-	}
-	return out
-}
-
-func loggedPath(p string) string {
-	if len(p) <= maxLoggedPathBytes {
-		return p
-	}
-	n := maxLoggedPathBytes
-	for n > 0 && !utf8.RuneStart(p[n]) {
-		n--
-	}
-	return p[:n] + "…"
-}
-
-// refuseSettings ends a session whose message the policy refused: the client
-// is told in band why, then closed 1008; Deepgram received nothing of that
-// message and gets a normal close.
-func (s *session) refuseSettings(why string) {
-	s.relay.metrics.policyViolations.WithLabelValues("refuse").Inc()
-	// why names the client's own keys: bounded and cleaned for the log
-	// and the Error frame alike.
-	why = s.relay.redact(why)
-	s.log().Info("settings policy: refused", "session", s.id, "user", s.user, "why", why)
-	s.end(outcome{closedBy: "relay", cause: "settings_refused", clientError: errorFrame("SETTINGS_REFUSED", why),
-		clientCode: websocket.StatusPolicyViolation, clientReason: "settings refused",
-		upstreamCode: websocket.StatusNormalClosure, upstreamReason: "settings refused"})
+	_ = s.client.Conn.Close()
+	_ = s.upstream.Conn.Close()
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
 )
@@ -33,7 +34,7 @@ type message struct {
 // 0 B to exactly 1 MiB, mostly audio-sized, as a session carries them.
 func mixedMessages(seed uint64, n int) []message {
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
-	sizes := []int{0, 1, readBufferSize - 1, readBufferSize, readBufferSize + 1, 1 << 20}
+	sizes := []int{0, 1, wspipe.ReadBufferSize - 1, wspipe.ReadBufferSize, wspipe.ReadBufferSize + 1, 1 << 20}
 	out := make([]message, n)
 	for i := range out {
 		var size int
@@ -656,7 +657,7 @@ func TestUpstreamTLSFrames(t *testing.T) {
 	c.SetReadLimit(1 << 20)
 	expectType(t, c, "Welcome")
 	live := h.relay.sessions.snapshot()
-	if len(live) != 1 || live[0].upstream.tls == nil {
+	if len(live) != 1 || !live[0].upstream.Polled() {
 		t.Fatal("the TLS upstream is not read through its socket")
 	}
 

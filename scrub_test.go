@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
 )
@@ -33,7 +34,7 @@ func TestScrubReachesEveryPath(t *testing.T) {
 	secrets := []string{llmKey, voiceKey, testAPIKey, "a<b&c>d" + llmKey}
 	for _, secret := range secrets {
 		for _, spelled := range []string{secret, jsonEscaped(secret), strings.NewReplacer("<", `\u003c`, "&", `\u0026`, ">", `\u003e`).Replace(secret)} {
-			raw(c, appendFrame(nil, opText, []byte(`{"type":"ConversationText","content":"`+spelled+`"}`), false))
+			raw(c, wspipe.AppendFrame(nil, wspipe.OpText, []byte(`{"type":"ConversationText","content":"`+spelled+`"}`), false))
 			_, data := read(t, c)
 			if got := string(readable(data)); strings.Contains(got, llmKey) || strings.Contains(got, voiceKey) || strings.Contains(got, testAPIKey) || !strings.Contains(got, redactedMark) {
 				t.Errorf("%q reached the client as %s", spelled, data)
@@ -52,10 +53,10 @@ func TestScrubReachesEveryPath(t *testing.T) {
 func TestScrubPing(t *testing.T) {
 	h := newHarness(t, nil, fakedeepgram.Options{})
 	c := h.rawDial("")
-	frame := appendFrame(nil, opPing, []byte("p:"+testAPIKey), false)
+	frame := wspipe.AppendFrame(nil, wspipe.OpPing, []byte("p:"+testAPIKey), false)
 	c.send(clientFrame(0x81, []byte(`{"type":"Fake.Raw","hex":"`+hex.EncodeToString(frame)+`"}`)))
 	op, p := c.read()
-	if op != opPing || string(p) != "p:"+redactedMark {
+	if op != wspipe.OpPing || string(p) != "p:"+redactedMark {
 		t.Fatalf("got opcode %x %q", op, p)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
 	"golang.org/x/sys/unix"
@@ -25,7 +26,7 @@ func TestUpstreamFINWithLastBytes(t *testing.T) {
 			if tls {
 				trust(h, fake)
 			}
-			last := hex.EncodeToString(appendFrame(nil, opText, []byte(`{"type":"Last"}`), false))
+			last := hex.EncodeToString(wspipe.AppendFrame(nil, wspipe.OpText, []byte(`{"type":"Last"}`), false))
 			for i := range 5 {
 				c := h.dial("")
 				expectType(t, c, "Welcome")

@@ -5,14 +5,6 @@ import (
 	"time"
 )
 
-// textBufferSize is the pooled buffer a text message the relay reads whole
-// (for the Settings policy or the secret scrub) starts in; a longer one grows
-// out of it, up to MAX_MESSAGE_BYTES.
-const textBufferSize = 32 << 10
-
-// textBuffers lends a buffer per text message, so an idle session holds none.
-var textBuffers = bufferPool(textBufferSize)
-
 // textBudgetBytes bounds what all sessions together hold of text messages
 // read whole (the Settings policy's, the secret scrub's). Each may be up to
 // MAX_MESSAGE_BYTES, and sessions that all stop halfway through one must not
@@ -67,3 +59,13 @@ func (b *textBudget) give(user *atomic.Int64, n int64) {
 	user.Add(-n)
 	b.used.Add(-n)
 }
+
+// userBudget is the text budget as one session's pipes see it
+// (wspipe.Budget): its identity's share and the instance's pool.
+type userBudget struct {
+	texts *textBudget
+	user  *atomic.Int64
+}
+
+func (u userBudget) Take(n int64) bool { return u.texts.take(u.user, n) }
+func (u userBudget) Give(n int64)      { u.texts.give(u.user, n) }

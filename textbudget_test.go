@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
 )
@@ -17,11 +18,11 @@ func (c *rawClient) expectRelayError(code string) {
 	c.t.Helper()
 	for {
 		op, p := c.read()
-		if op == opClose {
+		if op == wspipe.OpClose {
 			c.t.Fatalf("closed (%x) before an Error frame %s", p, code)
 		}
 		var m map[string]any
-		if op == opText && json.Unmarshal(p, &m) == nil && m["type"] == "Error" {
+		if op == wspipe.OpText && json.Unmarshal(p, &m) == nil && m["type"] == "Error" {
 			if m["code"] != code {
 				c.t.Fatalf("Error frame %s, want %s", p, code)
 			}
@@ -52,7 +53,7 @@ func TestTextBudgetUserShare(t *testing.T) {
 	b := h.rawDial("token=" + bob)
 	msg := []byte(`{"type":"InjectUserMessage","content":"` + strings.Repeat("b", 859) + `"}`)
 	b.send(clientFrame(0x81, msg))
-	if op, p := b.read(); op != opText || len(p) != len(msg) {
+	if op, p := b.read(); op != wspipe.OpText || len(p) != len(msg) {
 		t.Fatalf("bob's echo: opcode %x, %d bytes", op, len(p))
 	}
 }
@@ -89,7 +90,7 @@ func TestTextGatherTimeout(t *testing.T) {
 	if reason := c.expectClose(websocket.StatusPolicyViolation); reason != "message not finished in time" {
 		t.Fatalf("reason %q", reason)
 	}
-	c.send(clientFrame(0x88, closePayload(websocket.StatusPolicyViolation, "")))
+	c.send(clientFrame(0x88, wspipe.ClosePayload(int(websocket.StatusPolicyViolation), "")))
 	if got := h.upstreamClosed(); got.Reason != "client message not finished in time" {
 		t.Fatalf("upstream got %+v", got)
 	}

@@ -45,6 +45,10 @@ func bufferPool(size int) *sync.Pool {
 	return &sync.Pool{New: func() any { b := make([]byte, size); return &b }}
 }
 
+// ReadBufferSize is the buffer one socket read borrows: a message longer
+// than it arrives over several reads.
+const ReadBufferSize = 32 << 10
+
 // textBufferSize is the pooled buffer a text message read whole starts in; a
 // longer one grows out of it, up to the message limit.
 const textBufferSize = 32 << 10

@@ -10,11 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// readBufferSize is the buffer one socket read borrows.
-const readBufferSize = 32 << 10
-
 // readBuffers lends a buffer per read, so a waiting direction holds none.
-var readBuffers = bufferPool(readBufferSize)
+var readBuffers = bufferPool(ReadBufferSize)
 
 // socket is what a Peer reads and writes without net.Conn's buffer-first
 // Read: the TCP socket itself, or the one under a TLS connection.
@@ -170,3 +167,7 @@ func send(fd uintptr, b []byte) (int, error) {
 	}
 	return int(n), nil
 }
+
+// Polled reports whether p is read when its socket is readable, holding no
+// buffer while it waits (a TCP socket, or TLS over NewTLSSocket).
+func (p *Peer) Polled() bool { return p.sock.raw != nil || p.sock.tls != nil }

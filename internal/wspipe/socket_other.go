@@ -24,3 +24,7 @@ func (*sockIO) write(p *Pipe, b []byte) error {
 	_, err := p.dst.Conn.Write(b)
 	return err
 }
+
+// Polled reports whether p is read when its socket is readable: never off
+// Linux.
+func (p *Peer) Polled() bool { return false }

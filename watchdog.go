@@ -1,0 +1,79 @@
+package main
+
+import "time"
+
+// watchdog is the one goroutine that enforces every session's timers, so a
+// session needs no timer of its own and a frame never touches one. Each tick
+// it reads the sessions' counters: no message either way for IDLE_TIMEOUT
+// is idle; a write in progress that has not finished for WRITE_TIMEOUT is a
+// peer that stopped reading; age over MAX_SESSION_DURATION is over time.
+type watchdog struct {
+	idle, write, maxAge time.Duration // 0: off (write is never 0)
+	// text bounds a text message the relay reads whole (textGatherTimeout).
+	text time.Duration
+	tick time.Duration
+}
+
+func newWatchdog(idle, write, maxAge, text time.Duration) watchdog {
+	tick := time.Second
+	for _, d := range []time.Duration{idle, write, maxAge, text} {
+		if d > 0 && d/4 < tick {
+			tick = d / 4
+		}
+	}
+	return watchdog{idle: idle, write: write, maxAge: maxAge, text: text, tick: max(tick, 5*time.Millisecond)}
+}
+
+// timers is the watchdog's view of one session. Only the watchdog goroutine
+// touches it.
+type timers struct {
+	lastUp, lastDown int64     // message counts at the last change
+	lastChange       time.Time // when either count last moved
+	upStuck          time.Time // when the client→upstream write was first seen stuck
+	downStuck        time.Time
+}
+
+// check returns the outcome that ends s now, if any.
+func (w watchdog) check(s *session, now time.Time) (outcome, bool) {
+	t := &s.timers
+	up, down := s.up.Messages.Load(), s.down.Messages.Load()
+	upMoved, downMoved := up != t.lastUp, down != t.lastDown
+	if t.lastChange.IsZero() || upMoved || downMoved {
+		t.lastUp, t.lastDown, t.lastChange = up, down, now
+	}
+	if w.maxAge > 0 && now.Sub(s.started) >= w.maxAge {
+		return endDuration.outcome(""), true
+	}
+	// A text message left unfinished holds its share of the text budget.
+	if since := s.up.Gathering.Load(); since != 0 && now.Sub(time.Unix(0, since)) >= w.text {
+		return endClientSlowText.outcome(""), true
+	}
+	if since := s.down.Gathering.Load(); since != 0 && now.Sub(time.Unix(0, since)) >= w.text {
+		return endUpstreamSlowText.outcome(""), true
+	}
+	// A write is stuck when it is in progress and its direction has not
+	// finished a message since the last tick.
+	if stalled(&t.downStuck, s.down.Writing.Load() && !downMoved, now) >= w.write {
+		return endSlowClient.outcome(""), true
+	}
+	if stalled(&t.upStuck, s.up.Writing.Load() && !upMoved, now) >= w.write {
+		return endSlowUpstream.outcome(""), true
+	}
+	if w.idle > 0 && now.Sub(t.lastChange) >= w.idle {
+		return endIdle.outcome(""), true
+	}
+	return outcome{}, false
+}
+
+// stalled tracks how long a condition has held, from the first tick it was
+// seen; it returns 0 while it does not hold.
+func stalled(since *time.Time, holds bool, now time.Time) time.Duration {
+	if !holds {
+		*since = time.Time{}
+		return 0
+	}
+	if since.IsZero() {
+		*since = now
+	}
+	return now.Sub(*since)
+}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"path"
 	"reflect"
 	"strings"
 	"time"
@@ -159,13 +160,8 @@ func (c *Config) validate() error {
 			return fmt.Errorf("%s: %w", u.name, err)
 		}
 	}
-	if !strings.HasPrefix(c.ProxyPath, "/") {
-		return fmt.Errorf("PROXY_PATH: %q must start with /", c.ProxyPath)
-	}
-	// The React component switches to its OpenAI protocol when the endpoint's
-	// path contains /openai, and then no Deepgram session can work.
-	if strings.Contains(strings.ToLower(c.ProxyPath), "/openai") {
-		return fmt.Errorf("PROXY_PATH: %q contains /openai, which makes the React component speak another protocol", c.ProxyPath)
+	if err := c.checkProxyPath(); err != nil {
+		return err
 	}
 	if c.MaxMessageBytes < 1 || c.MaxMessageBytes > maxMessageBytesLimit {
 		return fmt.Errorf("MAX_MESSAGE_BYTES: %d must be from 1 to %d (1 GiB)", c.MaxMessageBytes, maxMessageBytesLimit)
@@ -214,6 +210,39 @@ func (c *Config) validate() error {
 	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("LOG_LEVEL: %w", err)
+	}
+	return nil
+}
+
+// checkProxyPath refuses a PROXY_PATH that http.ServeMux would panic on
+// ("/a b", "/ws/{$}"), read as a wildcard ("/ws/{x}"), or never route to: a
+// path that is not clean is redirected to its clean form before it can match,
+// and the probes own /healthz and /readyz. Only letters, digits, "-", ".",
+// "_", "~" and "/" are allowed (RFC 3986's unreserved characters), so
+// nothing in it means anything to the mux, and what the operator writes is
+// what a browser sends.
+func (c *Config) checkProxyPath() error {
+	p := c.ProxyPath
+	if !strings.HasPrefix(p, "/") {
+		return fmt.Errorf("PROXY_PATH: %q must start with /", p)
+	}
+	for _, r := range p {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-._~/", r)) {
+			return fmt.Errorf("PROXY_PATH: %q may hold only letters, digits and - . _ ~ /", p)
+		}
+	}
+	// One trailing slash is allowed: the route is served with and without it.
+	if clean := path.Clean(p); p != clean && (clean == "/" || p != clean+"/") {
+		return fmt.Errorf("PROXY_PATH: %q is not a clean path (no //, . or .. segments); use %q", p, clean)
+	}
+	switch strings.TrimSuffix(p, "/") {
+	case "/healthz", "/readyz":
+		return fmt.Errorf("PROXY_PATH: %q is the route of a health probe", p)
+	}
+	// The React component switches to its OpenAI protocol when the endpoint's
+	// path contains /openai, and then no Deepgram session can work.
+	if strings.Contains(strings.ToLower(p), "/openai") {
+		return fmt.Errorf("PROXY_PATH: %q contains /openai, which makes the React component speak another protocol", p)
 	}
 	return nil
 }

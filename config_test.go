@@ -163,3 +163,75 @@ func TestPlaintextUpstreamWarning(t *testing.T) {
 		t.Errorf("no warning:\n%s", logs)
 	}
 }
+
+// TestProxyPathValidation: a PROXY_PATH the mux would panic on, turn into a
+// wildcard, or never route to is refused at start with an error naming it;
+// the paths the README shows start.
+func TestProxyPathValidation(t *testing.T) {
+	for path, ok := range map[string]bool{
+		"/ws/deepgram-proxy/": true,
+		"/ws/deepgram-proxy":  true,
+		"/":                   true,
+		"/v1/agent/converse":  true,
+		"/a-b_c.d~e/F9":       true,
+		"/healthz/ws":         true,
+		"ws/deepgram-proxy":   false, // no leading slash
+		"":                    false,
+		"/a b":                false, // the mux reads "/a b" as method "/a" and path "b", and panics
+		"/ws/{$}":             false, // panics
+		"/ws/{x...}/y":        false, // panics
+		"/ws/{x}":             false, // would be a wildcard
+		"/ws/%7Bx%7D":         false,
+		"/ws/x?y":             false,
+		"/ws/x#y":             false,
+		"/ws/caf\u00e9":       false,
+		"/ws/../x":            false, // not clean: the mux redirects such a path elsewhere
+		"/ws/./x":             false,
+		"/ws//x":              false,
+		"/ws//":               false,
+		"//":                  false,
+		"/ws/.":               false,
+		"/healthz":            false, // the probes' routes: the WebSocket would never be reached
+		"/healthz/":           false,
+		"/readyz":             false,
+	} {
+		err := (&Config{ProxyPath: path}).checkProxyPath()
+		switch {
+		case ok && err != nil:
+			t.Errorf("%q refused: %v", path, err)
+		case !ok && err == nil:
+			t.Errorf("%q accepted", path)
+		case !ok && !strings.HasPrefix(err.Error(), "PROXY_PATH: "):
+			t.Errorf("%q: the error does not name PROXY_PATH: %v", path, err)
+		}
+	}
+}
+
+// TestProxyPathRefusedByRun: the paths that used to panic in http.ServeMux
+// (or start with a route that can never be reached) make run exit 1 with its
+// one-line start error, without a panic.
+func TestProxyPathRefusedByRun(t *testing.T) {
+	for _, path := range []string{"/a b", "/ws/{$}", "/ws/{x...}/y", "/ws/{x}", "/healthz", "/ws/../x"} {
+		logs := &lockedBuffer{}
+		// A relay that starts anyway is stopped, so that the test fails
+		// rather than hangs.
+		sig := make(chan os.Signal, 1)
+		stop := time.AfterFunc(5*time.Second, func() { sig <- syscall.SIGTERM })
+		code, panicked := func() (code int, panicked any) {
+			defer func() { panicked = recover() }()
+			return run(context.Background(), envconfig.MapLookuper(map[string]string{
+				"PORT": freePort(t), "METRICS_PORT": "0", "DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true",
+				"PROXY_PATH": path,
+			}), logs, sig), nil
+		}()
+		stop.Stop()
+		if panicked != nil {
+			t.Errorf("%q: run panicked: %v", path, panicked)
+			continue
+		}
+		out := strings.TrimSpace(logs.String())
+		if code != 1 || strings.Count(out, "\n") != 0 || !strings.Contains(out, `"message":"dgrelay cannot start"`) || !strings.Contains(out, "PROXY_PATH") {
+			t.Errorf("%q: exit %d, want 1 and one start error naming PROXY_PATH:\n%s", path, code, out)
+		}
+	}
+}

@@ -90,7 +90,7 @@ func newAuthenticator(cfg *Config, client *http.Client, log *slog.Logger) (*auth
 	if cfg.JWTIssuer != "" {
 		opts = append(opts, jwt.WithIssuer(cfg.JWTIssuer))
 	}
-	if len(cfg.JWTAudience) > 0 {
+	if cfg.checksAudience() {
 		opts = append(opts, jwt.WithAudience(cfg.JWTAudience...))
 	}
 
@@ -106,6 +106,17 @@ func newAuthenticator(cfg *Config, client *http.Client, log *slog.Logger) (*auth
 		}, nil
 	}
 
+	// A key set may sign other apps' tokens too: Firebase signs every
+	// project's with one, Google's accounts every OAuth client's. Only the
+	// audience (the Firebase project, the OAuth client) tells a token for
+	// this relay from one for another app; without it any user of any of
+	// them could spend the key. "*" says on purpose that the key set signs
+	// this app's tokens alone (an Auth0 tenant, a Clerk instance, whose
+	// tokens may carry no aud).
+	if len(cfg.JWTAudience) == 0 {
+		return nil, errors.New("JWT_AUDIENCE: required with JWKS_URL, since a key set may sign other apps' tokens too " +
+			"(Firebase's signs every project's): set your app's audience (Firebase: the project id), or * if the key set signs only yours")
+	}
 	if err := checkJWKSURL(cfg.JWKSURL); err != nil {
 		return nil, fmt.Errorf("JWKS_URL: %w", err)
 	}

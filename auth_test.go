@@ -15,9 +15,12 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,7 +89,15 @@ func signed(t *testing.T, method jwt.SigningMethod, kid string, key crypto.Signe
 	return s
 }
 
-var valid = claims{sub: "user-1", exp: time.Hour, iat: -time.Minute}
+// jwksIssuer and jwksAudience are what the JWKS tests' relays require.
+const jwksIssuer, jwksAudience = "https://auth.example.com/", "dgrelay"
+
+// jwksEnv is a JWKS relay's authentication settings for the key set at url.
+func jwksEnv(url string) map[string]string {
+	return map[string]string{"ALLOW_UNAUTHENTICATED": "false", "JWKS_URL": url, "JWT_ISSUER": jwksIssuer, "JWT_AUDIENCE": jwksAudience}
+}
+
+var valid = claims{sub: "user-1", iss: jwksIssuer, aud: []string{jwksAudience}, exp: time.Hour, iat: -time.Minute}
 
 // expectRefused dials with the token (query or subprotocol), expects the
 // close code and reason, and checks that nothing was dialled upstream.
@@ -260,7 +271,7 @@ func TestJWKSTokens(t *testing.T) {
 	js.add("ec-1", &ecKey.PublicKey)
 	js.add("ed-1", edKey.Public())
 
-	h := newHarness(t, map[string]string{"ALLOW_UNAUTHENTICATED": "false", "JWKS_URL": js.URL + "/.well-known/jwks.json"}, fakedeepgram.Options{})
+	h := newHarness(t, jwksEnv(js.URL+"/.well-known/jwks.json"), fakedeepgram.Options{})
 
 	for _, tc := range []struct {
 		name   string
@@ -299,6 +310,16 @@ func TestJWKSTokens(t *testing.T) {
 	t.Run("ES256 token under the RSA kid", func(t *testing.T) {
 		expectRefused(t, h, "token="+signed(t, jwt.SigningMethodES256, "rsa-1", ecKey, valid), nil, 4401, "token invalid")
 	})
+	// A shared key set (Firebase's signs every project's tokens) is told
+	// apart by audience and issuer.
+	t.Run("another project's token on the same key set", func(t *testing.T) {
+		other := valid
+		other.aud = []string{"another-project"}
+		expectRefused(t, h, "token="+signed(t, jwt.SigningMethodRS256, "rsa-1", rsaKey, other), nil, 4401, "token invalid")
+		other = valid
+		other.iss = "https://another.example.com/"
+		expectRefused(t, h, "token="+signed(t, jwt.SigningMethodRS256, "rsa-1", rsaKey, other), nil, 4401, "token invalid")
+	})
 	t.Run("unknown kid refreshes once, rate-limited", func(t *testing.T) {
 		before := js.fetches.Load()
 		stranger, _ := rsa.GenerateKey(rand.Reader, 2048)
@@ -321,7 +342,7 @@ func TestJWKSKeyRotation(t *testing.T) {
 	js := newJWKSServer(t)
 	first, _ := rsa.GenerateKey(rand.Reader, 2048)
 	js.add("k1", &first.PublicKey)
-	h := newHarness(t, map[string]string{"ALLOW_UNAUTHENTICATED": "false", "JWKS_URL": js.URL}, fakedeepgram.Options{})
+	h := newHarness(t, jwksEnv(js.URL), fakedeepgram.Options{})
 	rotated, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	js.add("k2", &rotated.PublicKey)
 	c := h.dial("token=" + signed(t, jwt.SigningMethodES256, "k2", rotated, valid))
@@ -337,8 +358,8 @@ func TestAuthStartErrors(t *testing.T) {
 		{map[string]string{}, "ALLOW_UNAUTHENTICATED"},
 		{map[string]string{"JWT_SECRET": "short"}, "JWT_SECRET"},
 		{map[string]string{"JWT_SECRET": testJWTSecret, "JWKS_URL": "https://x.example.com/jwks"}, "set one"},
-		{map[string]string{"JWKS_URL": "http://auth.example.com/jwks"}, "https"},
-		{map[string]string{"JWKS_URL": "http://127.0.0.1:1/jwks"}, "JWKS_URL"},
+		{map[string]string{"JWKS_URL": "http://auth.example.com/jwks", "JWT_AUDIENCE": "dgrelay"}, "https"},
+		{map[string]string{"JWKS_URL": "http://127.0.0.1:1/jwks", "JWT_AUDIENCE": "dgrelay"}, "JWKS_URL"},
 		{map[string]string{"ALLOW_UNAUTHENTICATED": "true", "ALLOWED_ORIGINS": "[bad"}, "ALLOWED_ORIGINS"},
 	}
 	for _, tc := range cases {
@@ -423,5 +444,82 @@ func TestClientIP(t *testing.T) {
 		if got := clientIP(r, tc.trust); got != tc.want {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestJWKSNeedsAudience: a key set may be shared between many issuers'
+// projects (Firebase signs every project's tokens with one), and only the
+// audience tells a token for this app from one for another. So a JWKS relay
+// without JWT_AUDIENCE does not start; JWT_AUDIENCE=* says on purpose that
+// any audience goes (a key set that is the operator's alone), and is warned
+// about, as is a missing JWT_ISSUER.
+func TestJWKSNeedsAudience(t *testing.T) {
+	js := newJWKSServer(t)
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	js.add("k1", &key.PublicKey)
+	start := func(env map[string]string) (int, string) {
+		env["DEEPGRAM_API_KEY"], env["PORT"], env["METRICS_PORT"] = testAPIKey, freePort(t), "0"
+		logs := &lockedBuffer{}
+		sig := make(chan os.Signal, 1)
+		done := make(chan int, 1)
+		go func() { done <- run(context.Background(), envconfig.MapLookuper(env), logs, sig) }()
+		deadline := time.After(15 * time.Second)
+		for {
+			select {
+			case code := <-done:
+				return code, logs.String()
+			case <-deadline:
+				t.Fatalf("%v: run neither started nor stopped:\n%s", env, logs)
+			case <-time.After(10 * time.Millisecond):
+			}
+			if strings.Contains(logs.String(), "dgrelay started") {
+				sig <- syscall.SIGTERM
+				return <-done, logs.String()
+			}
+		}
+	}
+
+	for _, env := range []map[string]string{
+		{"JWKS_URL": js.URL},
+		{"JWKS_URL": js.URL, "JWT_ISSUER": jwksIssuer},
+		{"JWKS_URL": js.URL, "JWT_ISSUER": jwksIssuer, "JWT_AUDIENCE": ","},
+	} {
+		code, logs := start(env)
+		if code != 1 || !strings.Contains(logs, `"message":"dgrelay cannot start"`) || !strings.Contains(logs, `JWT_AUDIENCE: `) {
+			t.Errorf("%v: exit %d, want 1 with an error naming JWT_AUDIENCE:\n%s", env, code, logs)
+		}
+	}
+
+	const noIssuer = "JWT_ISSUER is empty"
+	const anyAudience = "JWT_AUDIENCE=*"
+	for _, tc := range []struct {
+		env  map[string]string
+		warn []string
+	}{
+		{map[string]string{"JWKS_URL": js.URL, "JWT_ISSUER": jwksIssuer, "JWT_AUDIENCE": jwksAudience}, nil},
+		{map[string]string{"JWKS_URL": js.URL, "JWT_AUDIENCE": jwksAudience}, []string{noIssuer}},
+		{map[string]string{"JWKS_URL": js.URL, "JWT_ISSUER": jwksIssuer, "JWT_AUDIENCE": "*"}, []string{anyAudience}},
+		{map[string]string{"JWKS_URL": js.URL, "JWT_AUDIENCE": "*"}, []string{noIssuer, anyAudience}},
+		// A relay's own HS256 secret is shared with nobody else.
+		{map[string]string{"JWT_SECRET": testJWTSecret}, nil},
+	} {
+		code, logs := start(tc.env)
+		if code != 0 {
+			t.Errorf("%v: exit %d:\n%s", tc.env, code, logs)
+		}
+		for _, w := range []string{noIssuer, anyAudience} {
+			want := slices.Contains(tc.warn, w)
+			if got := strings.Contains(logs, `"severity":"WARNING","message":"`+w); got != want {
+				t.Errorf("%v: warning %q: %v, want %v:\n%s", tc.env, w, got, want, logs)
+			}
+		}
+	}
+
+	// With JWT_AUDIENCE=*, a token's aud is not checked, and it may have none.
+	h := newHarness(t, map[string]string{"ALLOW_UNAUTHENTICATED": "false", "JWKS_URL": js.URL, "JWT_AUDIENCE": "*"}, fakedeepgram.Options{})
+	for _, aud := range [][]string{nil, {"anything"}} {
+		c := h.dial("token=" + signed(t, jwt.SigningMethodRS256, "k1", key, claims{sub: "u", aud: aud, exp: time.Hour}))
+		expectType(t, c, "Welcome")
+		c.Close(websocket.StatusNormalClosure, "")
 	}
 }

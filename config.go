@@ -59,7 +59,8 @@ type Config struct {
 	JWKSURL string `env:"JWKS_URL"`
 	// JWTIssuer, when set, must equal a token's iss.
 	JWTIssuer string `env:"JWT_ISSUER"`
-	// JWTAudience, when set, must include one of a token's aud (comma-separated).
+	// JWTAudience, when set, must include one of a token's aud (comma-separated);
+	// "*" alone accepts any. Required with JWKS_URL.
 	JWTAudience []string `env:"JWT_AUDIENCE"`
 	// JWTLeeway is the clock skew allowed on exp, nbf and iat.
 	JWTLeeway time.Duration `env:"JWT_LEEWAY, default=30s"`
@@ -163,6 +164,9 @@ func (c *Config) validate() error {
 	if err := c.checkProxyPath(); err != nil {
 		return err
 	}
+	if err := c.checkAudience(); err != nil {
+		return err
+	}
 	if c.MaxMessageBytes < 1 || c.MaxMessageBytes > maxMessageBytesLimit {
 		return fmt.Errorf("MAX_MESSAGE_BYTES: %d must be from 1 to %d (1 GiB)", c.MaxMessageBytes, maxMessageBytesLimit)
 	}
@@ -245,6 +249,47 @@ func (c *Config) checkProxyPath() error {
 		return fmt.Errorf("PROXY_PATH: %q contains /openai, which makes the React component speak another protocol", p)
 	}
 	return nil
+}
+
+// anyAudience is the JWT_AUDIENCE that turns the audience check off on
+// purpose.
+const anyAudience = "*"
+
+// checkAudience trims JWT_AUDIENCE's entries and refuses an empty one, or
+// "*" among others. (newAuthenticator insists on an audience with JWKS_URL.)
+func (c *Config) checkAudience() error {
+	for i, a := range c.JWTAudience {
+		c.JWTAudience[i] = strings.TrimSpace(a)
+		if c.JWTAudience[i] == "" {
+			return fmt.Errorf("JWT_AUDIENCE: an empty entry (the value is a comma-separated list of audiences)")
+		}
+		if c.JWTAudience[i] == anyAudience && len(c.JWTAudience) > 1 {
+			return fmt.Errorf("JWT_AUDIENCE: * (any audience) goes alone")
+		}
+	}
+	return nil
+}
+
+// checksAudience reports whether tokens' aud is checked at all.
+func (c *Config) checksAudience() bool {
+	return len(c.JWTAudience) > 0 && c.JWTAudience[0] != anyAudience
+}
+
+// authWarnings are the start-up warnings about a JWKS relay that accepts
+// more than its operator may think: a missing issuer lets any issuer whose
+// tokens the key set signs in, "*" any audience.
+func (c *Config) authWarnings() []string {
+	if c.JWKSURL == "" {
+		return nil
+	}
+	var w []string
+	if c.JWTIssuer == "" {
+		w = append(w, "JWT_ISSUER is empty: a token from any issuer this key set signs for is accepted; set your provider's issuer")
+	}
+	if !c.checksAudience() {
+		w = append(w, "JWT_AUDIENCE=*: a token for any audience is accepted; right only for a key set that signs your app's tokens alone")
+	}
+	return w
 }
 
 // plaintextUpstreams names the upstream URL variables that send the key in

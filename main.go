@@ -74,6 +74,9 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 	if !rl.auth.enabled() {
 		log.Warn("ALLOW_UNAUTHENTICATED=true: anyone who can reach this relay can spend your Deepgram key")
 	}
+	for _, w := range cfg.authWarnings() {
+		log.Warn(w)
+	}
 	for _, name := range cfg.plaintextUpstreams() {
 		log.Warn(name+" is ws://: the Deepgram key crosses the network unencrypted", "variable", name)
 	}

@@ -253,9 +253,9 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this endpoint speaks WebSocket only", http.StatusUpgradeRequired)
 		return
 	}
-	if r.Header.Get("Sec-WebSocket-Version") != "13" || r.Header.Get("Sec-WebSocket-Key") == "" {
+	if msg := badHandshake(r); msg != "" {
 		w.Header().Set("Sec-WebSocket-Version", "13")
-		http.Error(w, "unsupported WebSocket handshake (want version 13)", http.StatusBadRequest)
+		http.Error(w, msg, http.StatusBadRequest)
 		return
 	}
 	service, up, forwarded, err := rl.route(r.URL.RawQuery)

@@ -34,6 +34,27 @@ const (
 	drainGrace = 750 * time.Millisecond
 )
 
+// The HTTP timeouts past the handshake's; tests shorten them.
+var (
+	// httpReadTimeout bounds reading a whole request, body included: no
+	// route reads a body, but net/http drains a small unread one before it
+	// answers, and a client that trickled it held the connection and its
+	// goroutine for as long as it liked. It does not cut a handler that
+	// runs long: net/http lifts the read deadline once a request without a
+	// body is read (so a pprof profile runs its course), and the hijack
+	// clears it, so a WebSocket upgrade's wait for Deepgram's handshake and
+	// the session are bounded by their own limits
+	// (TestUpgradeOutlivesReadTimeout holds that).
+	httpReadTimeout = 30 * time.Second
+	// httpIdleTimeout closes a keep-alive connection that sends no next
+	// request (a probe, a scrape, a 426), which otherwise held a descriptor
+	// and ~20 KB for ever. Two minutes, not less: a proxy in front that
+	// pools connections (Go's keeps an idle one 90 s, nginx's 60 s) should
+	// be the one to close it, or the relay's close can race the request the
+	// proxy sends on it; and probes and scrapes come more often than that.
+	httpIdleTimeout = 120 * time.Second
+)
+
 func main() {
 	sig := make(chan os.Signal, 2)
 	// Cloud Run sends SIGTERM; Fly sends SIGINT unless fly.toml says otherwise.
@@ -140,18 +161,22 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 }
 
 // httpServer is the public server, with the handshake bounds that apply
-// before any of the relay's code runs.
+// before any of the relay's code runs, and the bounds on a plain request and
+// an idle connection.
 func (rl *relay) httpServer() *http.Server {
 	return &http.Server{
 		Handler:           rl.routes(),
 		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       httpReadTimeout,
+		IdleTimeout:       httpIdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn),
 	}
 }
 
 // metricsServer serves /metrics (and, with ENABLE_PPROF, /debug/pprof), on
-// its own port so that the public one never exposes them.
+// its own port so that the public one never exposes them. It has the public
+// server's bounds on a request and an idle connection.
 func (rl *relay) metricsServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", rl.metrics.handler())
@@ -161,8 +186,8 @@ func (rl *relay) metricsServer() *http.Server {
 		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
-	return &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, MaxHeaderBytes: maxHeaderBytes,
-		ErrorLog: slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn)}
+	return &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: httpReadTimeout, IdleTimeout: httpIdleTimeout,
+		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn)}
 }
 
 // routes is the public mux: the WebSocket route under PROXY_PATH, with and

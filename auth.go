@@ -266,6 +266,10 @@ func headerTokens(h http.Header, name string) []string {
 // OriginPatterns rules: the relay's own host always, else a pattern match
 // on host[:port] (or scheme://host when the pattern has a scheme). A request
 // without Origin is not from a browser and passes, to meet authentication.
+// The own host is safe to allow because a browser writes both Host and Origin
+// and a page can change neither; only DNS rebinding could make them agree
+// for a foreign page, and the platforms' front ends (TLS for configured
+// hostnames only) stop that. The README's origin section says so at length.
 type originChecker struct {
 	patterns []string
 }

@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"path"
-	"strings"
 	"time"
 
 	"github.com/MicahParks/keyfunc/v3"
@@ -41,24 +39,25 @@ var (
 	publicKeyMethods = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 
-// authFailure is why a token was refused: reason is the close reason the
-// client sees (short, fixed), label the finer cause for logs and metrics.
+// authFailure is why a token was refused: end is how the client is answered
+// (4401 with a short, fixed reason), label the finer cause for logs and
+// metrics.
 type authFailure struct {
-	reason string
-	label  string
+	end   ending
+	label string
 }
 
 var (
-	errTokenMissing  = &authFailure{"token missing", "missing"}
-	errTokenTooLong  = &authFailure{"token invalid", "too_long"}
-	errTokenExpired  = &authFailure{"token expired", "expired"}
-	errTokenInvalid  = &authFailure{"token invalid", "invalid"}
-	errTokenNotYet   = &authFailure{"token invalid", "not_yet_valid"}
-	errTokenIssuer   = &authFailure{"token invalid", "wrong_issuer"}
-	errTokenAudience = &authFailure{"token invalid", "wrong_audience"}
-	errTokenSig      = &authFailure{"token invalid", "bad_signature"}
-	errTokenKey      = &authFailure{"token invalid", "unknown_key"}
-	errTokenSubject  = &authFailure{"token invalid", "no_subject"}
+	errTokenMissing  = &authFailure{refuseTokenMissing, "missing"}
+	errTokenTooLong  = &authFailure{refuseTokenInvalid, "too_long"}
+	errTokenExpired  = &authFailure{refuseTokenExpired, "expired"}
+	errTokenInvalid  = &authFailure{refuseTokenInvalid, "invalid"}
+	errTokenNotYet   = &authFailure{refuseTokenInvalid, "not_yet_valid"}
+	errTokenIssuer   = &authFailure{refuseTokenInvalid, "wrong_issuer"}
+	errTokenAudience = &authFailure{refuseTokenInvalid, "wrong_audience"}
+	errTokenSig      = &authFailure{refuseTokenInvalid, "bad_signature"}
+	errTokenKey      = &authFailure{refuseTokenInvalid, "unknown_key"}
+	errTokenSubject  = &authFailure{refuseTokenInvalid, "no_subject"}
 )
 
 func (f *authFailure) Error() string { return f.label }
@@ -215,125 +214,4 @@ func classifyTokenError(err error) *authFailure {
 		return errTokenKey
 	}
 	return errTokenInvalid
-}
-
-// errNoBearer is a handshake that offers subprotocols but not "bearer": the
-// relay could select none, and the browser would fail the handshake anyway.
-var errNoBearer = errors.New(`offer the "bearer" subprotocol (with the token after it) or none`)
-
-// tokenFrom returns the user's token: from the subprotocol pair
-// "bearer, <jwt>" (which keeps it out of URLs and request logs; browsers and
-// Deepgram's SDK in a browser send it so), else from an "Authorization:
-// Bearer <jwt>" header (Deepgram's SDK under Node sends its access token so),
-// else from ?token= (the React component's contract).
-func tokenFrom(r *http.Request) (string, error) {
-	if offered := headerTokens(r.Header, "Sec-WebSocket-Protocol"); len(offered) > 0 {
-		for i, p := range offered {
-			if strings.EqualFold(p, "bearer") {
-				if i+1 < len(offered) {
-					return offered[i+1], nil
-				}
-				return "", nil
-			}
-		}
-		return "", errNoBearer
-	}
-	if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "bearer") {
-		return strings.TrimSpace(tok), nil
-	}
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return "", nil // route has answered 400 for a malformed query already
-	}
-	return q.Get("token"), nil
-}
-
-// headerTokens splits every value of a comma-separated header into trimmed,
-// non-empty tokens.
-func headerTokens(h http.Header, name string) []string {
-	var out []string
-	for _, v := range h.Values(name) {
-		for t := range strings.SplitSeq(v, ",") {
-			if t = strings.TrimSpace(t); t != "" {
-				out = append(out, t)
-			}
-		}
-	}
-	return out
-}
-
-// originChecker allows a browser's Origin by the coder/websocket
-// OriginPatterns rules: the relay's own host always, else a pattern match
-// on host[:port] (or scheme://host when the pattern has a scheme). A request
-// without Origin is not from a browser and passes, to meet authentication.
-// The own host is safe to allow because a browser writes both Host and Origin
-// and a page can change neither; only DNS rebinding could make them agree
-// for a foreign page, and the platforms' front ends (TLS for configured
-// hostnames only) stop that. The README's origin section says so at length.
-type originChecker struct {
-	patterns []string
-}
-
-func newOriginChecker(patterns []string) (*originChecker, error) {
-	for _, p := range patterns {
-		if _, err := path.Match(strings.ToLower(p), ""); err != nil {
-			return nil, fmt.Errorf("ALLOWED_ORIGINS: bad pattern %q: %w", p, err)
-		}
-	}
-	return &originChecker{patterns: patterns}, nil
-}
-
-func (oc *originChecker) allowed(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		return false
-	}
-	if strings.EqualFold(r.Host, u.Host) {
-		return true
-	}
-	for _, p := range oc.patterns {
-		target := u.Host
-		if strings.Contains(p, "://") {
-			target = u.Scheme + "://" + u.Host
-		}
-		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(target)); ok {
-			return true
-		}
-	}
-	return false
-}
-
-// clientIP is the caller's address: from the header of the platform proxy
-// named by TRUST_PROXY_HEADERS, else from the socket. A header is the
-// client's own words unless that proxy writes it: Fly's proxy sets
-// Fly-Client-IP, and Cloud Run's front end puts the address it saw last in
-// X-Forwarded-For, after anything the client sent there. Believing any other
-// header would let a client pick its rate-limit bucket and its address in
-// the logs.
-func clientIP(r *http.Request, trustProxy string) string {
-	var fromProxy string
-	switch trustProxy {
-	case proxyFly:
-		fromProxy = r.Header.Get("Fly-Client-IP")
-	case proxyCloudRun:
-		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
-			last := xff[len(xff)-1]
-			if i := strings.LastIndexByte(last, ','); i >= 0 {
-				last = last[i+1:]
-			}
-			fromProxy = last
-		}
-	}
-	if ip := net.ParseIP(strings.TrimSpace(fromProxy)); ip != nil {
-		return ip.String()
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }

@@ -9,12 +9,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
+	"strconv"
+	"syscall"
 	"time"
 
 	"dgrelay/internal/wspipe"
+
+	"github.com/coder/websocket"
 )
 
 // upgradeTransport is the http.RoundTripper coder/websocket dials Deepgram
@@ -51,18 +58,6 @@ func newUpgradeTransport() *upgradeTransport {
 // upstreamTLSSessions bounds the TLS session cache: Deepgram is two or three
 // host names.
 const upstreamTLSSessions = 16
-
-// handoffSlotKey is the context key under which dial leaves a handoffSlot for
-// the transport to put the upgraded connection in: coder/websocket's Dial
-// returns a Conn, not the connection under it.
-type handoffSlotKey struct{}
-
-type handoffSlot struct{ conn *handoffConn }
-
-// withHandoffSlot is ctx carrying slot, for a dial through upgradeTransport.
-func withHandoffSlot(ctx context.Context, slot *handoffSlot) context.Context {
-	return context.WithValue(ctx, handoffSlotKey{}, slot)
-}
 
 // handshakeReadBuffer holds Deepgram's 101 response (about 400 bytes); a
 // longer one still parses, in more reads.
@@ -201,3 +196,137 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// upstreamFailure is why a session could not reach Deepgram: the ending the
+// client gets and, for its Error message, the words. Nothing in it comes
+// from the key.
+type upstreamFailure struct {
+	end         ending
+	description string
+	status      int // Deepgram's HTTP status, 0 when none came
+	cause       error
+	// clientGone: the client left and its request's end cancelled the
+	// dial. Deepgram did not fail, and there is no one to tell.
+	clientGone bool
+}
+
+// dialed is what dialling Deepgram came to: the connection (its library
+// Conn, and the bare one under it for the session to take over), or why not.
+type dialed struct {
+	conn      *websocket.Conn
+	handoff   *handoffConn
+	failure   *upstreamFailure
+	tries     int
+	took      time.Duration
+	requestID string // Deepgram's dg-request-id, what its support asks for
+}
+
+// dial connects to Deepgram's service, trying again where another try can
+// meet another answer; log carries the session's attributes for the retry
+// lines.
+func (rl *relay) dial(ctx context.Context, service string, up upstream, forwarded string, log *slog.Logger) dialed {
+	ctx, cancel := context.WithTimeout(ctx, rl.dialTimeout)
+	defer cancel()
+	start := time.Now()
+	var d dialed
+	var resp *http.Response
+	var err error
+	for try := 0; ; try++ {
+		d.tries = try + 1
+		d.conn, d.handoff, resp, err = rl.dialOnce(ctx, up, forwarded)
+		cause := retryCause(resp, err)
+		if err == nil || cause == "" || try == rl.cfg.UpstreamRetries {
+			break
+		}
+		// Nothing was opened at Deepgram, so trying again is safe; the
+		// pause is short and jittered so that sessions refused together
+		// do not come back together.
+		pause := upstreamRetryPause/2 + rand.N(upstreamRetryPause)
+		if deadline, _ := ctx.Deadline(); time.Until(deadline) < 2*pause {
+			break
+		}
+		rl.metrics.dialRetries.WithLabelValues(service, cause).Inc()
+		log.Info("upstream dial retried", "service", service, "cause", cause,
+			"error", rl.redact(urlQuery.ReplaceAllString(err.Error(), "?…")))
+		select {
+		case <-time.After(pause):
+		case <-ctx.Done(): // the client left; the next try says so
+		}
+	}
+	result := "ok"
+	// Only the request's end cancels ctx (dial's own cancel runs later):
+	// a dial it cut short says nothing about Deepgram.
+	gone := err != nil && errors.Is(err, context.Canceled) && errors.Is(ctx.Err(), context.Canceled)
+	if gone {
+		result = "client_gone"
+	} else if err != nil {
+		result = "error"
+	}
+	d.took = time.Since(start)
+	rl.metrics.dialDuration.WithLabelValues(service, result).Observe(d.took.Seconds())
+	if resp != nil {
+		d.requestID = resp.Header.Get("dg-request-id")
+	}
+	switch {
+	case err == nil:
+	case gone:
+		d.failure = &upstreamFailure{cause: err, clientGone: true}
+	default:
+		d.failure = rl.classify(resp, err)
+	}
+	return d
+}
+
+// classify puts a failed dial in the client's words.
+func (rl *relay) classify(resp *http.Response, err error) *upstreamFailure {
+	f := &upstreamFailure{cause: err}
+	switch {
+	case resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden):
+		f.status, f.end = resp.StatusCode, refuseUpstreamAuth
+		f.description = fmt.Sprintf("Deepgram refused the relay's API key (HTTP %d); the relay's operator must check its Deepgram key", resp.StatusCode)
+	case resp != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.StatusCode != 0:
+		f.status, f.end = resp.StatusCode, refuseUpstreamRejected
+		f.description = fmt.Sprintf("Deepgram refused the session (HTTP %d)", resp.StatusCode)
+		if msg := rl.redact(resp.Header.Get("dg-error")); msg != "" {
+			f.description += ": " + msg
+		}
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		f.end = refuseUpstreamUnavailable
+		f.description = fmt.Sprintf("Deepgram did not answer within %s", rl.dialTimeout)
+	default:
+		f.end = refuseUpstreamUnavailable
+		f.description = "Deepgram could not be reached"
+	}
+	return f
+}
+
+// upstreamRetryPause is the middle of the pause before a dial is tried again.
+const upstreamRetryPause = 200 * time.Millisecond
+
+// retryCause says why a failed dial may be tried again, or "" when another
+// try would meet the same answer (a refused key, a bad request, a
+// certificate that does not verify) or the time is spent. Retried: a
+// connection refused or cut before Deepgram answered, and the 502, 503 and
+// 504 its front end answers while a backend restarts.
+func retryCause(resp *http.Response, err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case resp != nil && resp.StatusCode != 0:
+		switch resp.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return "http_" + strconv.Itoa(resp.StatusCode)
+		}
+		return ""
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || isTimeout(err):
+		return ""
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connect"
+	}
+	return ""
+}
+
+// urlQuery matches the query of a URL quoted in an error: the dial error
+// names the target, and a log line carries no query string.
+var urlQuery = regexp.MustCompile(`\?[^"\s]*`)

@@ -2,8 +2,15 @@ package main
 
 import (
 	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
 	"net/http"
+	"net/url"
+	"path"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // badHandshake says what is wrong with an upgrade request that
@@ -29,4 +36,171 @@ func badHandshake(r *http.Request) string {
 		return "Sec-WebSocket-Key must be the base64 of 16 bytes"
 	}
 	return ""
+}
+
+// isWebSocketUpgrade reports whether r asks for a WebSocket, checked before
+// anything is dialled so that a plain request costs nothing upstream.
+func isWebSocketUpgrade(r *http.Request) bool {
+	return r.Method == http.MethodGet &&
+		httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") &&
+		httpguts.HeaderValuesContainsToken(r.Header["Upgrade"], "websocket")
+}
+
+// checkRequest checks what an upgrade request says of itself (a WebSocket
+// handshake the library would accept, the service, the origin, where the
+// token is) and answers it with an HTTP status when it fails.
+func (rl *relay) checkRequest(w http.ResponseWriter, r *http.Request) (service string, up upstream, forwarded, token string, ok bool) {
+	if !isWebSocketUpgrade(r) {
+		w.Header().Set("Connection", "Upgrade")
+		w.Header().Set("Upgrade", "websocket")
+		http.Error(w, "this endpoint speaks WebSocket only", http.StatusUpgradeRequired)
+		return
+	}
+	if msg := badHandshake(r); msg != "" {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+		http.Error(w, msg, http.StatusBadRequest)
+		return
+	}
+	service, up, forwarded, err := rl.route(r.URL.RawQuery)
+	if err != nil {
+		var re *routeError
+		errors.As(err, &re)
+		http.Error(w, re.msg, re.status)
+		return
+	}
+	if !rl.origins.allowed(r) {
+		rl.metrics.refusals.WithLabelValues("origin").Inc()
+		// The origin is logged (bounded) so that a missing ALLOWED_ORIGINS
+		// entry is easy to see; it is a page's address, not a secret.
+		rl.logFor(cloudTrace(r, rl.cfg.GoogleCloudProject)).Info("session refused", "refusal", "origin", "origin", rl.redact(r.Header.Get("Origin")),
+			"remote", clientIP(r, rl.cfg.TrustProxyHeaders))
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
+	if token, err = tokenFrom(r); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	return service, up, forwarded, token, true
+}
+
+// errNoBearer is a handshake that offers subprotocols but not "bearer": the
+// relay could select none, and the browser would fail the handshake anyway.
+var errNoBearer = errors.New(`offer the "bearer" subprotocol (with the token after it) or none`)
+
+// tokenFrom returns the user's token: from the subprotocol pair
+// "bearer, <jwt>" (which keeps it out of URLs and request logs; browsers and
+// Deepgram's SDK in a browser send it so), else from an "Authorization:
+// Bearer <jwt>" header (Deepgram's SDK under Node sends its access token so),
+// else from ?token= (the React component's contract).
+func tokenFrom(r *http.Request) (string, error) {
+	if offered := headerTokens(r.Header, "Sec-WebSocket-Protocol"); len(offered) > 0 {
+		for i, p := range offered {
+			if strings.EqualFold(p, "bearer") {
+				if i+1 < len(offered) {
+					return offered[i+1], nil
+				}
+				return "", nil
+			}
+		}
+		return "", errNoBearer
+	}
+	if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "bearer") {
+		return strings.TrimSpace(tok), nil
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return "", nil // route has answered 400 for a malformed query already
+	}
+	return q.Get("token"), nil
+}
+
+// headerTokens splits every value of a comma-separated header into trimmed,
+// non-empty tokens.
+func headerTokens(h http.Header, name string) []string {
+	var out []string
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+// originChecker allows a browser's Origin by the coder/websocket
+// OriginPatterns rules: the relay's own host always, else a pattern match
+// on host[:port] (or scheme://host when the pattern has a scheme). A request
+// without Origin is not from a browser and passes, to meet authentication.
+// The own host is safe to allow because a browser writes both Host and Origin
+// and a page can change neither; only DNS rebinding could make them agree
+// for a foreign page, and the platforms' front ends (TLS for configured
+// hostnames only) stop that. The README's origin section says so at length.
+type originChecker struct {
+	patterns []string
+}
+
+func newOriginChecker(patterns []string) (*originChecker, error) {
+	for _, p := range patterns {
+		if _, err := path.Match(strings.ToLower(p), ""); err != nil {
+			return nil, fmt.Errorf("ALLOWED_ORIGINS: bad pattern %q: %w", p, err)
+		}
+	}
+	return &originChecker{patterns: patterns}, nil
+}
+
+func (oc *originChecker) allowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(r.Host, u.Host) {
+		return true
+	}
+	for _, p := range oc.patterns {
+		target := u.Host
+		if strings.Contains(p, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(target)); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// clientIP is the caller's address: from the header of the platform proxy
+// named by TRUST_PROXY_HEADERS, else from the socket. A header is the
+// client's own words unless that proxy writes it: Fly's proxy sets
+// Fly-Client-IP, and Cloud Run's front end puts the address it saw last in
+// X-Forwarded-For, after anything the client sent there. Believing any other
+// header would let a client pick its rate-limit bucket and its address in
+// the logs.
+func clientIP(r *http.Request, trustProxy string) string {
+	var fromProxy string
+	switch trustProxy {
+	case proxyFly:
+		fromProxy = r.Header.Get("Fly-Client-IP")
+	case proxyCloudRun:
+		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+			last := xff[len(xff)-1]
+			if i := strings.LastIndexByte(last, ','); i >= 0 {
+				last = last[i+1:]
+			}
+			fromProxy = last
+		}
+	}
+	if ip := net.ParseIP(strings.TrimSpace(fromProxy)); ip != nil {
+		return ip.String()
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }

@@ -230,3 +230,8 @@ func stripControls(b []byte) []byte {
 }
 
 func isControl(c byte) bool { return c < 0x20 || c == 0x7f }
+
+// redact makes a message that may quote Deepgram, a client or an error fit
+// for a log line or an Error frame: bounded, and free of the key and the
+// policy's secrets.
+func (rl *relay) redact(msg string) string { return rl.scrub.clean(msg) }

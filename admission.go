@@ -1,0 +1,236 @@
+package main
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Admission: what a request must be given a place in before it is dialled,
+// and gives back when its session ends. Two counts, both touched at a
+// session's start and end, never per frame: the relay's live requests
+// (MAX_SESSIONS, and what the drain waits for) and each identity's sessions
+// and new-session rate.
+
+// admission is one request's place: taken by admit, given back by release,
+// once, whichever way the request ends.
+type admission struct {
+	rl       *relay
+	identity string
+}
+
+// admit takes s's place, or says why not: draining (the drain deadline
+// passed: an HTTP 503), or the ending that refuses it (a full instance, the
+// user's limits). It gives s its identity's text share.
+func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool) {
+	switch rl.sessions.begin(rl.cfg.MaxSessions) {
+	case admitClosed:
+		return nil, ending{}, true
+	case admitFull:
+		return nil, refuseFull, false
+	}
+	user, refused := rl.users.acquire(s.identity, s.started)
+	if user == nil {
+		rl.sessions.done()
+		return nil, refused, false
+	}
+	s.userText = &user.text
+	return &admission{rl: rl, identity: s.identity}, ending{}, false
+}
+
+// release gives the place back.
+func (a *admission) release() {
+	a.rl.users.release(a.identity)
+	a.rl.sessions.done()
+}
+
+// sessionSet is the relay's own record of live sessions. http.Server's
+// Shutdown neither sees nor waits for hijacked connections, so the drain works
+// from this set instead. It is touched at a session's start and end only,
+// never per frame.
+type sessionSet struct {
+	mu sync.Mutex
+	// handshakes counts requests between admission and their session's end:
+	// a drain must wait for a session still dialling Deepgram too.
+	handshakes int
+	live       map[*session]struct{}
+	// closed is set at the drain deadline: no session may start after it.
+	closed bool
+	// changed gets a token whenever a session ends, to wake the drain.
+	changed chan struct{}
+}
+
+func (ss *sessionSet) init() {
+	ss.live = make(map[*session]struct{})
+	ss.changed = make(chan struct{}, 1)
+}
+
+// beginResult is begin's answer.
+type beginResult int
+
+const (
+	admitted    beginResult = iota
+	admitClosed             // the drain deadline passed
+	admitFull               // MAX_SESSIONS requests are in the relay already
+)
+
+// begin admits a request unless the set is closed or max requests are in
+// the relay already, dialling or relaying.
+func (ss *sessionSet) begin(max int) beginResult {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	switch {
+	case ss.closed:
+		return admitClosed
+	case ss.handshakes >= max:
+		return admitFull
+	}
+	ss.handshakes++
+	return admitted
+}
+
+// done is begin's counterpart, when the handler returns.
+func (ss *sessionSet) done() {
+	ss.mu.Lock()
+	ss.handshakes--
+	ss.mu.Unlock()
+	select {
+	case ss.changed <- struct{}{}:
+	default:
+	}
+}
+
+// add records s as live; it is false once the set is closed.
+func (ss *sessionSet) add(s *session) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed {
+		return false
+	}
+	ss.live[s] = struct{}{}
+	return true
+}
+
+func (ss *sessionSet) remove(s *session) {
+	ss.mu.Lock()
+	delete(ss.live, s)
+	ss.mu.Unlock()
+}
+
+// active counts requests still in the relay, dialling or relaying.
+func (ss *sessionSet) active() int {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.handshakes
+}
+
+// isClosed reports whether the drain deadline has passed.
+func (ss *sessionSet) isClosed() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.closed
+}
+
+// close stops new sessions and returns the live ones.
+func (ss *sessionSet) close() []*session {
+	ss.mu.Lock()
+	ss.closed = true
+	ss.mu.Unlock()
+	return ss.snapshot()
+}
+
+// snapshot returns the live sessions.
+func (ss *sessionSet) snapshot() []*session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := make([]*session, 0, len(ss.live))
+	for s := range ss.live {
+		out = append(out, s)
+	}
+	return out
+}
+
+// waitIdle returns true once no request is left in the relay, or false if
+// until fires first.
+func (ss *sessionSet) waitIdle(until <-chan time.Time) bool {
+	for ss.active() > 0 {
+		select {
+		case <-ss.changed:
+		case <-until:
+			return ss.active() == 0
+		}
+	}
+	return true
+}
+
+// userLimits caps what one identity (a token's sub, or the client address
+// when unauthenticated) may hold and open: MAX_SESSIONS_PER_USER live
+// sessions and SESSION_RATE_PER_MINUTE new ones. It is touched at a session's
+// start and end, never per frame.
+type userLimits struct {
+	maxSessions int     // 0: no cap
+	perMinute   float64 // 0: no rate limit
+	mu          sync.Mutex
+	users       map[string]*userState
+}
+
+type userState struct {
+	sessions int
+	limiter  *rate.Limiter // nil without a rate limit
+	// text is what the identity's sessions hold of the text budget; the
+	// pipes count it without the lock. The state outlives every session
+	// that holds a pointer to it: forget drops only states with none.
+	text atomic.Int64
+}
+
+func newUserLimits(maxSessions, perMinute int) *userLimits {
+	return &userLimits{maxSessions: maxSessions, perMinute: float64(perMinute), users: make(map[string]*userState)}
+}
+
+// acquire admits one more session for identity and returns its state, or
+// the ending of the limit that refused it.
+func (ul *userLimits) acquire(identity string, now time.Time) (*userState, ending) {
+	ul.mu.Lock()
+	defer ul.mu.Unlock()
+	u := ul.users[identity]
+	if u == nil {
+		u = &userState{}
+		if ul.perMinute > 0 {
+			// The burst is a minute's worth, so a user may open them at
+			// once but not more in any minute on average.
+			u.limiter = rate.NewLimiter(rate.Limit(ul.perMinute/60), int(ul.perMinute))
+		}
+		ul.users[identity] = u
+	}
+	if ul.maxSessions > 0 && u.sessions >= ul.maxSessions {
+		return nil, refuseUserSessions
+	}
+	if u.limiter != nil && !u.limiter.AllowN(now, 1) {
+		return nil, refuseUserRate
+	}
+	u.sessions++
+	return u, ending{}
+}
+
+// release is acquire's counterpart when the session ends.
+func (ul *userLimits) release(identity string) {
+	ul.mu.Lock()
+	defer ul.mu.Unlock()
+	if u := ul.users[identity]; u != nil {
+		u.sessions--
+	}
+}
+
+// forget drops identities that hold no session and whose rate budget has
+// refilled, so the map does not grow with every user ever seen.
+func (ul *userLimits) forget(now time.Time) {
+	ul.mu.Lock()
+	defer ul.mu.Unlock()
+	for id, u := range ul.users {
+		if u.sessions == 0 && (u.limiter == nil || u.limiter.TokensAt(now) >= float64(u.limiter.Burst())) {
+			delete(ul.users, id)
+		}
+	}
+}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Answers to requests that do not become a session: an HTTP status before
+// the upgrade, a close code after it (the browser's WebSocket API shows close
+// codes, not HTTP statuses). Each comes from the endings table and leaves a
+// "session refused" line, or the dial failure's own.
+
+// closeWriteTimeout bounds writing the in-band Error frame to a client.
+const closeWriteTimeout = 5 * time.Second
+
+// refuseDraining answers an upgrade that arrives during the drain: the
+// client should retry, and will land on another instance.
+func (rl *relay) refuseDraining(w http.ResponseWriter, r *http.Request) {
+	rl.metrics.refusals.WithLabelValues("draining").Inc()
+	rl.logFor(cloudTrace(r, rl.cfg.GoogleCloudProject)).Info("session refused", "refusal", "draining",
+		"status", http.StatusServiceUnavailable, "remote", clientIP(r, rl.cfg.TrustProxyHeaders))
+	w.Header().Set("Retry-After", "2")
+	http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
+}
+
+// refuseUpgraded accepts the upgrade only to close it as e says: a refusal
+// that must be a close code (a token, a user's limits, a full instance).
+// Nothing is dialled upstream. label is the metric's finer cause: an auth
+// failure's kind, else e's cause.
+func (rl *relay) refuseUpgraded(w http.ResponseWriter, r *http.Request, s *session, e ending, label string) {
+	if cause, ok := strings.CutPrefix(label, "token_"); ok {
+		rl.metrics.authFailures.WithLabelValues(cause).Inc()
+	} else {
+		rl.metrics.refusals.WithLabelValues(label).Inc()
+	}
+	s.log().Info("session refused", "refusal", label, "close", int(e.client.code), "user", s.user, "remote", s.remote)
+	c, _, err := rl.accept(w, r)
+	if err != nil {
+		return
+	}
+	_ = c.Close(e.client.code, e.client.reason)
+}
+
+// refuseUnreachable tells a client that Deepgram could not be reached: first
+// in band, which the React component shows, then close 1014 (bad gateway).
+func (rl *relay) refuseUnreachable(client *websocket.Conn, s *session, f *upstreamFailure) {
+	o := f.end.outcome(f.description)
+	ctx, cancel := context.WithTimeout(context.Background(), closeWriteTimeout)
+	defer cancel()
+	_ = client.Write(ctx, websocket.MessageText, o.client.error)
+	_ = client.Close(o.client.code, o.client.reason)
+	rl.metrics.upstreamErrors.WithLabelValues(f.end.client.errorCode).Inc()
+	rl.metrics.sessionsTotal.WithLabelValues(s.service, f.end.cause).Inc()
+	rl.metrics.closeCodes.WithLabelValues("client", codeLabel(o.client.code)).Inc()
+	s.log().Warn("upstream dial failed",
+		"session", s.id, "service", s.service, "code", f.end.client.errorCode, "upstream_status", f.status,
+		"dg_request_id", s.dgRequestID, "dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "remote", s.remote, "error", rl.redact(urlQuery.ReplaceAllString(f.cause.Error(), "?…")))
+}
+
+// clientGone records a client that left while Deepgram was being dialled. It
+// is not counted or logged as an upstream failure: clients opening and
+// dropping connections must not look like a Deepgram outage.
+func (rl *relay) clientGone(s *session) {
+	rl.metrics.sessionsTotal.WithLabelValues(s.service, "client_gone").Inc()
+	rl.metrics.closeCodes.WithLabelValues("client", codeLabel(0)).Inc()
+	s.log().Info("client left during the upstream dial",
+		"session", s.id, "service", s.service, "cause", "client_gone",
+		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "remote", s.remote)
+}

@@ -146,9 +146,12 @@ func (s *session) ended() {
 	m.flush(s)
 	m.sessionsTotal.WithLabelValues(s.service, o.cause).Inc()
 	m.sessionDuration.WithLabelValues(s.service).Observe(time.Since(s.started).Seconds())
-	m.closeCodes.WithLabelValues("client", codeLabel(o.client.code)).Inc()
-	m.closeCodes.WithLabelValues("upstream", codeLabel(o.upstream.code)).Inc()
+	// The codes are those written: a close the relay meant to send but
+	// could not (a peer gone, a write that timed out) counts as none.
 	up, down := &s.up, &s.down
+	clientClose, upstreamClose := websocket.StatusCode(down.CloseSent.Load()), websocket.StatusCode(up.CloseSent.Load())
+	m.closeCodes.WithLabelValues("client", codeLabel(clientClose)).Inc()
+	m.closeCodes.WithLabelValues("upstream", codeLabel(upstreamClose)).Inc()
 	s.log().Info("session end",
 		"session", s.id,
 		"service", s.service,
@@ -156,7 +159,7 @@ func (s *session) ended() {
 		"up_messages", up.Messages.Load(), "up_bytes", up.Bytes.Load(),
 		"down_messages", down.Messages.Load(), "down_bytes", down.Bytes.Load(),
 		"closed_by", o.closedBy, "cause", o.cause,
-		"client_close", int(o.client.code), "upstream_close", int(o.upstream.code),
+		"client_close", int(clientClose), "upstream_close", int(upstreamClose),
 		"dg_request_id", s.dgRequestID,
 		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries,
 		"user", s.user,

@@ -84,6 +84,10 @@ type Flow struct {
 	// Gathering is when the text message being read whole began (Unix
 	// nanoseconds), 0 when none is.
 	Gathering atomic.Int64
+	// CloseSent is the code of the close written to the destination, 0
+	// while none has been (or its write failed): what was sent, not what
+	// was meant.
+	CloseSent atomic.Int64
 }
 
 // Options shape one pipe.
@@ -514,6 +518,9 @@ func (p *Pipe) closeDst() {
 		b = AppendFrame(b, OpText, c.Error, masked)
 	}
 	p.write(AppendFrame(b, OpClose, ClosePayload(c.Code, c.Reason), masked))
+	if !p.dstBroken {
+		p.flow.CloseSent.Store(int64(c.Code))
+	}
 }
 
 // pass queues bytes that go to dst as they came. Bytes that follow the run

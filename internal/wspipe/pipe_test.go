@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"testing"
 )
 
@@ -144,4 +145,32 @@ type countingConn struct {
 func (c *countingConn) Write(p []byte) (int, error) {
 	c.writes++
 	return c.recordingConn.Write(p)
+}
+
+// failingConn is a destination whose every write fails.
+type failingConn struct{ recordingConn }
+
+func (c *failingConn) Write([]byte) (int, error) { return 0, net.ErrClosed }
+
+// TestCloseSentIsWhatWasWritten: Flow.CloseSent is the code of a close that
+// reached the socket, and stays 0 when the write failed, so that a session's
+// log line says what was sent, not what was meant.
+func TestCloseSentIsWhatWasWritten(t *testing.T) {
+	for _, broken := range []bool{false, true} {
+		var dst net.Conn = &recordingConn{}
+		if broken {
+			dst = &failingConn{}
+		}
+		o := &testOwner{}
+		var flow Flow
+		p := New(o, NewPeer(&recordingConn{}, nil, Upstream), NewPeer(dst, nil, Client), &flow, Options{MaxMessage: 1 << 20})
+		p.consume(AppendFrame(nil, OpClose, ClosePayload(4000, "bye"), false))
+		want := int64(1000) // the test owner answers the other side 1000
+		if broken {
+			want = 0
+		}
+		if got := flow.CloseSent.Load(); got != want {
+			t.Errorf("write failing %v: CloseSent %d, want %d", broken, got, want)
+		}
+	}
 }

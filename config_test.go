@@ -79,21 +79,6 @@ func TestProxyPatterns(t *testing.T) {
 	}
 }
 
-// readmeSection is the text of the README's "## title" section.
-func readmeSection(t *testing.T, title string) string {
-	t.Helper()
-	raw, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(raw), "## "+title+"\n")
-	if !ok {
-		t.Fatalf("README has no %s section", title)
-	}
-	section, _, _ = strings.Cut(section, "\n## ")
-	return section
-}
-
 // TestReadmeConfigTable holds the README's configuration table to the
 // Config struct: every variable in both, with the same default.
 func TestReadmeConfigTable(t *testing.T) {

@@ -1,260 +1,392 @@
 package main
 
 import (
-	"bytes"
+	"bufio"
 	"context"
-	"encoding/json"
+	"dgrelay/internal/fakedeepgram"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
-	"dgrelay/internal/fakedeepgram"
-
 	"github.com/coder/websocket"
-	"github.com/sethvargo/go-envconfig"
-	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
 
-// testAPIKey is the key every harness gives the relay. Tests look for it in
-// everything a client or a log line could see.
-const testAPIKey = "dg-secret-KEY-0123456789abcdef"
-
-// lockedBuffer collects log lines from many goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// harness is the real relay on a real loopback listener between the test's
-// WebSocket clients and a fake Deepgram.
-type harness struct {
-	t     *testing.T
-	fake  *fakedeepgram.Server
-	relay *relay
-	srv   *httptest.Server
-	logs  *lockedBuffer
-	// wsURL is the relay's WebSocket route.
-	wsURL string
-}
-
-// newHarness starts a fake upstream and a relay configured from env (on top
-// of the key and the fake's URLs). Cleanup drains the relay, stops both and
-// checks that no log line holds the key.
-func newHarness(t *testing.T, env map[string]string, fakeOpts fakedeepgram.Options) *harness {
+// builtBinary compiles dgrelay once per test run, as the Dockerfile does.
+func builtBinary(t *testing.T) string {
 	t.Helper()
-	fake := fakedeepgram.Start(fakeOpts)
-	vars := map[string]string{
-		"DEEPGRAM_API_KEY":    testAPIKey,
-		"DEEPGRAM_AGENT_URL":  fake.URL + "/v1/agent/converse",
-		"DEEPGRAM_LISTEN_URL": fake.URL + "/v1/listen",
-		"LOG_LEVEL":           "debug",
-		// The core tests run without user tokens; auth_test.go sets them.
-		"ALLOW_UNAUTHENTICATED": "true",
-	}
-	for k, v := range env {
-		vars[k] = v
-	}
-	cfg, err := loadConfig(context.Background(), envconfig.MapLookuper(vars))
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	logs := &lockedBuffer{}
-	level, _ := parseLogLevel(cfg.LogLevel)
-	secrets := &secretReader{emulatorHost: cfg.SecretManagerEmulatorHost}
-	defer secrets.close()
-	policy, err := loadPolicy(context.Background(), cfg.SettingsPolicy, envconfig.MapLookuper(vars), secrets)
-	if err != nil {
-		t.Fatalf("policy: %v", err)
-	}
-	rl, err := newRelay(cfg, testAPIKey, policy, newLogger(logs, level))
-	if err != nil {
-		t.Fatalf("relay: %v", err)
-	}
-	srv := httptest.NewUnstartedServer(nil)
-	srv.Config = rl.httpServer()
-	srv.Start()
-	h := &harness{t: t, fake: fake, relay: rl, srv: srv, logs: logs,
-		wsURL: "ws" + strings.TrimPrefix(srv.URL, "http") + cfg.ProxyPath}
-	t.Cleanup(func() {
-		rl.drain(0)
-		rl.close()
-		srv.Close()
-		fake.Close()
-		if strings.Contains(logs.String(), testAPIKey) {
-			t.Errorf("the API key appears in the logs:\n%s", logs.String())
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "dgrelay-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "dgrelay")
+		out, err := exec.Command("go", "build", "-trimpath", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = errors.New(string(out))
 		}
 	})
-	return h
+	if buildErr != nil {
+		t.Fatalf("go build: %v", buildErr)
+	}
+	return binPath
 }
 
-// dial opens a client session through the relay with the given query.
-func (h *harness) dial(query string) *websocket.Conn {
-	h.t.Helper()
-	c, err := h.tryDial(query, nil)
-	if err != nil {
-		h.t.Fatalf("dial relay: %v", err)
+// process is the built relay running as a subprocess.
+type process struct {
+	cmd     *exec.Cmd
+	logs    *lockedBuffer
+	base    string // http://127.0.0.1:PORT
+	metrics string // the metrics URL
+	exit    chan int
+}
+
+func startProcess(t *testing.T, fake *fakedeepgram.Server, env ...string) *process {
+	t.Helper()
+	port, metricsPort := freePort(t), freePort(t)
+	cmd := exec.Command(builtBinary(t))
+	cmd.Env = append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"PORT=" + port,
+		"METRICS_PORT=" + metricsPort,
+		"DEEPGRAM_API_KEY=" + testAPIKey,
+		"DEEPGRAM_AGENT_URL=" + fake.URL + "/v1/agent/converse",
+		"ALLOW_UNAUTHENTICATED=true",
+	}, env...)
+	p := &process{cmd: cmd, logs: &lockedBuffer{}, base: "http://127.0.0.1:" + port,
+		metrics: "http://127.0.0.1:" + metricsPort + "/metrics", exit: make(chan int, 1)}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
+	go func() {
+		_ = cmd.Wait()
+		p.exit <- cmd.ProcessState.ExitCode()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.exit
+	})
+	waitForLog(t, p.logs, "dgrelay started")
+	return p
+}
+
+func (p *process) dial(t *testing.T) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+p.base[len("http"):]+"/ws/deepgram-proxy/?service=agent", nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	expectType(t, c, "Welcome")
 	return c
 }
 
-func (h *harness) tryDial(query string, opts *websocket.DialOptions) (*websocket.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	u := h.wsURL
-	if query != "" {
-		u += "?" + query
-	}
-	c, _, err := websocket.Dial(ctx, u, opts)
-	if err != nil {
-		return nil, err
-	}
-	c.SetReadLimit(64 << 20)
-	h.t.Cleanup(func() { c.CloseNow() })
-	return c, nil
-}
-
-// read reads one message within a bound, failing the test on error.
-func read(t *testing.T, c *websocket.Conn) (websocket.MessageType, []byte) {
+func (p *process) waitExit(t *testing.T, within time.Duration) int {
 	t.Helper()
-	typ, data, err := readErr(c)
-	if err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	return typ, data
-}
-
-func readErr(c *websocket.Conn) (websocket.MessageType, []byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	return c.Read(ctx)
-}
-
-func write(t *testing.T, c *websocket.Conn, typ websocket.MessageType, data []byte) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	if err := c.Write(ctx, typ, data); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-}
-
-// expectType reads one text message and checks its JSON type.
-func expectType(t *testing.T, c *websocket.Conn, want string) map[string]any {
-	t.Helper()
-	typ, data := read(t, c)
-	var m map[string]any
-	if typ != websocket.MessageText || json.Unmarshal(data, &m) != nil || m["type"] != want {
-		t.Fatalf("want a %s text message, got %v %q", want, typ, data)
-	}
-	return m
-}
-
-// expectClose reads until the connection closes and checks the close code.
-func expectClose(t *testing.T, c *websocket.Conn, code websocket.StatusCode) websocket.CloseError {
-	t.Helper()
-	for {
-		_, _, err := readErr(c)
-		if err == nil {
-			continue
-		}
-		var ce websocket.CloseError
-		if !errors.As(err, &ce) {
-			t.Fatalf("want close %d, got %v", code, err)
-		}
-		if ce.Code != code {
-			t.Fatalf("want close %d, got %d %q", code, ce.Code, ce.Reason)
-		}
-		return ce
-	}
-}
-
-// settled waits until the relay holds no session: Deepgram seeing its close
-// comes a moment before the relay lets the session go.
-func (h *harness) settled() {
-	h.t.Helper()
-	waitFor(h.t, func() bool { return h.relay.sessions.active() == 0 })
-}
-
-// upstreamClosed waits for the fake to report its session's end.
-func (h *harness) upstreamClosed() fakedeepgram.Closed {
-	h.t.Helper()
 	select {
-	case c := <-h.fake.Closed():
-		return c
-	case <-time.After(15 * time.Second):
-		h.t.Fatal("the upstream session did not end")
+	case code := <-p.exit:
+		p.exit <- code // for Cleanup
+		return code
+	case <-time.After(within):
+		t.Fatalf("the relay did not exit within %s:\n%s", within, p.logs.String())
 	}
-	return fakedeepgram.Closed{}
+	return -1
 }
 
-func get(t *testing.T, url string, header http.Header) *http.Response {
+// TestDrainOnSIGTERM runs the built binary: after SIGTERM a live session
+// keeps relaying, a new upgrade gets 503, /readyz turns 503, a straggler gets
+// 1012 at the deadline, and the process exits 0.
+func TestDrainOnSIGTERM(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{})
+	defer fake.Close()
+	p := startProcess(t, fake, "DRAIN_TIMEOUT=2s")
+	finisher := p.dial(t)
+	straggler := p.dial(t)
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, p.logs, "shutdown signal")
+
+	if resp := get(t, p.base+"/readyz", nil); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz during the drain: %d", resp.StatusCode)
+	}
+	if resp := get(t, p.base+"/healthz", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz during the drain: %d", resp.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, resp, err := websocket.Dial(ctx, "ws"+p.base[len("http"):]+"/ws/deepgram-proxy/", nil)
+	cancel()
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a new upgrade during the drain: %v %v", resp, err)
+	}
+
+	if body := scrape(t, p.metrics); !strings.Contains(body, "dgrelay_draining 1") || !strings.Contains(body, `dgrelay_sessions_active{service="agent"} 2`) {
+		t.Errorf("metrics during the drain:\n%s", body)
+	}
+
+	// The finisher's call goes on through the drain, then ends by itself.
+	for i := 0; i < 3; i++ {
+		write(t, finisher, websocket.MessageBinary, []byte{1, 2, 3, byte(i)})
+		if typ, data := read(t, finisher); typ != websocket.MessageBinary || len(data) != 4 || data[3] != byte(i) {
+			t.Fatalf("relaying during the drain: got %v %v", typ, data)
+		}
+	}
+	finisher.Close(websocket.StatusNormalClosure, "call over")
+
+	if ce := expectClose(t, straggler, websocket.StatusServiceRestart); ce.Reason != "service restart" {
+		t.Errorf("straggler reason %q", ce.Reason)
+	}
+	if code := p.waitExit(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit code %d:\n%s", code, p.logs.String())
+	}
+	codes := map[websocket.StatusCode]int{}
+	for i := 0; i < 2; i++ {
+		select {
+		case c := <-fake.Closed():
+			codes[c.Code]++
+		case <-time.After(5 * time.Second):
+			t.Fatal("an upstream session did not end")
+		}
+	}
+	if codes[websocket.StatusNormalClosure] != 2 {
+		t.Errorf("upstream closes %v, want two normal closes", codes)
+	}
+}
+
+// TestDrainEndsWhenSessionsDo: with a long DRAIN_TIMEOUT, the process exits
+// as soon as its last session ends, not at the deadline.
+func TestDrainEndsWhenSessionsDo(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{})
+	defer fake.Close()
+	p := startProcess(t, fake, "DRAIN_TIMEOUT=60s")
+	c := p.dial(t)
+	_ = p.cmd.Process.Signal(syscall.SIGINT) // Fly's default kill signal
+	waitForLog(t, p.logs, "shutdown signal")
+	c.Close(websocket.StatusNormalClosure, "")
+	if code := p.waitExit(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
+// TestSecondSignalExitsAtOnce: an operator's second Ctrl-C does not wait.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{})
+	defer fake.Close()
+	p := startProcess(t, fake, "DRAIN_TIMEOUT=60s")
+	p.dial(t)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	waitForLog(t, p.logs, "shutdown signal")
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.waitExit(t, 10*time.Second); code == 0 {
+		t.Fatalf("exit code 0 after a forced exit")
+	}
+}
+
+// TestDrainDeadlineDuringDial: the drain deadline passes while a session is
+// still dialling Deepgram. Its client must get what the README promises,
+// HTTP 503 (it was not accepted yet) or close 1012, never a connection that
+// just drops; the refusal is logged; the process exits 0.
+func TestDrainDeadlineDuringDial(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{HandshakeDelay: 600 * time.Millisecond})
+	defer fake.Close()
+	p := startProcess(t, fake, "DRAIN_TIMEOUT=200ms")
+	type result struct {
+		resp *http.Response
+		conn *websocket.Conn
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, resp, err := websocket.Dial(ctx, "ws"+p.base[len("http"):]+"/ws/deepgram-proxy/", nil)
+		got <- result{resp, c, err}
+	}()
+	waitFor(t, func() bool { return len(fake.Handshakes()) == 1 })
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	switch {
+	case r.err == nil:
+		// Accepted before the deadline: it must then hear 1012.
+		expectClose(t, r.conn, websocket.StatusServiceRestart)
+	case r.resp == nil || r.resp.StatusCode != http.StatusServiceUnavailable:
+		t.Fatalf("the client's handshake: %v %v", r.resp, r.err)
+	}
+	if code := p.waitExit(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if !strings.Contains(p.logs.String(), `"refusal":"draining"`) {
+		t.Errorf("no session refused line for the drain:\n%s", p.logs.String())
+	}
+}
+
+// shorten sets *v to d for the test.
+func shorten(t *testing.T, v *time.Duration, d time.Duration) {
+	old := *v
+	*v = d
+	t.Cleanup(func() { *v = old })
+}
+
+// closedWithin reads conn until it ends and reports how long after start the
+// server closed it; it fails the test if the server keeps it past limit.
+func closedWithin(t *testing.T, conn net.Conn, start time.Time, limit time.Duration) time.Duration {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, url, nil)
-	for k, v := range header {
-		req.Header[k] = v
+	_ = conn.SetReadDeadline(start.Add(limit))
+	_, err := io.Copy(io.Discard, conn)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the server still holds the connection after %s", limit)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	resp.Body.Close()
-	return resp
+	return time.Since(start)
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) string {
+// serveMetrics serves h's relay's metrics server on a loopback port until
+// the test ends, and returns its address.
+func serveMetrics(t *testing.T, h *harness) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	srv := h.relay.metricsServer()
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String()
 }
 
-// waitForLog waits until the logs hold want.
-func waitForLog(t *testing.T, logs interface{ String() string }, want string) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(logs.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line with %q:\n%s", want, logs.String())
+// TestIdleKeepAliveClosed: a keep-alive connection that sent one request and
+// then nothing is closed after httpIdleTimeout, on the public port and the
+// metrics port, instead of holding a descriptor and a goroutine for ever.
+func TestIdleKeepAliveClosed(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	shorten(t, &httpIdleTimeout, idle)
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	for _, tc := range []struct{ name, addr, path string }{
+		{"public", h.srv.Listener.Addr().String(), "/healthz"},
+		{"metrics", serveMetrics(t, h), "/metrics"},
+	} {
+		conn, err := net.Dial("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		defer conn.Close()
+		if _, err := io.WriteString(conn, "GET "+tc.path+" HTTP/1.1\r\nHost: relay.example\r\nConnection: keep-alive\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.Close {
+			t.Fatalf("%s: status %d, close %v: want a kept-alive 200", tc.name, resp.StatusCode, resp.Close)
+		}
+		start := time.Now()
+		if took := closedWithin(t, conn, start, 10*time.Second); took < idle/2 {
+			t.Errorf("%s: closed after %s, before the idle timeout %s", tc.name, took, idle)
+		}
 	}
 }
 
-// scrape returns the Prometheus text at url.
-func scrape(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatalf("scrape %s: %v", url, err)
+// TestSlowRequestCut: a request that is not an upgrade and trickles its body
+// (here to a route that does not read it, so net/http drains it) is cut at
+// httpReadTimeout instead of holding the connection for ever.
+func TestSlowRequestCut(t *testing.T) {
+	const limit = 300 * time.Millisecond
+	shorten(t, &httpReadTimeout, limit)
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	for _, tc := range []struct{ name, addr, path string }{
+		{"public", h.srv.Listener.Addr().String(), "/healthz"},
+		{"metrics", serveMetrics(t, h), "/metrics"},
+	} {
+		conn, err := net.Dial("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		start := time.Now()
+		if _, err := io.WriteString(conn, "POST "+tc.path+" HTTP/1.1\r\nHost: relay.example\r\nContent-Length: 1000\r\n\r\n"+strings.Repeat("x", 10)); err != nil {
+			t.Fatal(err)
+		}
+		closedWithin(t, conn, start, 10*time.Second)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return string(body)
+}
+
+// TestUpgradeOutlivesReadTimeout: httpReadTimeout is for plain requests. An
+// upgrade whose Deepgram handshake takes longer still opens, and the session
+// goes on long after it.
+func TestUpgradeOutlivesReadTimeout(t *testing.T) {
+	const limit = 200 * time.Millisecond
+	shorten(t, &httpReadTimeout, limit)
+	h := newHarness(t, nil, fakedeepgram.Options{HandshakeDelay: 3 * limit})
+	c := h.dial("service=agent")
+	expectType(t, c, "Welcome")
+	time.Sleep(3 * limit)
+	write(t, c, websocket.MessageText, []byte("still here"))
+	if typ, data := read(t, c); typ != websocket.MessageText || string(data) != "still here" {
+		t.Fatalf("echo: %v %q", typ, data)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	h.upstreamClosed()
+}
+
+// TestSlowHandshake: a client that trickles its headers is cut off by the
+// server's ReadHeaderTimeout, before any of the relay's code runs.
+func TestSlowHandshake(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	if srv := h.relay.httpServer(); srv.ReadHeaderTimeout != readHeaderTimeout || srv.MaxHeaderBytes != maxHeaderBytes {
+		t.Fatalf("the public server has no handshake bounds")
+	}
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = h.relay.httpServer()
+	srv.Config.ReadHeaderTimeout = 300 * time.Millisecond // the same bound, shortened for the test
+	srv.Start()
+	defer srv.Close()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /ws/deepgram-proxy/ HTTP/1.1\r\nHost: x\r\n")
+	start := time.Now()
+	for time.Since(start) < 5*time.Second {
+		if _, err := conn.Write([]byte("X-Slow: 1\r\n")); err != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Fatalf("the server did not close the slow handshake: %v", err)
+	}
+	if time.Since(start) >= 5*time.Second {
+		t.Fatal("the slow handshake was not cut off")
+	}
+	if len(h.fake.Handshakes()) != 0 {
+		t.Fatal("a slow handshake reached upstream")
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/wspipe"
 
 	"cloud.google.com/go/secretmanager/apiv1/secretmanagerpb"
 	"github.com/coder/websocket"
@@ -468,5 +469,32 @@ func TestPolicyBypassStripped(t *testing.T) {
 	}
 	if n := len(h.fake.Texts()); n != 2 {
 		t.Errorf("Deepgram received %d messages, want the stripped Settings and the InjectUserMessage", n)
+	}
+}
+
+// TestPolicyFragmentedSettings: Settings sent in fragments is read whole by
+// the policy and reaches Deepgram as one message, with the policy applied.
+func TestPolicyFragmentedSettings(t *testing.T) {
+	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}},"allow":["agent.think.prompt"],"on_violation":"strip"}`
+	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
+	c := h.rawDial("")
+	settings := `{"type":"Settings","agent":{"think":{"provider":{"model":"mine"},"prompt":"be brief"}}}`
+	c.trickle(clientFrame(0x01, []byte(settings[:20])))
+	c.trickle(clientFrame(0x89, []byte("ping")))
+	c.trickle(clientFrame(0x80, []byte(settings[20:])))
+	for {
+		op, p := c.read()
+		if op == wspipe.OpText && strings.Contains(string(p), "SettingsApplied") {
+			break
+		}
+	}
+	var got string
+	for _, txt := range h.fake.Texts() {
+		if strings.Contains(string(txt), `"Settings"`) {
+			got = string(txt)
+		}
+	}
+	if !strings.Contains(got, `"model":"pinned"`) || !strings.Contains(got, `"prompt":"be brief"`) || strings.Contains(got, "mine") {
+		t.Fatalf("Deepgram got %s", got)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -122,4 +124,157 @@ func FuzzHandshakeAgreesWithAccept(f *testing.F) {
 				relayPasses, acceptPasses, w.Code, err, method, r.Proto, r.Header)
 		}
 	})
+}
+
+// FuzzTokenFrom: whatever the handshake carries, token extraction neither
+// panics nor takes a token from anywhere but the bearer pair or ?token=.
+func FuzzTokenFrom(f *testing.F) {
+	f.Add("bearer, eyJ.a.b", "", "service=agent")
+	f.Add("", "", "token=eyJ.a.b&service=agent")
+	f.Add("bearer", "", "token=x")
+	f.Add("token, raw-key", "", "")
+	f.Add("Bearer,,  x ,y", "", "token=%zz")
+	f.Add(" , ", "", "token=a&token=b")
+	f.Add("", "Bearer eyJ.h.s", "token=q")
+	f.Add("", "Token dg-key", "token=q")
+	f.Fuzz(func(t *testing.T, protocols, authorization, query string) {
+		r := httptest.NewRequest("GET", "/ws", nil)
+		r.URL.RawQuery = query
+		if protocols != "" {
+			r.Header.Set("Sec-WebSocket-Protocol", protocols)
+		}
+		if authorization != "" {
+			r.Header.Set("Authorization", authorization)
+		}
+		tok, err := tokenFrom(r)
+		offered := headerTokens(r.Header, "Sec-WebSocket-Protocol")
+		if len(offered) > 0 {
+			i := slices.IndexFunc(offered, func(p string) bool { return strings.EqualFold(p, "bearer") })
+			switch {
+			case i < 0 && err != errNoBearer:
+				t.Fatalf("offered %q without bearer: %q, %v", offered, tok, err)
+			case i >= 0 && i+1 < len(offered) && tok != offered[i+1]:
+				t.Fatalf("offered %q: took %q", offered, tok)
+			case i >= 0 && i+1 == len(offered) && tok != "":
+				t.Fatalf("bearer alone gave %q", tok)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("no subprotocols: %v", err)
+		}
+		if scheme, bearer, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "bearer") {
+			if tok != strings.TrimSpace(bearer) {
+				t.Fatalf("Authorization %q: took %q", authorization, tok)
+			}
+			return
+		}
+		if q, perr := url.ParseQuery(query); perr == nil && tok != q.Get("token") {
+			t.Fatalf("query %q: took %q", query, tok)
+		}
+	})
+}
+
+// TestHTTPAnswers covers every refusal made before the upgrade.
+func TestHTTPAnswers(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	base := h.srv.URL
+	upgrade := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"},
+		"Sec-Websocket-Version": {"13"}, "Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}}
+	cases := []struct {
+		name   string
+		path   string
+		header http.Header
+		status int
+	}{
+		{"healthz", "/healthz", nil, 200},
+		{"readyz", "/readyz", nil, 200},
+		{"plain GET to the WebSocket path", "/ws/deepgram-proxy/", nil, 426},
+		{"plain GET without the trailing slash", "/ws/deepgram-proxy", nil, 426},
+		{"unknown service", "/ws/deepgram-proxy/?service=speak", upgrade, 400},
+		{"malformed query", "/ws/deepgram-proxy/?service=%zz", upgrade, 400},
+		{"conflicting services", "/ws/deepgram-proxy/?service=agent&service=transcription", upgrade, 400},
+		{"old WebSocket version", "/ws/deepgram-proxy/", http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Version": {"8"}}, 400},
+		{"other path", "/ws/deepgram-proxy/extra", upgrade, 404},
+	}
+	for _, tc := range cases {
+		if resp := get(t, base+tc.path, tc.header); resp.StatusCode != tc.status {
+			t.Errorf("%s: status %d, want %d", tc.name, resp.StatusCode, tc.status)
+		}
+	}
+	big := http.Header{"X-Padding": {strings.Repeat("p", 24<<10)}}
+	if resp := get(t, base+"/ws/deepgram-proxy/", big); resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("oversized headers: status %d, want 431", resp.StatusCode)
+	}
+	if n := len(h.fake.Handshakes()); n != 0 {
+		t.Errorf("%d upstream dials for requests refused before the upgrade", n)
+	}
+}
+
+func TestOrigins(t *testing.T) {
+	h := newHarness(t, map[string]string{"ALLOWED_ORIGINS": "app.example.com,*.trusted.dev,https://secure.example.org"}, fakedeepgram.Options{})
+	relayHost := strings.TrimPrefix(h.srv.URL, "http://")
+	for origin, allowed := range map[string]bool{
+		"":                             true, // not a browser: on to authentication
+		"https://app.example.com":      true,
+		"https://eu.trusted.dev":       true,
+		"https://secure.example.org":   true,
+		"http://secure.example.org":    false,
+		"http://" + relayHost:          true, // the relay's own host
+		"https://evil.example.com":     false,
+		"https://app.example.com.evil": false,
+		"null":                         false,
+	} {
+		before := len(h.fake.Handshakes())
+		hdr := http.Header{}
+		if origin != "" {
+			hdr.Set("Origin", origin)
+		}
+		c, err := h.tryDial("", &websocket.DialOptions{HTTPHeader: hdr})
+		switch {
+		case allowed && err != nil:
+			t.Errorf("origin %q refused: %v", origin, err)
+		case allowed:
+			expectType(t, c, "Welcome")
+			c.Close(websocket.StatusNormalClosure, "")
+		case err == nil || !strings.Contains(err.Error(), "403"):
+			t.Errorf("origin %q: want HTTP 403, got %v", origin, err)
+		case len(h.fake.Handshakes()) != before:
+			t.Errorf("origin %q: dialled upstream", origin)
+		}
+	}
+	if !strings.Contains(h.logs.String(), `"refusal":"origin","origin":"https://evil.example.com"`) {
+		t.Errorf("a refused origin is not logged with its value")
+	}
+}
+
+func TestClientIP(t *testing.T) {
+	cases := []struct {
+		name, trust, flyIP string
+		xff                []string
+		want               string
+	}{
+		{"untrusted", proxyNone, "2001:db8::1", []string{"203.0.113.7"}, "10.1.2.3"},
+		{"cloudrun", proxyCloudRun, "", []string{"203.0.113.7"}, "203.0.113.7"},
+		{"cloudrun: what the client wrote comes first", proxyCloudRun, "", []string{"6.6.6.6, 203.0.113.7"}, "203.0.113.7"},
+		{"cloudrun: the last of several lines", proxyCloudRun, "", []string{"6.6.6.6", "7.7.7.7,203.0.113.7"}, "203.0.113.7"},
+		{"cloudrun: a client's Fly-Client-IP", proxyCloudRun, "6.6.6.6", nil, "10.1.2.3"},
+		{"fly", proxyFly, "2001:db8::1", []string{"6.6.6.6, 203.0.113.7, 66.241.124.1"}, "2001:db8::1"},
+		{"fly: no header", proxyFly, "", []string{"203.0.113.7"}, "10.1.2.3"},
+		{"bad headers fall back to the socket", proxyCloudRun, "", []string{"garbage"}, "10.1.2.3"},
+		{"a bad Fly-Client-IP falls back to the socket", proxyFly, "not-an-ip", nil, "10.1.2.3"},
+	}
+	for _, tc := range cases {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.RemoteAddr = "10.1.2.3:5555"
+		if tc.flyIP != "" {
+			r.Header.Set("Fly-Client-IP", tc.flyIP)
+		}
+		for _, v := range tc.xff {
+			r.Header.Add("X-Forwarded-For", v)
+		}
+		if got := clientIP(r, tc.trust); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
 }

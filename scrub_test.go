@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/hex"
 	"strings"
 	"testing"
@@ -78,4 +79,31 @@ func TestRedactControlCharacters(t *testing.T) {
 	if got := rl.redact(strings.Repeat("é", 300)); len(got) > 200 || !strings.HasPrefix(strings.Repeat("é", 300), got) {
 		t.Errorf("a long message was cut to %d bytes: %q", len(got), got)
 	}
+}
+
+// FuzzScrub: whatever Deepgram sends, no secret is left in what the client
+// reads (escapes decoded, control characters dropped), a message without
+// one passes as it came, and a short payload stays within its limit.
+func FuzzScrub(f *testing.F) {
+	const secret = "sk-LLM<&>"
+	sc := newScrubber(testAPIKey, [][]byte{[]byte(secret)})
+	f.Add([]byte(`{"type":"ConversationText","content":"` + secret + `"}`))
+	f.Add([]byte(`{"content":"\u0073k-LLM\u003c\u0026\u003e"}`))
+	f.Add([]byte(`{"content":"sk-LL` + "\t" + `M<&>"}`))
+	f.Add([]byte(`"\ud83d\ude00` + testAPIKey[:5] + `\u0000` + testAPIKey[5:] + `"`))
+	f.Add([]byte(`\u`))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		had := sc.holdsSecret(readable(msg)) || sc.holdsSecret(msg)
+		out := sc.text(bytes.Clone(msg))
+		if sc.holdsSecret(out) || sc.holdsSecret(readable(out)) {
+			t.Fatalf("%q scrubbed to %q", msg, out)
+		}
+		if !had && !bytes.Equal(out, msg) {
+			t.Fatalf("%q holds no secret but became %q", msg, out)
+		}
+		if short := sc.short(bytes.Clone(msg), 123); len(short) > 123 || sc.holdsSecret(readable(short)) {
+			t.Fatalf("%q as a close reason: %q", msg, short)
+		}
+	})
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -12,24 +11,6 @@ import (
 
 	"github.com/coder/websocket"
 )
-
-// expectRelayError reads frames until an Error text frame and checks its code.
-func (c *rawClient) expectRelayError(code string) {
-	c.t.Helper()
-	for {
-		op, p := c.read()
-		if op == wspipe.OpClose {
-			c.t.Fatalf("closed (%x) before an Error frame %s", p, code)
-		}
-		var m map[string]any
-		if op == wspipe.OpText && json.Unmarshal(p, &m) == nil && m["type"] == "Error" {
-			if m["code"] != code {
-				c.t.Fatalf("Error frame %s, want %s", p, code)
-			}
-			return
-		}
-	}
-}
 
 // TestTextBudgetUserShare: one identity holds at most its share of the text
 // budget (a whole message each way) however many sessions it opens; the
@@ -98,4 +79,45 @@ func TestTextGatherTimeout(t *testing.T) {
 	if held := h.relay.texts.used.Load(); held != 0 {
 		t.Fatalf("%d bytes still held", held)
 	}
+}
+
+// TestTextBudget: text messages the policy reads whole count against the
+// instance's text budget while they are being read. A message that would
+// pass it ends its session with 1013 (try again); once a message is through,
+// its bytes are free again.
+func TestTextBudget(t *testing.T) {
+	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
+	h.relay.texts.limit = 1000
+	// inject is a client message of n bytes the policy passes.
+	inject := func(n int) []byte {
+		return []byte(`{"type":"InjectUserMessage","content":"` + strings.Repeat("a", n-41) + `"}`)
+	}
+	msg := inject(700)
+	first := h.rawDial("")
+	first.send(clientFrame(0x01, msg[:600])) // held, not final
+	waitFor(t, func() bool { return h.relay.texts.used.Load() == 600 })
+
+	second := h.rawDial("")
+	second.send(clientFrame(0x01, bytes.Repeat([]byte("b"), 600)))
+	second.expectRelayError("RELAY_BUSY")
+	if reason := second.expectClose(websocket.StatusTryAgainLater); reason != "relay busy, try again" {
+		t.Fatalf("reason %q", reason)
+	}
+	second.send(clientFrame(0x88, wspipe.ClosePayload(int(websocket.StatusTryAgainLater), "")))
+	if got := h.upstreamClosed(); got.Code != websocket.StatusNormalClosure || got.Reason != "client message refused: relay busy" {
+		t.Fatalf("upstream got %+v", got)
+	}
+
+	first.send(clientFrame(0x80, msg[600:])) // the end
+	if op, p := first.read(); op != wspipe.OpText || len(p) != 700 {
+		t.Fatalf("echo: opcode %x, %d bytes", op, len(p))
+	}
+	waitFor(t, func() bool { return h.relay.texts.used.Load() == 0 })
+	// 450 up, then its 450 echo down: both fit only once the first is free.
+	first.send(clientFrame(0x81, inject(450)))
+	if op, p := first.read(); op != wspipe.OpText || len(p) != 450 {
+		t.Fatalf("echo after the budget freed: opcode %x, %d bytes", op, len(p))
+	}
+	waitForLog(t, h.logs, `"cause":"text_budget"`)
 }

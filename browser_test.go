@@ -32,7 +32,7 @@ type sessionResult struct {
 // with a page that behaves like the React component's socket.
 func TestBrowser(t *testing.T) {
 	chromium := requireTool(t, "chromium")
-	page := http.FileServer(http.Dir("internal/e2e/browser"))
+	page := http.FileServer(http.Dir("testdata/e2e/browser"))
 	pageSrv := httptest.NewServer(page)
 	defer pageSrv.Close()
 	pageHost := strings.TrimPrefix(pageSrv.URL, "http://")

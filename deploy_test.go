@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	goversion "go/version"
 	"os"
 	"reflect"
 	"regexp"
@@ -280,7 +281,7 @@ func TestDockerfile(t *testing.T) {
 	if modGo == nil || dockerGo == nil {
 		t.Fatal("cannot find the Go versions in go.mod and the Dockerfile")
 	}
-	if compareVersions(dockerGo[1], modGo[1]) < 0 {
+	if goversion.Compare("go"+dockerGo[1], "go"+modGo[1]) < 0 {
 		t.Errorf("the Dockerfile builds with Go %s, older than go.mod's %s", dockerGo[1], modGo[1])
 	}
 	for _, want := range []string{
@@ -321,22 +322,4 @@ func TestDockerfile(t *testing.T) {
 	if err != nil || !strings.Contains(string(ignore), ".git") {
 		t.Error("no .dockerignore keeping .git out of the build context")
 	}
-}
-
-// compareVersions compares dotted Go versions numerically (1.26 < 1.26.8).
-func compareVersions(a, b string) int {
-	as, bs := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; i < max(len(as), len(bs)); i++ {
-		var x, y int
-		if i < len(as) {
-			x, _ = strconv.Atoi(as[i])
-		}
-		if i < len(bs) {
-			y, _ = strconv.Atoi(bs[i])
-		}
-		if x != y {
-			return x - y
-		}
-	}
-	return 0
 }

@@ -28,8 +28,10 @@ import (
 // through. It does only what a WebSocket handshake needs: connect (through an
 // HTTPS_PROXY from the environment if one is set, then TLS for wss), write the
 // request, read the 101, and hand the bare connection to the session, which
-// relays frames on it itself. net/http's Transport would keep its persistConn,
-// with two 4 KiB buffers, alive under every upgraded connection.
+// relays frames on it itself. net/http's Transport cannot be used: it hides
+// the connection it upgraded behind the response body, and the session's
+// pipe must have the *tls.Conn itself, over a socket it can wait on
+// (wspipe.NewTLSSocket), to read Deepgram without holding a buffer.
 type upgradeTransport struct {
 	dialer net.Dialer
 	// tlsConfig is cloned per dial with the server's name; nil is the

@@ -48,7 +48,7 @@ func npmInstalled(t *testing.T, dir string) {
 // byte, and the SDK's close reaches Deepgram as a normal close.
 func TestDeepgramSDKThroughRelay(t *testing.T) {
 	node := requireTool(t, "node")
-	dir := filepath.Join("internal", "e2e", "sdk")
+	dir := filepath.Join("testdata", "e2e", "sdk")
 	npmInstalled(t, dir)
 	h := newHarness(t, authEnv(map[string]string{"PROXY_PATH": "/v1/agent/converse"}), fakedeepgram.Options{})
 

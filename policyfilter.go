@@ -48,10 +48,10 @@ func loggedPath(p string) string {
 	return p[:n] + "…"
 }
 
-// refuseSettings ends a session whose message the policy refused: the client
+// settingsRefused ends a session whose message the policy refused: the client
 // is told in band why, then closed 1008; Deepgram received nothing of that
 // message and gets a normal close.
-func (s *session) refuseSettings(why string) {
+func (s *session) settingsRefused(why string) {
 	s.relay.metrics.policyViolations.WithLabelValues("refuse").Inc()
 	// why names the client's own keys: bounded and cleaned for the log
 	// and the Error frame alike.

@@ -256,13 +256,13 @@ func (s *session) run() {
 	if s.relay.policy != nil {
 		upText = s.policyFilter
 	}
-	up := wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget()})
+	up := wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)})
 	// Deepgram's words are scrubbed of the key and the policy's secrets
 	// before a client reads them: text, control payloads, close reasons.
 	// Binary messages are audio, relayed as they came.
 	sc := s.relay.scrub
 	down := wspipe.New(s, s.upstream, s.client, &s.down, wspipe.Options{MaxMessage: maxMsg,
-		Text: func(msg []byte) wspipe.Verdict { return wspipe.Verdict{Out: sc.text(msg)} }, Budget: s.budget(), Scrub: sc.short})
+		Text: func(msg []byte) wspipe.Verdict { return wspipe.Verdict{Out: sc.text(msg)} }, Budget: s.budget(wspipe.Upstream), Scrub: sc.short})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

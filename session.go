@@ -93,7 +93,7 @@ func (s *session) End(e wspipe.Ending) {
 	case wspipe.Closed:
 		s.end(closedOutcome(e.Src, websocket.StatusCode(e.Code), e.Reason))
 	case wspipe.Refused:
-		s.refuseSettings(e.Why)
+		s.settingsRefused(e.Why)
 	default:
 		s.end(pipeEnding(e).outcome(""))
 	}
@@ -135,9 +135,11 @@ func (s *session) kill() {
 	_ = s.upstream.Conn.Close()
 }
 
-// budget is s's view of the text budget: its identity's share and the
-// instance's pool.
-func (s *session) budget() wspipe.Budget { return userBudget{s.relay.texts, s.userText} }
+// budget is the text budget as the pipe reading src sees it: src's pool
+// and s's identity's share.
+func (s *session) budget(src wspipe.Side) wspipe.Budget {
+	return userBudget{s.relay.texts, s.relay.texts.pool(src), s.userText}
+}
 
 // ended records a relayed session in the metrics and its log line.
 func (s *session) ended() {

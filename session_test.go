@@ -106,7 +106,7 @@ func TestContinuationLengthOverflow(t *testing.T) {
 		}
 		h.settled()
 	}
-	if held := h.relay.texts.used.Load(); held != 0 {
+	if held := h.relay.texts.held(); held != 0 {
 		t.Fatalf("%d bytes left in the text budget", held)
 	}
 	rec := httptest.NewRecorder()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/hex"
 	"strings"
 	"testing"
 	"time"
@@ -24,7 +25,7 @@ func TestTextBudgetUserShare(t *testing.T) {
 	a1, a2 := h.rawDial("token="+alice), h.rawDial("token="+alice)
 	a1.send(unfinished)
 	a2.send(unfinished)
-	waitFor(t, func() bool { return h.relay.texts.used.Load() == 1800 })
+	waitFor(t, func() bool { return h.relay.texts.held() == 1800 })
 
 	a3 := h.rawDial("token=" + alice)
 	a3.send(unfinished) // 2,700 > alice's 2,000
@@ -39,16 +40,16 @@ func TestTextBudgetUserShare(t *testing.T) {
 	}
 }
 
-// TestTextBudgetBusyDownstream: a Deepgram text message that would pass the
-// budget tells the client to try again (RELAY_BUSY, 1013), not 1000, which
-// the React component takes for a normal end.
+// TestTextBudgetBusyDownstream: a Deepgram text message that would pass
+// Deepgram's pool tells the client to try again (RELAY_BUSY, 1013), not
+// 1000, which the React component takes for a normal end.
 func TestTextBudgetBusyDownstream(t *testing.T) {
-	policy := `{"set":{"agent":{"think":{"endpoint":{"headers":{"x-key":"${env:VOICE_KEY}"}}}}}}`
-	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy, "VOICE_KEY": voiceKey}, fakedeepgram.Options{})
-	h.relay.texts.limit = 1000
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	h.relay.texts.upstream.limit = 1000
 	holder := h.rawDial("")
-	holder.send(clientFrame(0x01, bytes.Repeat([]byte("a"), 600))) // unfinished: 600 held
-	waitFor(t, func() bool { return h.relay.texts.used.Load() == 600 })
+	unfinished := hex.EncodeToString(append([]byte{0x01, 126, 600 >> 8, 600 & 0xff}, bytes.Repeat([]byte("a"), 600)...))
+	holder.send(clientFrame(0x81, []byte(`{"type":"Fake.Raw","hex":"`+unfinished+`"}`))) // Deepgram holds 600
+	waitFor(t, func() bool { return h.relay.texts.upstream.used.Load() == 600 })
 	c := h.rawDial("")
 	c.send(clientFrame(0x81, []byte(`{"type":"Fake.Send","bytes":700}`)))
 	c.expectRelayError("RELAY_BUSY")
@@ -56,6 +57,30 @@ func TestTextBudgetBusyDownstream(t *testing.T) {
 	if got := h.upstreamClosed(); got.Code != websocket.StatusNormalClosure || got.Reason != "upstream message refused: relay busy" {
 		t.Fatalf("upstream got %+v", got)
 	}
+}
+
+// TestTextBudgetDeepgramReserve: clients holding every byte of their pool do
+// not keep Deepgram's events from anyone: a new session still reads its
+// Welcome, which the scrub reads whole.
+func TestTextBudgetDeepgramReserve(t *testing.T) {
+	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
+	h.relay.texts.client.limit = 600
+	holder := h.rawDial("")
+	holder.send(clientFrame(0x01, bytes.Repeat([]byte("a"), 600))) // the clients' pool, full
+	waitFor(t, func() bool { return h.relay.texts.client.used.Load() == 600 })
+	h.rawDial("") // reads its Welcome, or fails
+}
+
+// TestTextBudgetChargesBytesHeld: a header that declares a megabyte holds
+// nothing until the bytes come, so it cannot fill the budget by itself.
+func TestTextBudgetChargesBytesHeld(t *testing.T) {
+	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
+	c := h.rawDial("")
+	header := clientFrame(0x01, make([]byte, 1<<20))[:14] // 1 MiB declared, masked
+	c.send(append(header, make([]byte, 10)...))
+	waitFor(t, func() bool { return h.relay.texts.held() == 10 })
 }
 
 // TestTextGatherTimeout: a text message the relay reads whole and the client
@@ -76,7 +101,7 @@ func TestTextGatherTimeout(t *testing.T) {
 		t.Fatalf("upstream got %+v", got)
 	}
 	h.settled()
-	if held := h.relay.texts.used.Load(); held != 0 {
+	if held := h.relay.texts.held(); held != 0 {
 		t.Fatalf("%d bytes still held", held)
 	}
 }
@@ -88,7 +113,7 @@ func TestTextGatherTimeout(t *testing.T) {
 func TestTextBudget(t *testing.T) {
 	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
-	h.relay.texts.limit = 1000
+	h.relay.texts.client.limit = 1000
 	// inject is a client message of n bytes the policy passes.
 	inject := func(n int) []byte {
 		return []byte(`{"type":"InjectUserMessage","content":"` + strings.Repeat("a", n-41) + `"}`)
@@ -96,7 +121,7 @@ func TestTextBudget(t *testing.T) {
 	msg := inject(700)
 	first := h.rawDial("")
 	first.send(clientFrame(0x01, msg[:600])) // held, not final
-	waitFor(t, func() bool { return h.relay.texts.used.Load() == 600 })
+	waitFor(t, func() bool { return h.relay.texts.held() == 600 })
 
 	second := h.rawDial("")
 	second.send(clientFrame(0x01, bytes.Repeat([]byte("b"), 600)))
@@ -113,10 +138,9 @@ func TestTextBudget(t *testing.T) {
 	if op, p := first.read(); op != wspipe.OpText || len(p) != 700 {
 		t.Fatalf("echo: opcode %x, %d bytes", op, len(p))
 	}
-	waitFor(t, func() bool { return h.relay.texts.used.Load() == 0 })
-	// 450 up, then its 450 echo down: both fit only once the first is free.
-	first.send(clientFrame(0x81, inject(450)))
-	if op, p := first.read(); op != wspipe.OpText || len(p) != 450 {
+	waitFor(t, func() bool { return h.relay.texts.held() == 0 })
+	first.send(clientFrame(0x81, inject(900)))
+	if op, p := first.read(); op != wspipe.OpText || len(p) != 900 {
 		t.Fatalf("echo after the budget freed: opcode %x, %d bytes", op, len(p))
 	}
 	waitForLog(t, h.logs, `"cause":"text_budget"`)

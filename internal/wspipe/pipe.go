@@ -185,7 +185,13 @@ func (p *Pipe) Run() {
 		// src is gone without a close frame.
 		if !p.dropping {
 			p.owner.End(Ending{Cause: Vanished, Src: p.src.Side})
-			if !p.midFrame() {
+			if p.midFrame() {
+				// Half of a frame went to dst, so no close can follow
+				// it, and no answer can come: dst is dropped now
+				// rather than waited on until the deadline.
+				p.dropping, p.closeSent = true, true
+				_ = p.dst.Conn.Close()
+			} else {
 				p.closeDst()
 			}
 		}
@@ -228,7 +234,7 @@ var errProtocol = errors.New("protocol error")
 // on for its answer to the close.
 var errTooBig = errors.New("message too big")
 
-// errBusy is a text frame the pipe would have to hold past its budget.
+// errBusy is text the pipe would have to hold past its budget.
 var errBusy = errors.New("text budget spent")
 
 // consume handles bytes read from src. It reports true when src is to be
@@ -308,11 +314,21 @@ func (p *Pipe) readPayload(b []byte) (int, bool) {
 	if int64(k) > p.left {
 		k = int(p.left)
 	}
-	if p.verbatim {
+	gathered := p.gather && !p.cur.IsControl()
+	switch {
+	case p.verbatim:
 		p.pass(b[:k])
 		// Counted as the bytes arrive, not as the header declared them.
 		p.flow.Bytes.Add(int64(k))
-	} else {
+	case gathered && !p.opt.Budget.Take(int64(k)):
+		// The budget is charged for bytes held, as they arrive: a header
+		// that declares a megabyte holds nothing until it comes. Past
+		// the budget, the rest of the frame is skipped.
+		p.fail(errBusy)
+	default:
+		if gathered {
+			p.held += int64(k)
+		}
 		p.payload(b[:k])
 	}
 	p.left -= int64(k)
@@ -364,10 +380,6 @@ func (p *Pipe) startFrame() error {
 	}
 	p.msgLen += h.Length
 	if p.gather {
-		if !p.opt.Budget.Take(h.Length) {
-			return errBusy
-		}
-		p.held += h.Length
 		if p.msg == nil {
 			p.msgBuf = textBuffers.Get().(*[]byte)
 			p.msg = (*p.msgBuf)[:0]
@@ -434,6 +446,9 @@ func (p *Pipe) endFrame() bool {
 	}
 	p.inMessage = false
 	if p.gather && p.msg != nil {
+		// The message is whole: from here a slow write is the
+		// destination's, not a message left unfinished by src.
+		p.flow.Gathering.Store(0)
 		msg := p.msg
 		p.msg = nil
 		defer p.releaseText(p.msgBuf)

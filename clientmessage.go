@@ -14,8 +14,36 @@ import (
 // (Deepgram's) that may stop at another depth than ours.
 const maxMessageDepth = 64
 
+// maxMessageValues bounds how many values (keys, strings, numbers, objects,
+// ...) a client message a policy reads may hold. A Settings holds a few
+// hundred; the bound keeps what one message costs to parse, and the tree it
+// becomes, near what its bytes cost, whatever its shape (a megabyte of
+// "[0,0,0,..." is half a million values).
+const maxMessageValues = 10000
+
 // errMessageDepth is a message nested past maxMessageDepth.
 var errMessageDepth = fmt.Errorf("nested deeper than %d", maxMessageDepth)
+
+// errMessageValues is a message with more than maxMessageValues values.
+var errMessageValues = fmt.Errorf("more than %d values", maxMessageValues)
+
+// messageReader reads one message's tokens, counting them.
+type messageReader struct {
+	dec    *json.Decoder
+	values int
+}
+
+// token is the next token, counted against maxMessageValues.
+func (r *messageReader) token() (json.Token, error) {
+	if r.values++; r.values > maxMessageValues {
+		return nil, errMessageValues
+	}
+	tok, err := r.dec.Token()
+	if err != nil {
+		return nil, fmt.Errorf("not JSON: %w", err)
+	}
+	return tok, nil
+}
 
 // parseClientMessage reads one client text message as a policy must: the
 // policy decides on what Deepgram will read, so any message two JSON parsers
@@ -27,14 +55,15 @@ var errMessageDepth = fmt.Errorf("nested deeper than %d", maxMessageDepth)
 func parseClientMessage(msg []byte) (m map[string]any, typ string, err error) {
 	dec := json.NewDecoder(bytes.NewReader(msg))
 	dec.UseNumber()
-	tok, err := dec.Token()
+	r := &messageReader{dec: dec}
+	tok, err := r.token()
 	if err != nil {
-		return nil, "", fmt.Errorf("not JSON: %w", err)
+		return nil, "", err
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
 		return nil, "", errors.New("not a JSON object")
 	}
-	m, err = readObject(dec, 1)
+	m, err = r.object(1)
 	if err != nil {
 		return nil, "", err
 	}
@@ -48,36 +77,36 @@ func parseClientMessage(msg []byte) (m map[string]any, typ string, err error) {
 	return m, typ, nil
 }
 
-// readObject reads the members of an object whose '{' dec has just
-// returned, at depth (the top object is 1).
-func readObject(dec *json.Decoder, depth int) (map[string]any, error) {
+// object reads the members of an object whose '{' has just been read, at
+// depth (the top object is 1).
+func (r *messageReader) object(depth int) (map[string]any, error) {
 	m := map[string]any{}
-	for dec.More() {
-		tok, err := dec.Token()
+	for r.dec.More() {
+		tok, err := r.token()
 		if err != nil {
-			return nil, fmt.Errorf("not JSON: %w", err)
+			return nil, err
 		}
-		key := tok.(string) // dec.Token returns only a string where a key goes
+		key := tok.(string) // Token returns only a string where a key goes
 		if _, dup := m[key]; dup {
 			return nil, fmt.Errorf("duplicate key %q", boundKey(key))
 		}
-		v, err := readValue(dec, depth)
+		v, err := r.value(depth)
 		if err != nil {
 			return nil, err
 		}
 		m[key] = v
 	}
-	if _, err := dec.Token(); err != nil { // '}'
+	if _, err := r.dec.Token(); err != nil { // '}'
 		return nil, fmt.Errorf("not JSON: %w", err)
 	}
 	return m, nil
 }
 
-// readValue reads one value inside a container at depth.
-func readValue(dec *json.Decoder, depth int) (any, error) {
-	tok, err := dec.Token()
+// value reads one value inside a container at depth.
+func (r *messageReader) value(depth int) (any, error) {
+	tok, err := r.token()
 	if err != nil {
-		return nil, fmt.Errorf("not JSON: %w", err)
+		return nil, err
 	}
 	d, ok := tok.(json.Delim)
 	if !ok {
@@ -87,17 +116,17 @@ func readValue(dec *json.Decoder, depth int) (any, error) {
 		return nil, errMessageDepth
 	}
 	if d == '{' {
-		return readObject(dec, depth+1)
+		return r.object(depth + 1)
 	}
 	list := []any{}
-	for dec.More() {
-		v, err := readValue(dec, depth+1)
+	for r.dec.More() {
+		v, err := r.value(depth + 1)
 		if err != nil {
 			return nil, err
 		}
 		list = append(list, v)
 	}
-	if _, err := dec.Token(); err != nil { // ']'
+	if _, err := r.dec.Token(); err != nil { // ']'
 		return nil, fmt.Errorf("not JSON: %w", err)
 	}
 	return list, nil

@@ -46,6 +46,8 @@ var (
 	endClientSlowText   = ending{"text_timeout", "client", answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}, answer{code: websocket.StatusNormalClosure, reason: "client message not finished in time"}}
 	endUpstreamSlowText = ending{"text_timeout", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream stalled"}, answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}}
 
+	endTextRate = ending{"text_rate", "client", answer{code: websocket.StatusPolicyViolation, reason: "too much text"}, answer{code: websocket.StatusNormalClosure, reason: "client sent too much text"}}
+
 	endSettingsRefused = ending{"settings_refused", "relay", answer{code: websocket.StatusPolicyViolation, reason: "settings refused", errorCode: "SETTINGS_REFUSED"}, answer{code: websocket.StatusNormalClosure, reason: "settings refused"}}
 
 	endIdle         = relayEnding("idle", websocket.StatusPolicyViolation, "idle timeout")
@@ -76,7 +78,7 @@ var (
 var endings = []ending{
 	endClientVanished, endUpstreamVanished, endClientTooBig, endUpstreamTooBig,
 	endClientProtocol, endUpstreamProtocol, endClientBusy, endUpstreamBusy,
-	endClientSlowText, endUpstreamSlowText, endSettingsRefused,
+	endClientSlowText, endUpstreamSlowText, endTextRate, endSettingsRefused,
 	endIdle, endDuration, endSlowClient, endSlowUpstream, endDrain,
 	refuseTokenMissing, refuseTokenExpired, refuseTokenInvalid, refuseUserSessions, refuseUserRate, refuseFull,
 	refuseUpstreamAuth, refuseUpstreamRejected, refuseUpstreamUnavailable,

@@ -461,3 +461,11 @@ func (c *rawClient) expectRelayError(code string) {
 		}
 	}
 }
+
+// scrapeHandler is the harness relay's /metrics page.
+func scrapeHandler(t *testing.T, h *harness) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.relay.metrics.handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
+}

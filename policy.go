@@ -9,7 +9,6 @@ import (
 	"os"
 	"regexp"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -25,6 +24,11 @@ type settingsPolicy struct {
 	allow   []string        // nil: no allow list
 	refuse  bool            // on_violation "refuse"; else "strip"
 	updates map[string]bool // nil: every update allowed
+	// messages are the other client message types that pass, as they came
+	// but for the encoding; any type neither governed nor listed is a
+	// violation, so that a message Deepgram adds later (UpdateListen did)
+	// cannot carry settings past the policy.
+	messages map[string]bool
 	// secrets are the resolved ${secret:} and ${env:} values. They go to
 	// Deepgram inside Settings and nowhere else: text frames coming back are
 	// scrubbed of them.
@@ -37,7 +41,12 @@ type policyFile struct {
 	Allow       *[]string       `json:"allow"`
 	OnViolation string          `json:"on_violation"`
 	Updates     map[string]bool `json:"updates"`
+	Messages    *[]string       `json:"messages"`
 }
+
+// defaultMessages are the client messages of Deepgram's Voice Agent API that
+// change no setting: they pass under any policy that does not list its own.
+var defaultMessages = []string{"KeepAlive", "InjectUserMessage", "InjectAgentMessage", "FunctionCallResponse"}
 
 // updateFields maps each Update message to the part of Settings it changes,
 // so the same allow list and the same pinned values govern both.
@@ -45,6 +54,7 @@ var updateFields = map[string]struct{ field, path string }{
 	"UpdatePrompt": {"prompt", "agent.think.prompt"},
 	"UpdateSpeak":  {"speak", "agent.speak"},
 	"UpdateThink":  {"think", "agent.think"},
+	"UpdateListen": {"listen", "agent.listen"},
 }
 
 var policyReference = regexp.MustCompile(`\$\{(env|secret):([^}]*)\}`)
@@ -79,8 +89,19 @@ func loadPolicy(ctx context.Context, value string, env envconfig.Lookuper, secre
 	}
 	for name := range pf.Updates {
 		if _, ok := updateFields[name]; !ok {
-			return nil, fmt.Errorf("SETTINGS_POLICY: updates: %q is not UpdatePrompt, UpdateSpeak or UpdateThink", name)
+			return nil, fmt.Errorf("SETTINGS_POLICY: updates: %q is not UpdatePrompt, UpdateSpeak, UpdateThink or UpdateListen", name)
 		}
+	}
+	messages := defaultMessages
+	if pf.Messages != nil {
+		messages = *pf.Messages
+	}
+	p.messages = map[string]bool{}
+	for _, m := range messages {
+		if _, governed := updateFields[m]; governed || m == "Settings" || m == "" {
+			return nil, fmt.Errorf("SETTINGS_POLICY: messages: %q is governed by the policy itself, or empty", m)
+		}
+		p.messages[m] = true
 	}
 	if pf.Allow != nil {
 		p.allow = []string{}
@@ -192,26 +213,38 @@ func (p *settingsPolicy) check(msg []byte) policyVerdict {
 			return policyVerdict{drop: true, stripped: []string{typ}}
 		}
 		view, base = m[u.field], u.path
-	} else {
+	} else if p.messages[typ] {
 		return p.encoded(m, nil)
+	} else {
+		// A type the policy neither governs nor lets pass; its name is
+		// the client's, so it is bounded.
+		if p.refuse {
+			return policyVerdict{refused: "message type " + strconv.Quote(boundKey(typ)) + " is not allowed"}
+		}
+		return policyVerdict{drop: true, stripped: []string{"(message type " + boundKey(typ) + ")"}}
 	}
 
-	violations := p.violations(view, base)
-	if len(violations) > 0 && p.refuse {
-		return policyVerdict{refused: violations[0] + " is not allowed"}
+	found := p.violations(view, base)
+	paths := make([]string, len(found))
+	for i, keys := range found {
+		paths[i] = pathOf(base, keys)
 	}
-	if obj, ok := view.(map[string]any); ok {
-		for _, v := range violations {
-			removePath(obj, strings.TrimPrefix(strings.TrimPrefix(v, base), "."))
+	if len(found) > 0 && p.refuse {
+		return policyVerdict{refused: paths[0] + " is not allowed"}
+	}
+	for _, keys := range found {
+		obj, ok := view.(map[string]any)
+		if len(keys) == 0 || !ok {
+			view = nil // the whole Update value is outside the allow list
+			break
 		}
-	} else if len(violations) > 0 {
-		view = nil // the whole Update value was outside the allow list
+		removeKeys(obj, keys)
 	}
-	if typ != "Settings" && len(violations) > 0 {
+	if typ != "Settings" && len(found) > 0 {
 		if obj, ok := view.(map[string]any); view == nil || ok && len(obj) == 0 {
 			// Nothing the client may change is left: drop the update
 			// rather than send the pinned values again.
-			return policyVerdict{drop: true, stripped: violations}
+			return policyVerdict{drop: true, stripped: paths}
 		}
 	}
 	view = mergePinned(view, lookupPath(p.set, base))
@@ -220,7 +253,7 @@ func (p *settingsPolicy) check(msg []byte) policyVerdict {
 	} else {
 		m[updateFields[typ].field] = view
 	}
-	return p.encoded(m, violations)
+	return p.encoded(m, paths)
 }
 
 // encoded is the verdict that sends m, encoded again.
@@ -234,31 +267,39 @@ func (p *settingsPolicy) encoded(m map[string]any, stripped []string) policyVerd
 	return policyVerdict{out: out, stripped: stripped}
 }
 
-// violations lists, sorted, the paths under v (which sits at base) that the
-// allow list does not cover. "type" at the top of Settings always passes.
-func (p *settingsPolicy) violations(v any, base string) []string {
+// violations lists, sorted, the places under v (the value at base: all of
+// Settings, or an Update's part) that the allow list does not cover, each
+// as its keys below base (none: v itself). "type" at the top of Settings
+// always passes. A key that is empty or holds a dot is always a violation:
+// no allow entry can name it, and as a dotted path it would read as another.
+func (p *settingsPolicy) violations(v any, base string) [][]string {
 	if p.allow == nil {
 		return nil
 	}
-	var out []string
-	var walk func(v any, path string)
-	walk = func(v any, path string) {
+	var out [][]string
+	var walk func(v any, keys []string, path string)
+	walk = func(v any, keys []string, path string) {
 		if path == "type" || p.allowed(path) {
 			return
 		}
 		obj, ok := v.(map[string]any)
 		if !ok || path != "" && !p.isAncestor(path) {
 			if path != "" {
-				out = append(out, path)
+				out = append(out, keys)
 			}
 			return
 		}
 		for k, child := range obj {
-			walk(child, joinPath(path, k))
+			below := append(keys[:len(keys):len(keys)], k)
+			if k == "" || strings.Contains(k, ".") {
+				out = append(out, below)
+				continue
+			}
+			walk(child, below, joinPath(path, k))
 		}
 	}
-	walk(v, base)
-	sort.Strings(out)
+	walk(v, nil, base)
+	slices.SortFunc(out, func(a, b []string) int { return strings.Compare(strings.Join(a, "."), strings.Join(b, ".")) })
 	return out
 }
 
@@ -281,6 +322,14 @@ func (p *settingsPolicy) isAncestor(path string) bool {
 		}
 	}
 	return false
+}
+
+// pathOf is keys below base as a dotted path, for the log and the client.
+func pathOf(base string, keys []string) string {
+	if base == "" {
+		return strings.Join(keys, ".")
+	}
+	return strings.Join(append([]string{base}, keys...), ".")
 }
 
 func joinPath(base, key string) string {
@@ -306,21 +355,23 @@ func lookupPath(m map[string]any, path string) any {
 	return cur
 }
 
-// removePath deletes the value at a dotted path and any object the removal
-// leaves empty.
-func removePath(m map[string]any, path string) {
-	key, rest, nested := strings.Cut(path, ".")
-	if !nested {
-		delete(m, key)
+// removeKeys deletes the value at keys and any object the removal leaves
+// empty.
+func removeKeys(m map[string]any, keys []string) {
+	if len(keys) == 0 {
 		return
 	}
-	child, ok := m[key].(map[string]any)
+	if len(keys) == 1 {
+		delete(m, keys[0])
+		return
+	}
+	child, ok := m[keys[0]].(map[string]any)
 	if !ok {
 		return
 	}
-	removePath(child, rest)
+	removeKeys(child, keys[1:])
 	if len(child) == 0 {
-		delete(m, key)
+		delete(m, keys[0])
 	}
 }
 

@@ -39,6 +39,7 @@ func policyHarness(t *testing.T, onViolation, updates string) *harness {
 	                                          "headers": {"authorization": "Bearer ${secret:` + llmSecretName + `}"}}},
 	                    "speak": {"endpoint": {"headers": {"x-api-key": "${env:VOICE_KEY}"}}}}},
 	  "allow": ["audio", "agent.language", "agent.greeting", "agent.think.prompt", "agent.context", "agent.speak.provider"],
+	  "messages": ["KeepAlive", "InjectUserMessage", "Echo", "Fake.Raw", "Fake.Close", "Fake.Send"],
 	  "on_violation": "` + onViolation + `"` + updates + `
 	}`
 	return newHarness(t, map[string]string{
@@ -395,13 +396,17 @@ func TestPolicyCheck(t *testing.T) {
 	if v := p.check([]byte(`{"type":"Settings","agent":{"listen":{"x":1},"think":{"prompt":"p"}},"mip_opt_out":true}`)); !reflect.DeepEqual(v.stripped, []string{"agent.listen", "mip_opt_out"}) {
 		t.Errorf("stripped %v", v.stripped)
 	}
-	for _, msg := range []string{`{"type":"KeepAlive"}`, `{"type":"Settingsx"}`} {
-		if v := p.check([]byte(msg)); string(v.out) != msg {
-			t.Errorf("%s was changed to %s", msg, v.out)
-		}
+	// UpdateListen changes agent.listen, outside this allow list.
+	if v := p.check([]byte(`{"type":"UpdateListen","listen":{"provider":{"model":"x"}}}`)); !v.drop || !reflect.DeepEqual(v.stripped, []string{"agent.listen"}) {
+		t.Errorf("UpdateListen: %q, stripped %v", v.out, v.stripped)
 	}
-	if v := p.check([]byte(`not json "Settings"`)); !v.drop || v.out != nil {
-		t.Errorf("a message that is not JSON went on as %q", v.out)
+	if v := p.check([]byte(`{"type":"KeepAlive"}`)); string(v.out) != `{"type":"KeepAlive"}` {
+		t.Errorf("KeepAlive was changed to %s", v.out)
+	}
+	for _, msg := range []string{`not json "Settings"`, `{"type":"Settingsx"}`, `{"type":"UpdateInstructions","agent":{"think":{}}}`} {
+		if v := p.check([]byte(msg)); !v.drop || v.out != nil {
+			t.Errorf("%s went on as %q", msg, v.out)
+		}
 	}
 	noAllow, _ := loadPolicy(context.Background(), `{"set":{"agent":{"language":"de"}}}`, nil, nil)
 	v = noAllow.check([]byte(`{"type":"Settings","agent":{"language":"en","greeting":"hi"}}`))
@@ -424,6 +429,11 @@ var policyBypasses = []struct{ name, msg, why string }{
 	{"too deep", `{"type":"Settings","agent":{"think":{"prompt":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}}}`, "message refused: nested deeper than 64"},
 	{"two values", `{"type":"KeepAlive"} {"type":"Settings","agent":{"listen":{"provider":{"model":"mine"}}}}`, "message refused: more than one JSON value"},
 	{"no type", `{"agent":{"listen":{"provider":{"model":"mine"}}}}`, "message refused: no string type"},
+	{"UpdateListen", `{"type":"UpdateListen","listen":{"provider":{"model":"mine"}}}`, "UpdateListen is not allowed"},
+	{"a type the policy does not know", `{"type":"UpdateVoice","agent":{"listen":{"provider":{"model":"mine"}}}}`, `message type "UpdateVoice" is not allowed`},
+	{"a dotted key", `{"type":"Settings","agent":{"listen.provider":{"model":"mine"}}}`, "agent.listen.provider is not allowed"},
+	{"an empty key", `{"type":"Settings","":{"agent":{"listen":{"provider":{"model":"mine"}}}}}`, " is not allowed"},
+	{"too many values", `{"type":"Settings","agent":{"context":[` + strings.Repeat("0,", maxMessageValues) + `0]},"x":"mine"}`, "message refused: more than 10000 values"},
 }
 
 // TestPolicyBypassRefused: under refuse, each bypass ends its session with
@@ -457,18 +467,27 @@ func TestPolicyBypassStripped(t *testing.T) {
 		write(t, c, websocket.MessageText, []byte(tc.msg))
 	}
 	write(t, c, websocket.MessageText, []byte(`{"type":"InjectUserMessage","content":"\u003chi\u003e"}`))
-	// The escaped Settings is a Settings: stripped, pinned, applied.
-	expectType(t, c, "SettingsApplied")
-	if typ, data := read(t, c); typ != websocket.MessageText || string(data) != `{"content":"<hi>","type":"InjectUserMessage"}` {
-		t.Fatalf("echo %v %s: want the message as the policy encoded it (Deepgram got %q)", typ, data, h.fake.Texts())
+	// The escaped Settings, and those with a dotted or an empty key, are
+	// Settings: stripped, pinned, applied.
+	settings := 0
+	for {
+		typ, data := read(t, c)
+		if strings.Contains(string(data), "SettingsApplied") {
+			settings++
+			continue
+		}
+		if typ != websocket.MessageText || string(data) != `{"content":"<hi>","type":"InjectUserMessage"}` {
+			t.Fatalf("echo %v %s: want the message as the policy encoded it (Deepgram got %q)", typ, data, h.fake.Texts())
+		}
+		break
 	}
 	for _, txt := range h.fake.Texts() {
 		if strings.Contains(string(txt), "mine") || strings.Contains(string(txt), `\u`) {
 			t.Errorf("Deepgram received %s", txt)
 		}
 	}
-	if n := len(h.fake.Texts()); n != 2 {
-		t.Errorf("Deepgram received %d messages, want the stripped Settings and the InjectUserMessage", n)
+	if settings != 3 || len(h.fake.Texts()) != 4 {
+		t.Errorf("Deepgram received %d messages (%d Settings), want three stripped Settings and the InjectUserMessage", len(h.fake.Texts()), settings)
 	}
 }
 
@@ -496,5 +515,59 @@ func TestPolicyFragmentedSettings(t *testing.T) {
 	}
 	if !strings.Contains(got, `"model":"pinned"`) || !strings.Contains(got, `"prompt":"be brief"`) || strings.Contains(got, "mine") {
 		t.Fatalf("Deepgram got %s", got)
+	}
+}
+
+// TestPolicyStripLinesPerSession: a client sending many small messages the
+// policy strips writes a bounded number of log lines, however many it sends;
+// the metric counts every one.
+func TestPolicyStripLinesPerSession(t *testing.T) {
+	h := policyHarness(t, "strip", "")
+	c := h.dial("")
+	expectType(t, c, "Welcome")
+	for range 200 {
+		write(t, c, websocket.MessageText, []byte(`x`))
+	}
+	write(t, c, websocket.MessageText, []byte(`{"type":"Echo"}`))
+	expectType(t, c, "Echo")
+	if n := strings.Count(h.logs.String(), `"settings policy: stripped`); n != maxStrippedLines+1 {
+		t.Errorf("%d stripped lines for 200 messages", n)
+	}
+	if body := scrapeHandler(t, h); !strings.Contains(body, `dgrelay_settings_policy_violations_total{action="strip"} 200`) {
+		t.Errorf("the metric does not count all 200")
+	}
+}
+
+// TestPolicyUpdateOutsideAllow: an allowed Update whose whole part lies
+// outside the allow list is dropped (or refused), not sent with the
+// client's values.
+func TestPolicyUpdateOutsideAllow(t *testing.T) {
+	for _, onViolation := range []string{"strip", "refuse"} {
+		p, err := loadPolicy(context.Background(), `{"allow":["agent.think.prompt"],"on_violation":"`+onViolation+`"}`, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := p.check([]byte(`{"type":"UpdateSpeak","speak":{"provider":{"model":"mine"}}}`))
+		if v.out != nil || (onViolation == "refuse") != (v.refused == "agent.speak is not allowed") {
+			t.Errorf("%s: %q, refused %q", onViolation, v.out, v.refused)
+		}
+	}
+}
+
+// TestPolicyTextRate: under a policy, a client that sends text faster than
+// clientTextRate after a burst of one whole message ends its session (1008)
+// instead of keeping the parser busy.
+func TestPolicyTextRate(t *testing.T) {
+	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "20000"}, fakedeepgram.Options{})
+	c := h.rawDial("")
+	msg := clientFrame(0x81, []byte(`{"type":"KeepAlive","pad":"`+strings.Repeat("x", 9000)+`"}`))
+	c.send(bytes.Repeat(msg, 10)) // 90 kB at once: past a 20 kB burst
+	if reason := c.expectClose(websocket.StatusPolicyViolation); reason != "too much text" {
+		t.Fatalf("reason %q", reason)
+	}
+	c.send(clientFrame(0x88, wspipe.ClosePayload(int(websocket.StatusPolicyViolation), "")))
+	if got := h.upstreamClosed(); got.Reason != "client sent too much text" {
+		t.Fatalf("upstream got %+v", got)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"time"
 	"unicode/utf8"
 
 	"dgrelay/internal/wspipe"
@@ -8,15 +9,39 @@ import (
 
 // policyFilter applies the Settings policy to a client text message and logs
 // what it stripped: paths only, never values.
+// Only the client's pipe calls it, so its count needs no lock.
 func (s *session) policyFilter(msg []byte) wspipe.Verdict {
+	if !s.textRate.AllowN(time.Now(), len(msg)) {
+		// Parsing is the one per-message cost a client can make large
+		// (a megabyte of small values costs some 35 times a megabyte of
+		// audio): past its rate the session ends.
+		s.end(endTextRate.outcome(""))
+		return wspipe.Verdict{Drop: true}
+	}
 	v := s.relay.policy.check(msg)
 	if len(v.stripped) > 0 {
 		s.relay.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.stripped)))
-		s.log().Info("settings policy: stripped", "session", s.id, "user", s.user,
-			"paths", loggedPaths(v.stripped), "paths_total", len(v.stripped))
+		switch s.strippedLines++; {
+		case s.strippedLines <= maxStrippedLines:
+			s.log().Info("settings policy: stripped", "session", s.id, "user", s.user,
+				"paths", loggedPaths(v.stripped), "paths_total", len(v.stripped))
+		case s.strippedLines == maxStrippedLines+1:
+			s.log().Info("settings policy: stripped, and more this session; the metric counts them",
+				"session", s.id, "user", s.user)
+		}
 	}
 	return wspipe.Verdict{Out: v.out, Drop: v.drop, Refused: v.refused}
 }
+
+// clientTextRate is the rate at which a client's text messages may come
+// under a policy, in bytes a second, after a burst of one whole message:
+// Settings, KeepAlive every 5 s and the odd injected message or function
+// result are far below it.
+const clientTextRate = 64 << 10
+
+// maxStrippedLines bounds the "stripped" lines one session writes: each is
+// bounded, but a client can send a hundred thousand small messages.
+const maxStrippedLines = 10
 
 // maxLoggedPaths and maxLoggedPathBytes bound what a log line holds of the
 // paths a client chose: the metric counts them all, but a Settings with

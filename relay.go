@@ -13,6 +13,7 @@ import (
 	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
 )
 
 // relay serves the WebSocket route: it checks each request, dials Deepgram
@@ -255,6 +256,7 @@ func (s *session) run() {
 	var upText wspipe.TextFilter
 	if s.relay.policy != nil {
 		upText = s.policyFilter
+		s.textRate = rate.NewLimiter(clientTextRate, int(maxMsg)) // maxMsg is at most 1 GiB
 	}
 	up := wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)})
 	// Deepgram's words are scrubbed of the key and the policy's secrets

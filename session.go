@@ -11,6 +11,7 @@ import (
 	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
 )
 
 // closeTimeout bounds the close handshake once a session ends: the close
@@ -41,6 +42,10 @@ type session struct {
 	// budget.
 	userText *atomic.Int64
 	timers   timers
+	// strippedLines counts the policy's "stripped" log lines, and textRate
+	// bounds the client's text it parses (policyFilter).
+	strippedLines int
+	textRate      *rate.Limiter
 
 	// upReported and downReported are what the metrics have counted of up
 	// and down; guarded by mu.

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -109,9 +108,7 @@ func TestContinuationLengthOverflow(t *testing.T) {
 	if held := h.relay.texts.held(); held != 0 {
 		t.Fatalf("%d bytes left in the text budget", held)
 	}
-	rec := httptest.NewRecorder()
-	h.relay.metrics.handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	for _, line := range strings.Split(rec.Body.String(), "\n") {
+	for _, line := range strings.Split(scrapeHandler(t, h), "\n") {
 		if strings.HasPrefix(line, "dgrelay_bytes_total{") || strings.HasPrefix(line, "dgrelay_messages_total{") {
 			if f := strings.Fields(line); len(f) != 2 || strings.HasPrefix(f[1], "-") || len(f[1]) > 12 {
 				t.Fatalf("counter %q", line)

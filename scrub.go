@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"slices"
+	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -39,7 +40,7 @@ func newScrubber(apiKey string, policySecrets [][]byte) *scrubber {
 // JSON, scrubbed string by string and encoded again.
 func (sc *scrubber) text(msg []byte) []byte {
 	msg = sc.replace(msg)
-	if !hasEscapeOrControl(msg) {
+	if !mayHide(msg) {
 		return msg
 	}
 	if !sc.holdsSecret(readable(msg)) {
@@ -62,7 +63,7 @@ func (sc *scrubber) text(msg []byte) []byte {
 // boundary: the mark can be longer than the secret it replaces.
 func (sc *scrubber) short(b []byte, limit int) []byte {
 	out := sc.replace(b)
-	if hasEscapeOrControl(out) && sc.holdsSecret(readable(out)) {
+	if mayHide(out) && sc.holdsSecret(readable(out)) {
 		out = sc.replace(readable(out))
 	}
 	if len(out) > limit {
@@ -80,7 +81,7 @@ func (sc *scrubber) short(b []byte, limit int) []byte {
 // secret hides it from the search), the secrets replaced, at most 200 bytes
 // of valid UTF-8.
 func (sc *scrubber) clean(msg string) string {
-	return string(sc.short(bytes.ToValidUTF8(stripControls([]byte(msg)), nil), 200))
+	return string(sc.short(visible([]byte(msg)), 200))
 }
 
 // replace replaces each secret's bytes; it returns b itself when none is in b.
@@ -106,7 +107,7 @@ func (sc *scrubber) holdsSecret(b []byte) bool {
 func (sc *scrubber) scrubValue(v any) any {
 	switch t := v.(type) {
 	case string:
-		return string(sc.replace(stripControls([]byte(t))))
+		return string(sc.replace(visible([]byte(t))))
 	case []any:
 		for i := range t {
 			t[i] = sc.scrubValue(t[i])
@@ -131,11 +132,13 @@ func encodeValue(v any) ([]byte, error) {
 	return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
 }
 
-// hasEscapeOrControl reports whether b could spell a secret other than as
-// its bytes: a backslash (a JSON escape) or a control character in it.
-func hasEscapeOrControl(b []byte) bool {
+// mayHide reports whether b could spell a secret other than as its bytes: a
+// backslash (a JSON escape), a control character, or anything past ASCII (a
+// zero-width space, a soft hyphen, a byte that is not UTF-8, which a reader
+// does not see).
+func mayHide(b []byte) bool {
 	for _, c := range b {
-		if c == '\\' || c < 0x20 || c == 0x7f {
+		if c == '\\' || c < 0x20 || c >= 0x7f {
 			return true
 		}
 	}
@@ -171,7 +174,7 @@ func readable(b []byte) []byte {
 			out = append(out, c)
 		}
 	}
-	return stripControls(out)
+	return visible(out)
 }
 
 // unescapeRune decodes the \uXXXX escape (or surrogate pair of two) at the
@@ -214,22 +217,26 @@ func hex4(b []byte) rune {
 	return r
 }
 
-// stripControls removes ASCII control characters (C0 and DEL). It returns b
-// itself when there is none.
-func stripControls(b []byte) []byte {
-	if !slices.ContainsFunc(b, isControl) {
+// visible is b without what a reader does not see: control characters,
+// Unicode format characters (zero-width spaces and joiners, soft hyphens,
+// byte order marks: category Cf) and bytes that are not UTF-8. It returns b
+// itself when there is none of them.
+func visible(b []byte) []byte {
+	if !mayHide(b) {
 		return b
 	}
 	out := make([]byte, 0, len(b))
-	for _, c := range b {
-		if !isControl(c) {
-			out = append(out, c)
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		if !(r == utf8.RuneError && n == 1) && !isControl(r) && !unicode.Is(unicode.Cf, r) {
+			out = append(out, b[:n]...)
 		}
+		b = b[n:]
 	}
 	return out
 }
 
-func isControl(c byte) bool { return c < 0x20 || c == 0x7f }
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 // redact makes a message that may quote Deepgram, a client or an error fit
 // for a log line or an Error frame: bounded, and free of the key and the

@@ -34,7 +34,8 @@ func TestScrubReachesEveryPath(t *testing.T) {
 	expectType(t, c, "Welcome")
 	secrets := []string{llmKey, voiceKey, testAPIKey, "a<b&c>d" + llmKey}
 	for _, secret := range secrets {
-		for _, spelled := range []string{secret, jsonEscaped(secret), strings.NewReplacer("<", `\u003c`, "&", `\u0026`, ">", `\u003e`).Replace(secret)} {
+		for _, spelled := range []string{secret, jsonEscaped(secret), strings.NewReplacer("<", `\u003c`, "&", `\u0026`, ">", `\u003e`).Replace(secret),
+			secret[:4] + "\u200b" + secret[4:], secret[:4] + `\u200b` + secret[4:], secret[:4] + "\u00ad" + secret[4:]} {
 			raw(c, wspipe.AppendFrame(nil, wspipe.OpText, []byte(`{"type":"ConversationText","content":"`+spelled+`"}`), false))
 			_, data := read(t, c)
 			if got := string(readable(data)); strings.Contains(got, llmKey) || strings.Contains(got, voiceKey) || strings.Contains(got, testAPIKey) || !strings.Contains(got, redactedMark) {
@@ -71,6 +72,8 @@ func TestRedactControlCharacters(t *testing.T) {
 		"bad key " + testAPIKey[:4] + "\t" + testAPIKey[4:],
 		"bad key " + testAPIKey[:2] + "\x00\x7f" + testAPIKey[2:] + "\n",
 		"bad key " + jsonEscaped(testAPIKey),
+		"bad key " + testAPIKey[:3] + "\u200b" + testAPIKey[3:9] + "\u00ad" + testAPIKey[9:], // zero-width space, soft hyphen
+		"bad key " + testAPIKey[:5] + "\xff" + testAPIKey[5:],                                // a byte that is not UTF-8
 	} {
 		if got := rl.redact(msg); strings.Contains(got, testAPIKey) || !strings.Contains(got, redactedMark) {
 			t.Errorf("%q redacted to %q", msg, got)

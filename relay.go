@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -231,20 +230,33 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 // and releases its admission.
 func (rl *relay) serveSession(s *session, a *admission) {
 	defer a.release()
-	active := rl.metrics.sessionsActive.WithLabelValues(s.service)
-	active.Inc()
-	if rl.sessions.add(s) {
-		s.run()
-		rl.sessions.remove(s)
-	} else {
-		// The drain deadline passed between open's look and now. The
-		// session ends before it starts, but its pipes run all the same:
-		// they write each side's close (1012 to the client) and hear the
-		// answers, so the client is told, not dropped.
+	live := rl.started(s)
+	s.run()
+	rl.finished(s, live)
+}
+
+// started counts s as active and live for the drain. When the drain
+// deadline passed between open's look and now, the session ends before it
+// starts, but its pipes run all the same: they write each side's close (1012
+// to the client) and hear the answers, so the client is told, not dropped.
+//
+//go:noinline
+func (rl *relay) started(s *session) (live bool) {
+	rl.metrics.sessionsActive.WithLabelValues(s.service).Inc()
+	if live = rl.sessions.add(s); !live {
 		s.end(endDrain.outcome(""))
-		s.run()
 	}
-	active.Dec()
+	return live
+}
+
+// finished is started's counterpart, with the session's log line.
+//
+//go:noinline
+func (rl *relay) finished(s *session, live bool) {
+	if live {
+		rl.sessions.remove(s)
+	}
+	rl.metrics.sessionsActive.WithLabelValues(s.service).Dec()
 	s.ended()
 }
 
@@ -252,27 +264,37 @@ func (rl *relay) serveSession(s *session, a *admission) {
 // connections: the two pipes of the session, one on the calling goroutine,
 // the other on its own. The first to end the session wakes the other.
 func (s *session) run() {
+	up, down := s.pipes()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		down.Run()
+	}()
+	up.Run()
+	<-done
+	_ = s.client.Conn.Close()
+	_ = s.upstream.Conn.Close()
+}
+
+// pipes makes the session's two pipes. Apart from run, like the accounting
+// in serveSession, so that the frames an idle session's goroutines wait
+// under stay small: the GC gives a goroutine's stack back only when little
+// of it is in use.
+//
+//go:noinline
+func (s *session) pipes() (up, down *wspipe.Pipe) {
 	maxMsg := s.relay.cfg.MaxMessageBytes
 	var upText wspipe.TextFilter
 	if s.relay.policy != nil {
 		upText = s.policyFilter
 		s.textRate = rate.NewLimiter(clientTextRate, int(maxMsg)) // maxMsg is at most 1 GiB
 	}
-	up := wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)})
+	up = wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)})
 	// Deepgram's words are scrubbed of the key and the policy's secrets
 	// before a client reads them: text, control payloads, close reasons.
 	// Binary messages are audio, relayed as they came.
 	sc := s.relay.scrub
-	down := wspipe.New(s, s.upstream, s.client, &s.down, wspipe.Options{MaxMessage: maxMsg,
+	down = wspipe.New(s, s.upstream, s.client, &s.down, wspipe.Options{MaxMessage: maxMsg,
 		Text: func(msg []byte) wspipe.Verdict { return wspipe.Verdict{Out: sc.text(msg)} }, Budget: s.budget(wspipe.Upstream), Scrub: sc.short})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		down.Run()
-	}()
-	up.Run()
-	wg.Wait()
-	_ = s.client.Conn.Close()
-	_ = s.upstream.Conn.Close()
+	return up, down
 }

@@ -101,7 +101,11 @@ func ParseHeader(b []byte, h *Header) (int, error) {
 
 // AppendFrame appends one whole frame carrying payload. A masked frame (a
 // client's, which is what the relay is to Deepgram) gets a fresh key from
-// crypto/rand. Only the relay's own frames are built here, never audio.
+// crypto/rand. Only the relay's own frames are built here, never audio. It
+// is not inlined: its locals would otherwise stay on the stack of the write
+// that follows, which an idle session's goroutine keeps.
+//
+//go:noinline
 func AppendFrame(dst []byte, opcode byte, payload []byte, masked bool) []byte {
 	b1 := byte(0)
 	if masked {

@@ -67,37 +67,44 @@ func (p *Pipe) Run() {
 	}
 	for {
 		stop, err := p.readSource()
-		if stop {
+		if stop || !p.readAgain(err) {
 			return
 		}
-		if isTimeout(err) && p.owner.Closing() {
-			// End woke this read: the close for dst goes now unless a
-			// frame to it is half written, and src is given until the
-			// deadline to answer.
-			if !p.midFrame() {
-				p.closeDst()
-			}
-			if deadline := p.owner.CloseDeadline(); time.Now().Before(deadline) {
-				_ = p.src.Conn.SetReadDeadline(deadline)
-				continue
-			}
-			return
-		}
-		// src is gone without a close frame.
-		if !p.dropping {
-			p.owner.End(Ending{Cause: Vanished, Src: p.src.Side})
-			if p.midFrame() {
-				// Half of a frame went to dst, so no close can follow
-				// it, and no answer can come: dst is dropped now
-				// rather than waited on until the deadline.
-				p.dropping, p.closeSent = true, true
-				_ = p.dst.Conn.Close()
-			} else {
-				p.closeDst()
-			}
-		}
-		return
 	}
+}
+
+// readAgain handles a read of src that ended with err, and reports whether
+// src is to be read again. Apart from Run so that the frame an idle pipe
+// waits in stays small: the GC gives a goroutine's stack back only when
+// little of it is in use.
+func (p *Pipe) readAgain(err error) bool {
+	if isTimeout(err) && p.owner.Closing() {
+		// End woke this read: the close for dst goes now unless a frame
+		// to it is half written, and src is given until the deadline to
+		// answer.
+		if !p.midFrame() {
+			p.closeDst()
+		}
+		if deadline := p.owner.CloseDeadline(); time.Now().Before(deadline) {
+			_ = p.src.Conn.SetReadDeadline(deadline)
+			return true
+		}
+		return false
+	}
+	// src is gone without a close frame.
+	if !p.dropping {
+		p.owner.End(Ending{Cause: Vanished, Src: p.src.Side})
+		if p.midFrame() {
+			// Half of a frame went to dst, so no close can follow it,
+			// and no answer can come: dst is dropped now rather than
+			// waited on until the deadline.
+			p.dropping, p.closeSent = true, true
+			_ = p.dst.Conn.Close()
+		} else {
+			p.closeDst()
+		}
+	}
+	return false
 }
 
 // streamBufferSize is the buffer held by a direction whose source can only

@@ -182,10 +182,26 @@ func (p *Pipe) payload(b []byte) {
 // endFrame finishes the frame whose payload is all read. It reports true
 // when src is to be read no more.
 func (p *Pipe) endFrame() bool {
-	h := &p.cur
 	p.inFrame = false
 	switch {
-	case h.Opcode == OpClose:
+	case p.cur.IsControl():
+		return p.endControl()
+	case !p.cur.Fin:
+		return false
+	}
+	p.inMessage = false
+	if p.gather && p.msg != nil {
+		return p.endGathered()
+	}
+	return false
+}
+
+// endControl finishes a close, ping or pong frame. Apart from endFrame so
+// that its locals are not on the stack of every message: an idle session's
+// goroutines keep the stack their deepest frame grew.
+func (p *Pipe) endControl() bool {
+	h := &p.cur
+	if h.Opcode == OpClose {
 		code, reason, ok := ParseClose(p.ctl[:p.ctlN])
 		if !ok {
 			p.fail(errProtocol)
@@ -199,27 +215,25 @@ func (p *Pipe) endFrame() bool {
 			p.closeDst()
 		}
 		return true
-	case h.IsControl():
-		if p.opt.Scrub != nil && !p.dropping && !p.dstBroken {
-			// A scrubbed ping or pong, sent on anew.
-			payload := p.opt.Scrub(p.ctl[:p.ctlN], MaxControlPayload)
-			p.write(AppendFrame(make([]byte, 0, MaxHeaderLen+len(payload)), h.Opcode, payload, p.dst.Side == Upstream))
-		}
-		return false
-	case !h.Fin:
-		return false
 	}
-	p.inMessage = false
-	if p.gather && p.msg != nil {
-		// The message is whole: from here a slow write is the
-		// destination's, not a message left unfinished by src.
-		p.flow.Gathering.Store(0)
-		msg := p.msg
-		p.msg = nil
-		defer p.releaseText(p.msgBuf)
-		return p.filtered(msg)
+	if p.opt.Scrub != nil && !p.dropping && !p.dstBroken {
+		// A scrubbed ping or pong, sent on anew.
+		payload := p.opt.Scrub(p.ctl[:p.ctlN], MaxControlPayload)
+		p.write(AppendFrame(make([]byte, 0, MaxHeaderLen+len(payload)), h.Opcode, payload, p.dst.Side == Upstream))
 	}
 	return false
+}
+
+// endGathered passes a whole gathered message through the filter.
+func (p *Pipe) endGathered() bool {
+	// The message is whole: from here a slow write is the destination's,
+	// not a message left unfinished by src.
+	p.flow.Gathering.Store(0)
+	msg, buf := p.msg, p.msgBuf
+	p.msg = nil
+	stop := p.filtered(msg)
+	p.releaseText(buf)
+	return stop
 }
 
 // releaseText gives back a gathered message's buffer and its bytes in the

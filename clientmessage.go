@@ -141,9 +141,10 @@ func boundKey(k string) string {
 	return string(bytes.ToValidUTF8([]byte(k[:max]), nil)) + "…"
 }
 
-// encodeMessage is the form of m that goes to Deepgram: what the policy
-// judged, and nothing a parser could read otherwise.
-func encodeMessage(m map[string]any) ([]byte, error) {
+// encodeJSON is the form of a message the relay changed that goes on: a
+// client's as the policy judged it, a scrubbed one from Deepgram. HTML
+// characters stay as they are (Go would escape <, > and &).
+func encodeJSON(m any) ([]byte, error) {
 	var out bytes.Buffer
 	enc := json.NewEncoder(&out)
 	enc.SetEscapeHTML(false)

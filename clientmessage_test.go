@@ -35,7 +35,7 @@ func FuzzClientMessage(f *testing.F) {
 		if err := dec.Decode(&std); err != nil || !reflect.DeepEqual(m, std) || std["type"] != typ {
 			t.Fatalf("%q: parsed %v, encoding/json read %v (%v)", msg, m, std, err)
 		}
-		out, err := encodeMessage(m)
+		out, err := encodeJSON(m)
 		if err != nil {
 			t.Fatalf("%q: encode: %v", msg, err)
 		}

@@ -258,7 +258,7 @@ func (p *settingsPolicy) check(msg []byte) policyVerdict {
 
 // encoded is the verdict that sends m, encoded again.
 func (p *settingsPolicy) encoded(m map[string]any, stripped []string) policyVerdict {
-	out, err := encodeMessage(m)
+	out, err := encodeJSON(m)
 	if err != nil {
 		// Only values the decoder made are in m: this cannot happen, and
 		// nothing unjudged goes upstream if it does.

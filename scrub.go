@@ -50,7 +50,7 @@ func (sc *scrubber) text(msg []byte) []byte {
 	dec := json.NewDecoder(bytes.NewReader(msg))
 	dec.UseNumber()
 	if dec.Decode(&v) == nil && !dec.More() {
-		if out, err := encodeValue(sc.scrubValue(v)); err == nil {
+		if out, err := encodeJSON(sc.scrubValue(v)); err == nil {
 			return out
 		}
 	}
@@ -120,16 +120,6 @@ func (sc *scrubber) scrubValue(v any) any {
 		return out
 	}
 	return v
-}
-
-func encodeValue(v any) ([]byte, error) {
-	var out bytes.Buffer
-	enc := json.NewEncoder(&out)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
 }
 
 // mayHide reports whether b could spell a secret other than as its bytes: a

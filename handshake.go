@@ -124,3 +124,20 @@ func (rl *relay) dialOnce(ctx context.Context, up upstream, forwarded string) (*
 	}
 	return conn, slot.conn, resp, err
 }
+
+// newDialOptions is how every dial to Deepgram goes: through
+// upgradeTransport, with the key, without compression.
+func newDialOptions(apiKey string) websocket.DialOptions {
+	return websocket.DialOptions{
+		HTTPClient: &http.Client{
+			Transport: newUpgradeTransport(),
+			// A 3xx is Deepgram's answer, never a place to go: following
+			// it would send the key (and the forwarded query, in a
+			// Referer) to whatever Location names. The 3xx itself reaches
+			// dial, which answers UPSTREAM_REJECTED.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		HTTPHeader:      http.Header{"Authorization": {"Token " + apiKey}},
+		CompressionMode: websocket.CompressionDisabled,
+	}
+}

@@ -20,7 +20,6 @@ import (
 type relay struct {
 	cfg      *Config
 	log      *slog.Logger
-	apiKey   string
 	agent    upstream
 	listen   upstream
 	dialOpts websocket.DialOptions
@@ -70,23 +69,11 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 		metrics:     newMetrics(version),
 		stopped:     make(chan struct{}),
 		log:         log,
-		apiKey:      apiKey,
 		dialTimeout: upstreamDialTimeout,
 		texts:       newTextBudget(cfg.MaxMessageBytes),
 		agent:       agent,
 		listen:      listen,
-		dialOpts: websocket.DialOptions{
-			HTTPClient: &http.Client{
-				Transport: newUpgradeTransport(),
-				// A 3xx is Deepgram's answer, never a place to go:
-				// following it would send the key (and the forwarded
-				// query, in a Referer) to whatever Location names. The
-				// 3xx itself reaches dial, which answers UPSTREAM_REJECTED.
-				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-			},
-			HTTPHeader:      http.Header{"Authorization": {"Token " + apiKey}},
-			CompressionMode: websocket.CompressionDisabled,
-		},
+		dialOpts:    newDialOptions(apiKey),
 	}
 	rl.sessions.init()
 	ctx, stop := context.WithCancel(context.Background())
@@ -100,35 +87,6 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 func (rl *relay) close() {
 	rl.stop()
 	<-rl.stopped
-}
-
-// watch runs the watchdog over the live sessions until ctx ends, and now and
-// then forgets idle identities.
-func (rl *relay) watch(ctx context.Context) {
-	defer close(rl.stopped)
-	tick := time.NewTicker(rl.watchdog.tick)
-	defer tick.Stop()
-	lastForget := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-tick.C:
-			for _, s := range rl.sessions.snapshot() {
-				rl.metrics.flush(s)
-				if s.Closing() {
-					continue // closing already
-				}
-				if o, ok := rl.watchdog.check(s, now); ok {
-					go s.end(o)
-				}
-			}
-			if now.Sub(lastForget) >= time.Minute {
-				rl.users.forget(now)
-				lastForget = now
-			}
-		}
-	}
 }
 
 // ServeHTTP is the WebSocket route. Its steps run in this order so that every

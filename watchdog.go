@@ -1,6 +1,9 @@
 package main
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // watchdog is the one goroutine that enforces every session's timers, so a
 // session needs no timer of its own and a frame never touches one. Each tick
@@ -76,4 +79,33 @@ func stalled(since *time.Time, holds bool, now time.Time) time.Duration {
 		*since = now
 	}
 	return now.Sub(*since)
+}
+
+// watch runs the watchdog over the live sessions until ctx ends, and now and
+// then forgets idle identities.
+func (rl *relay) watch(ctx context.Context) {
+	defer close(rl.stopped)
+	tick := time.NewTicker(rl.watchdog.tick)
+	defer tick.Stop()
+	lastForget := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			for _, s := range rl.sessions.snapshot() {
+				rl.metrics.flush(s)
+				if s.Closing() {
+					continue // closing already
+				}
+				if o, ok := rl.watchdog.check(s, now); ok {
+					go s.end(o)
+				}
+			}
+			if now.Sub(lastForget) >= time.Minute {
+				rl.users.forget(now)
+				lastForget = now
+			}
+		}
+	}
 }

@@ -1,10 +1,11 @@
 package main
 
 import (
-	"dgrelay/internal/fakedeepgram"
 	"strings"
 	"testing"
 	"time"
+
+	"dgrelay/internal/fakedeepgram"
 
 	"github.com/coder/websocket"
 )

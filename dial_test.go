@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"dgrelay/internal/fakedeepgram"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"dgrelay/internal/fakedeepgram"
 
 	"github.com/coder/websocket"
 )

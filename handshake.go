@@ -4,11 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"dgrelay/internal/wspipe"
 	"errors"
 	"net"
 	"net/http"
 	"sync/atomic"
+
+	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
 )

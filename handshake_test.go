@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"crypto/sha1"
-	"dgrelay/internal/fakedeepgram"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"dgrelay/internal/fakedeepgram"
 
 	"github.com/coder/websocket"
 )

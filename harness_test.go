@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"dgrelay/internal/fakedeepgram"
-	"dgrelay/internal/wspipe"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -20,6 +18,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
 	"github.com/sethvargo/go-envconfig"

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"dgrelay/internal/fakedeepgram"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"dgrelay/internal/fakedeepgram"
 
 	"github.com/coder/websocket"
 )

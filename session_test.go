@@ -2,14 +2,15 @@ package main
 
 import (
 	"bytes"
-	"dgrelay/internal/fakedeepgram"
-	"dgrelay/internal/wspipe"
 	"encoding/hex"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
 	"golang.org/x/sys/unix"

@@ -1,9 +1,10 @@
 package main
 
 import (
-	"dgrelay/internal/wspipe"
 	"sync/atomic"
 	"time"
+
+	"dgrelay/internal/wspipe"
 )
 
 // textBudgetBytes bounds what all sessions together hold of text messages

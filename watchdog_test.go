@@ -2,11 +2,12 @@ package main
 
 import (
 	"context"
-	"dgrelay/internal/fakedeepgram"
 	"fmt"
 	"runtime"
 	"testing"
 	"time"
+
+	"dgrelay/internal/fakedeepgram"
 
 	"github.com/coder/websocket"
 )

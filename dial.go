@@ -207,9 +207,9 @@ type upstreamFailure struct {
 	description string
 	status      int // Deepgram's HTTP status, 0 when none came
 	cause       error
-	// clientGone: the client left and its request's end cancelled the
-	// dial. Deepgram did not fail, and there is no one to tell.
-	clientGone bool
+	// cancelled: the dial was cut short by the client leaving (its
+	// request's end) or by the drain deadline. Deepgram did not fail.
+	cancelled bool
 }
 
 // dialed is what dialling Deepgram came to: the connection (its library
@@ -252,15 +252,16 @@ func (rl *relay) dial(ctx context.Context, service string, up upstream, forwarde
 			"error", rl.redact(urlQuery.ReplaceAllString(err.Error(), "?…")))
 		select {
 		case <-time.After(pause):
-		case <-ctx.Done(): // the client left; the next try says so
+		case <-ctx.Done(): // cut short; the next try says so
 		}
 	}
 	result := "ok"
-	// Only the request's end cancels ctx (dial's own cancel runs later):
-	// a dial it cut short says nothing about Deepgram.
+	// Only the caller cancels ctx (dial's own cancel runs later): the
+	// client leaving or the drain deadline. A dial it cut short says
+	// nothing about Deepgram.
 	gone := err != nil && errors.Is(err, context.Canceled) && errors.Is(ctx.Err(), context.Canceled)
 	if gone {
-		result = "client_gone"
+		result = "cancelled"
 	} else if err != nil {
 		result = "error"
 	}
@@ -272,7 +273,7 @@ func (rl *relay) dial(ctx context.Context, service string, up upstream, forwarde
 	switch {
 	case err == nil:
 	case gone:
-		d.failure = &upstreamFailure{cause: err, clientGone: true}
+		d.failure = &upstreamFailure{cause: err, cancelled: true}
 	default:
 		d.failure = rl.classify(resp, err)
 	}

@@ -241,6 +241,7 @@ func (rl *relay) drain(timeout time.Duration) {
 		return
 	}
 	live := rl.sessions.close()
+	rl.endDials()
 	rl.log.Info("drain deadline: closing sessions", "sessions", len(live))
 	for _, s := range live {
 		go s.end(endDrain.outcome(""))

@@ -205,42 +205,47 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 }
 
 // TestDrainDeadlineDuringDial: the drain deadline passes while a session is
-// still dialling Deepgram. Its client must get what the README promises,
+// still dialling Deepgram, whether the dial would end within the drain's
+// grace or long after it. Its client must get what the README promises,
 // HTTP 503 (it was not accepted yet) or close 1012, never a connection that
 // just drops; the refusal is logged; the process exits 0.
 func TestDrainDeadlineDuringDial(t *testing.T) {
-	fake := fakedeepgram.Start(fakedeepgram.Options{HandshakeDelay: 600 * time.Millisecond})
-	defer fake.Close()
-	p := startProcess(t, fake, "DRAIN_TIMEOUT=200ms")
-	type result struct {
-		resp *http.Response
-		conn *websocket.Conn
-		err  error
-	}
-	got := make(chan result, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c, resp, err := websocket.Dial(ctx, "ws"+p.base[len("http"):]+"/ws/deepgram-proxy/", nil)
-		got <- result{resp, c, err}
-	}()
-	waitFor(t, func() bool { return len(fake.Handshakes()) == 1 })
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	r := <-got
-	switch {
-	case r.err == nil:
-		// Accepted before the deadline: it must then hear 1012.
-		expectClose(t, r.conn, websocket.StatusServiceRestart)
-	case r.resp == nil || r.resp.StatusCode != http.StatusServiceUnavailable:
-		t.Fatalf("the client's handshake: %v %v", r.resp, r.err)
-	}
-	if code := p.waitExit(t, 10*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
-	if !strings.Contains(p.logs.String(), `"refusal":"draining"`) {
-		t.Errorf("no session refused line for the drain:\n%s", p.logs.String())
+	for _, delay := range []time.Duration{600 * time.Millisecond, 5 * time.Second} {
+		t.Run(delay.String(), func(t *testing.T) {
+			fake := fakedeepgram.Start(fakedeepgram.Options{HandshakeDelay: delay})
+			defer fake.Close()
+			p := startProcess(t, fake, "DRAIN_TIMEOUT=200ms")
+			type result struct {
+				resp *http.Response
+				conn *websocket.Conn
+				err  error
+			}
+			got := make(chan result, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				c, resp, err := websocket.Dial(ctx, "ws"+p.base[len("http"):]+"/ws/deepgram-proxy/", nil)
+				got <- result{resp, c, err}
+			}()
+			waitFor(t, func() bool { return len(fake.Handshakes()) == 1 })
+			if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			r := <-got
+			switch {
+			case r.err == nil:
+				// Accepted before the deadline: it must then hear 1012.
+				expectClose(t, r.conn, websocket.StatusServiceRestart)
+			case r.resp == nil || r.resp.StatusCode != http.StatusServiceUnavailable:
+				t.Fatalf("the client's handshake: %v %v", r.resp, r.err)
+			}
+			if code := p.waitExit(t, 10*time.Second); code != 0 {
+				t.Fatalf("exit code %d", code)
+			}
+			if !strings.Contains(p.logs.String(), `"refusal":"draining"`) {
+				t.Errorf("no session refused line for the drain:\n%s", p.logs.String())
+			}
+		})
 	}
 }
 

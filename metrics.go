@@ -52,7 +52,7 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_sessions_active", Help: "Sessions relaying now.",
 		}, []string{"service"}),
 		sessionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (closed, vanished, too_big, protocol_error, text_budget, idle, duration, slow_client, slow_upstream, drain, upstream_failed, client_gone, settings_refused).",
+			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (closed, vanished, too_big, protocol_error, text_budget, idle, duration, slow_client, slow_upstream, text_timeout, text_rate, drain, upstream_failed, client_gone, settings_refused).",
 		}, []string{"service", "outcome"}),
 		sessionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "dgrelay_session_duration_seconds", Help: "How long relayed sessions lasted.",
@@ -68,7 +68,7 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_messages_total", Help: "Messages relayed, by direction (up: client to Deepgram).",
 		}, []string{"direction"}),
 		dialDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "dgrelay_upstream_dial_seconds", Help: "Time to open the Deepgram WebSocket, by result (ok, error, client_gone).",
+			Name: "dgrelay_upstream_dial_seconds", Help: "Time to open the Deepgram WebSocket, by result (ok, error, cancelled).",
 			Buckets: []float64{.025, .05, .1, .2, .4, .8, 1.6, 3.2, 6.4, 10},
 		}, []string{"service", "result"}),
 		dialRetries: prometheus.NewCounterVec(prometheus.CounterOpts{

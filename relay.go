@@ -36,6 +36,11 @@ type relay struct {
 	dialTimeout time.Duration
 	// draining is set by the first shutdown signal: new upgrades get 503.
 	draining atomic.Bool
+	// dials ends at the drain deadline (endDials), cutting short the dials
+	// still in flight: their clients get 503 rather than a process that
+	// exits under them.
+	dials    context.Context
+	endDials context.CancelFunc
 	// stop ends the watchdog and the JWKS refresher; stopped says they ended.
 	stop    context.CancelFunc
 	stopped chan struct{}
@@ -76,8 +81,9 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 		dialOpts:    newDialOptions(apiKey),
 	}
 	rl.sessions.init()
+	rl.dials, rl.endDials = context.WithCancel(context.Background())
 	ctx, stop := context.WithCancel(context.Background())
-	rl.stop = func() { stop(); auth.stop() }
+	rl.stop = func() { stop(); auth.stop(); rl.endDials() }
 	go rl.watch(ctx)
 	return rl, nil
 }
@@ -150,18 +156,25 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 	// the instant it does always find Deepgram connected, with no buffer
 	// and no bound to choose. The cost is that the client's handshake waits
 	// for Deepgram's, which a browser does anyway before Welcome.
-	d := rl.dial(r.Context(), s.service, up, forwarded, s.log().With("session", s.id))
+	// The drain deadline cuts a dial short, as the client leaving does.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(rl.dials, cancel)()
+	d := rl.dial(ctx, s.service, up, forwarded, s.log().With("session", s.id))
 	s.dialTries, s.dialTime, s.dgRequestID = d.tries, d.took, d.requestID
 	switch {
-	case d.failure != nil && d.failure.clientGone:
-		// Nothing is answered: the connection it would go on is gone.
-		rl.clientGone(s)
-		return false
-	case d.failure == nil && rl.sessions.isClosed():
+	case rl.sessions.isClosed():
 		// The drain deadline passed during the dial. The client is not
 		// upgraded yet, so it hears 503 and retries elsewhere.
-		d.conn.CloseNow()
+		if d.conn != nil {
+			d.conn.CloseNow()
+		}
 		rl.refuseDraining(w, r)
+		return false
+	case d.failure != nil && d.failure.cancelled:
+		// The client left. Nothing is answered: the connection it would
+		// go on is gone.
+		rl.clientGone(s)
 		return false
 	}
 	client, clientRaw, err := rl.accept(w, r)

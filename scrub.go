@@ -21,6 +21,9 @@ const redactedMark = "[redacted]"
 type scrubber struct {
 	// secrets, longest first, so that one holding another is replaced whole.
 	secrets [][]byte
+	// ascii: every secret is ASCII (keys and tokens are), so a reader's
+	// view of a message may leave out every byte past ASCII.
+	ascii bool
 }
 
 func newScrubber(apiKey string, policySecrets [][]byte) *scrubber {
@@ -31,6 +34,7 @@ func newScrubber(apiKey string, policySecrets [][]byte) *scrubber {
 		}
 	}
 	slices.SortFunc(sc.secrets, func(a, b []byte) int { return len(b) - len(a) })
+	sc.ascii = !slices.ContainsFunc(sc.secrets, func(s []byte) bool { return slices.ContainsFunc(s, func(c byte) bool { return c >= 0x80 }) })
 	return sc
 }
 
@@ -43,7 +47,7 @@ func (sc *scrubber) text(msg []byte) []byte {
 	if !mayHide(msg) {
 		return msg
 	}
-	if !sc.holdsSecret(readable(msg)) {
+	if !sc.holdsSecret(sc.readable(msg)) {
 		return msg
 	}
 	var v any
@@ -55,7 +59,7 @@ func (sc *scrubber) text(msg []byte) []byte {
 		}
 	}
 	// Not JSON: what a reader would see, scrubbed.
-	return sc.replace(readable(msg))
+	return sc.replace(sc.readable(msg))
 }
 
 // short scrubs a close reason or a control frame's payload and keeps it
@@ -63,8 +67,8 @@ func (sc *scrubber) text(msg []byte) []byte {
 // boundary: the mark can be longer than the secret it replaces.
 func (sc *scrubber) short(b []byte, limit int) []byte {
 	out := sc.replace(b)
-	if mayHide(out) && sc.holdsSecret(readable(out)) {
-		out = sc.replace(readable(out))
+	if mayHide(out) && sc.holdsSecret(sc.readable(out)) {
+		out = sc.replace(sc.readable(out))
 	}
 	if len(out) > limit {
 		cut := limit
@@ -77,11 +81,19 @@ func (sc *scrubber) short(b []byte, limit int) []byte {
 }
 
 // clean makes a message from Deepgram or a client fit for a log line or an
-// Error frame: control characters out first (so that none left inside a
-// secret hides it from the search), the secrets replaced, at most 200 bytes
-// of valid UTF-8.
+// Error frame: control characters and bytes that are not UTF-8 out, the
+// secrets replaced as short does, at most 200 bytes.
 func (sc *scrubber) clean(msg string) string {
-	return string(sc.short(visible([]byte(msg)), 200))
+	b := []byte(msg)
+	if mayHide(b) {
+		b = bytes.ToValidUTF8(bytes.Map(func(r rune) rune {
+			if r < 0x20 || r == 0x7f {
+				return -1
+			}
+			return r
+		}, sc.replace(b)), nil)
+	}
+	return string(sc.short(b, 200))
 }
 
 // replace replaces each secret's bytes; it returns b itself when none is in b.
@@ -107,7 +119,12 @@ func (sc *scrubber) holdsSecret(b []byte) bool {
 func (sc *scrubber) scrubValue(v any) any {
 	switch t := v.(type) {
 	case string:
-		return string(sc.replace(visible([]byte(t))))
+		// Only a string a reader sees a secret in is rewritten, as it
+		// is seen, with the secret replaced.
+		if seen := sc.visible([]byte(t)); sc.holdsSecret(seen) {
+			return string(sc.replace(seen))
+		}
+		return t
 	case []any:
 		for i := range t {
 			t[i] = sc.scrubValue(t[i])
@@ -138,7 +155,7 @@ func mayHide(b []byte) bool {
 // readable is b as a reader sees it: JSON escapes decoded wherever they
 // stand, control characters left out. Escapes that are not JSON's stay as
 // they are.
-func readable(b []byte) []byte {
+func (sc *scrubber) readable(b []byte) []byte {
 	out := make([]byte, 0, len(b))
 	for i := 0; i < len(b); i++ {
 		c := b[i]
@@ -164,7 +181,7 @@ func readable(b []byte) []byte {
 			out = append(out, c)
 		}
 	}
-	return visible(out)
+	return sc.visible(out)
 }
 
 // unescapeRune decodes the \uXXXX escape (or surrogate pair of two) at the
@@ -207,18 +224,30 @@ func hex4(b []byte) rune {
 	return r
 }
 
-// visible is b without what a reader does not see: control characters,
-// Unicode format characters (zero-width spaces and joiners, soft hyphens,
-// byte order marks: category Cf) and bytes that are not UTF-8. It returns b
-// itself when there is none of them.
-func visible(b []byte) []byte {
+// visible is b as a reader may see it: without control characters, bytes
+// that are not UTF-8, and characters that show as nothing. No list of those
+// is complete (zero-width spaces and joiners, soft hyphens, variation
+// selectors, fillers, the U+FFFD a decoder puts for a broken byte), so when
+// every secret is ASCII every byte past ASCII is left out; otherwise format
+// characters, marks, separators and U+FFFD are. It returns b itself when
+// there is nothing to leave out.
+func (sc *scrubber) visible(b []byte) []byte {
 	if !mayHide(b) {
 		return b
 	}
 	out := make([]byte, 0, len(b))
+	if sc.ascii {
+		for _, c := range b {
+			if c >= 0x20 && c < 0x7f {
+				out = append(out, c)
+			}
+		}
+		return out
+	}
 	for len(b) > 0 {
 		r, n := utf8.DecodeRune(b)
-		if !(r == utf8.RuneError && n == 1) && !isControl(r) && !unicode.Is(unicode.Cf, r) {
+		if r != utf8.RuneError && !isControl(r) && !unicode.In(r, unicode.Cc, unicode.Cf, unicode.Mn, unicode.Me, unicode.Zl, unicode.Zp) &&
+			!(unicode.Is(unicode.Zs, r) && r != ' ') && r != '\u3164' && r != '\uffa0' && r != '\u115f' && r != '\u1160' {
 			out = append(out, b[:n]...)
 		}
 		b = b[n:]

@@ -35,10 +35,15 @@ func TestScrubReachesEveryPath(t *testing.T) {
 	secrets := []string{llmKey, voiceKey, testAPIKey, "a<b&c>d" + llmKey}
 	for _, secret := range secrets {
 		for _, spelled := range []string{secret, jsonEscaped(secret), strings.NewReplacer("<", `\u003c`, "&", `\u0026`, ">", `\u003e`).Replace(secret),
-			secret[:4] + "\u200b" + secret[4:], secret[:4] + `\u200b` + secret[4:], secret[:4] + "\u00ad" + secret[4:]} {
+			secret[:4] + "\u200b" + secret[4:], secret[:4] + `\u200b` + secret[4:], secret[:4] + "\u00ad" + secret[4:],
+			// A byte that is not UTF-8 (the decoder makes it U+FFFD),
+			// a variation selector, a grapheme joiner, a Hangul filler,
+			// a C1 control, a lone surrogate escape.
+			secret[:4] + "\xff" + secret[4:], secret[:4] + "\ufe0f" + secret[4:], secret[:4] + "\u034f" + secret[4:],
+			secret[:4] + "\u3164" + secret[4:], secret[:4] + "\u0085" + secret[4:], secret[:4] + `\ud800` + secret[4:]} {
 			raw(c, wspipe.AppendFrame(nil, wspipe.OpText, []byte(`{"type":"ConversationText","content":"`+spelled+`"}`), false))
 			_, data := read(t, c)
-			if got := string(readable(data)); strings.Contains(got, llmKey) || strings.Contains(got, voiceKey) || strings.Contains(got, testAPIKey) || !strings.Contains(got, redactedMark) {
+			if got := string(h.relay.scrub.readable(data)); strings.Contains(got, llmKey) || strings.Contains(got, voiceKey) || strings.Contains(got, testAPIKey) || !strings.Contains(got, redactedMark) {
 				t.Errorf("%q reached the client as %s", spelled, data)
 			}
 		}
@@ -97,15 +102,15 @@ func FuzzScrub(f *testing.F) {
 	f.Add([]byte(`\u`))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		had := sc.holdsSecret(readable(msg)) || sc.holdsSecret(msg)
+		had := sc.holdsSecret(sc.readable(msg)) || sc.holdsSecret(msg)
 		out := sc.text(bytes.Clone(msg))
-		if sc.holdsSecret(out) || sc.holdsSecret(readable(out)) {
+		if sc.holdsSecret(out) || sc.holdsSecret(sc.readable(out)) {
 			t.Fatalf("%q scrubbed to %q", msg, out)
 		}
 		if !had && !bytes.Equal(out, msg) {
 			t.Fatalf("%q holds no secret but became %q", msg, out)
 		}
-		if short := sc.short(bytes.Clone(msg), 123); len(short) > 123 || sc.holdsSecret(readable(short)) {
+		if short := sc.short(bytes.Clone(msg), 123); len(short) > 123 || sc.holdsSecret(sc.readable(short)) {
 			t.Fatalf("%q as a close reason: %q", msg, short)
 		}
 	})

@@ -36,7 +36,7 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 		rl.sessions.done()
 		return nil, refused, false
 	}
-	s.userText = &user.text
+	s.userText, s.textRate = &user.text, user.textRate
 	return &admission{rl: rl, identity: s.identity}, ending{}, false
 }
 
@@ -172,6 +172,7 @@ func (ss *sessionSet) waitIdle(until <-chan time.Time) bool {
 type userLimits struct {
 	maxSessions int     // 0: no cap
 	perMinute   float64 // 0: no rate limit
+	textBurst   int
 	mu          sync.Mutex
 	users       map[string]*userState
 }
@@ -183,10 +184,17 @@ type userState struct {
 	// pipes count it without the lock. The state outlives every session
 	// that holds a pointer to it: forget drops only states with none.
 	text atomic.Int64
+	// textRate bounds the client text the identity's sessions send under
+	// a policy, all of them together: parsing is the one cost per message
+	// a client can make large, and new sessions bring no fresh burst.
+	textRate *rate.Limiter
 }
 
-func newUserLimits(maxSessions, perMinute int) *userLimits {
-	return &userLimits{maxSessions: maxSessions, perMinute: float64(perMinute), users: make(map[string]*userState)}
+// newUserLimits caps maxSessions live sessions and perMinute new ones an
+// identity; textBurst is the most client text its sessions may send at
+// once under a policy (one whole message), before clientTextRate applies.
+func newUserLimits(maxSessions, perMinute int, textBurst int64) *userLimits {
+	return &userLimits{maxSessions: maxSessions, perMinute: float64(perMinute), textBurst: int(textBurst), users: make(map[string]*userState)}
 }
 
 // acquire admits one more session for identity and returns its state, or
@@ -196,7 +204,7 @@ func (ul *userLimits) acquire(identity string, now time.Time) (*userState, endin
 	defer ul.mu.Unlock()
 	u := ul.users[identity]
 	if u == nil {
-		u = &userState{}
+		u = &userState{textRate: rate.NewLimiter(clientTextRate, ul.textBurst)}
 		if ul.perMinute > 0 {
 			// The burst is a minute's worth, so a user may open them at
 			// once but not more in any minute on average.
@@ -229,8 +237,12 @@ func (ul *userLimits) forget(now time.Time) {
 	ul.mu.Lock()
 	defer ul.mu.Unlock()
 	for id, u := range ul.users {
-		if u.sessions == 0 && (u.limiter == nil || u.limiter.TokensAt(now) >= float64(u.limiter.Burst())) {
+		if u.sessions == 0 && (u.limiter == nil || full(u.limiter, now)) && full(u.textRate, now) {
 			delete(ul.users, id)
 		}
 	}
 }
+
+// full reports whether l has refilled: forgetting an identity before then
+// would hand it a fresh budget.
+func full(l *rate.Limiter, now time.Time) bool { return l.TokensAt(now) >= float64(l.Burst()) }

@@ -62,7 +62,7 @@ func TestInstanceFull(t *testing.T) {
 }
 
 func TestUserLimitsForget(t *testing.T) {
-	ul := newUserLimits(5, 60)
+	ul := newUserLimits(5, 60, 1<<20)
 	now := time.Now()
 	ul.acquire("a", now)
 	ul.acquire("b", now)

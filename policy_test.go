@@ -554,19 +554,27 @@ func TestPolicyUpdateOutsideAllow(t *testing.T) {
 	}
 }
 
-// TestPolicyTextRate: under a policy, a client that sends text faster than
-// clientTextRate after a burst of one whole message ends its session (1008)
-// instead of keeping the parser busy.
+// TestPolicyTextRate: under a policy, a user whose sessions together send
+// text faster than clientTextRate after a burst of one whole message ends
+// the session that passes it (1008) instead of keeping the parser busy; a
+// new session brings no fresh burst.
 func TestPolicyTextRate(t *testing.T) {
 	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
-	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "20000"}, fakedeepgram.Options{})
-	c := h.rawDial("")
-	msg := clientFrame(0x81, []byte(`{"type":"KeepAlive","pad":"`+strings.Repeat("x", 9000)+`"}`))
-	c.send(bytes.Repeat(msg, 10)) // 90 kB at once: past a 20 kB burst
-	if reason := c.expectClose(websocket.StatusPolicyViolation); reason != "too much text" {
+	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "60000"}, fakedeepgram.Options{})
+	msg := clientFrame(0x81, []byte(`{"type":"InjectUserMessage","content":"`+strings.Repeat("x", 9000)+`"}`))
+	first := h.rawDial("") // both sessions are 127.0.0.1's: one user
+	first.send(bytes.Repeat(msg, 6))
+	for range 6 { // 54 kB, within the burst
+		if op, _ := first.read(); op != wspipe.OpText {
+			t.Fatalf("opcode %x", op)
+		}
+	}
+	second := h.rawDial("")
+	second.send(bytes.Repeat(msg, 6)) // another 54 kB at once: past what is left
+	if reason := second.expectClose(websocket.StatusPolicyViolation); reason != "too much text" {
 		t.Fatalf("reason %q", reason)
 	}
-	c.send(clientFrame(0x88, wspipe.ClosePayload(int(websocket.StatusPolicyViolation), "")))
+	second.send(clientFrame(0x88, wspipe.ClosePayload(int(websocket.StatusPolicyViolation), "")))
 	if got := h.upstreamClosed(); got.Reason != "client sent too much text" {
 		t.Fatalf("upstream got %+v", got)
 	}

@@ -33,10 +33,10 @@ func (s *session) policyFilter(msg []byte) wspipe.Verdict {
 	return wspipe.Verdict{Out: v.out, Drop: v.drop, Refused: v.refused}
 }
 
-// clientTextRate is the rate at which a client's text messages may come
-// under a policy, in bytes a second, after a burst of one whole message:
-// Settings, KeepAlive every 5 s and the odd injected message or function
-// result are far below it.
+// clientTextRate is the rate at which a user's text messages, all its
+// sessions together, may come under a policy, in bytes a second, after a
+// burst of one whole message: Settings, KeepAlive every 5 s and the odd
+// injected message or function result are far below it.
 const clientTextRate = 64 << 10
 
 // maxStrippedLines bounds the "stripped" lines one session writes: each is

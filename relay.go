@@ -12,7 +12,6 @@ import (
 	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
-	"golang.org/x/time/rate"
 )
 
 // relay serves the WebSocket route: it checks each request, dials Deepgram
@@ -69,7 +68,7 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 		scrub:       newScrubber(apiKey, policy.secretValues()),
 		auth:        auth,
 		origins:     origins,
-		users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute),
+		users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute, cfg.MaxMessageBytes),
 		watchdog:    newWatchdog(cfg.IdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout),
 		metrics:     newMetrics(version),
 		stopped:     make(chan struct{}),
@@ -258,7 +257,6 @@ func (s *session) pipes() (up, down *wspipe.Pipe) {
 	var upText wspipe.TextFilter
 	if s.relay.policy != nil {
 		upText = s.policyFilter
-		s.textRate = rate.NewLimiter(clientTextRate, int(maxMsg)) // maxMsg is at most 1 GiB
 	}
 	up = wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)})
 	// Deepgram's words are scrubbed of the key and the policy's secrets

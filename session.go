@@ -42,8 +42,8 @@ type session struct {
 	// budget.
 	userText *atomic.Int64
 	timers   timers
-	// strippedLines counts the policy's "stripped" log lines, and textRate
-	// bounds the client's text it parses (policyFilter).
+	// strippedLines counts the policy's "stripped" log lines; textRate,
+	// the identity's, bounds the client text it parses (policyFilter).
 	strippedLines int
 	textRate      *rate.Limiter
 

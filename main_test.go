@@ -282,6 +282,25 @@ func serveMetrics(t *testing.T, h *harness) string {
 	return ln.Addr().String()
 }
 
+// port is one of the relay's two HTTP servers, with a path it serves.
+type port struct{ name, addr, path string }
+
+// bothPorts are the harness relay's public and metrics servers.
+func bothPorts(t *testing.T, h *harness) []port {
+	return []port{{"public", h.srv.Listener.Addr().String(), "/healthz"}, {"metrics", serveMetrics(t, h), "/metrics"}}
+}
+
+// dialPort opens a TCP connection to addr, closed when the test ends.
+func dialPort(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 // TestIdleKeepAliveClosed: a keep-alive connection that sent one request and
 // then nothing is closed after httpIdleTimeout, on the public port and the
 // metrics port, instead of holding a descriptor and a goroutine for ever.
@@ -289,15 +308,8 @@ func TestIdleKeepAliveClosed(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	shorten(t, &httpIdleTimeout, idle)
 	h := newHarness(t, nil, fakedeepgram.Options{})
-	for _, tc := range []struct{ name, addr, path string }{
-		{"public", h.srv.Listener.Addr().String(), "/healthz"},
-		{"metrics", serveMetrics(t, h), "/metrics"},
-	} {
-		conn, err := net.Dial("tcp", tc.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+	for _, tc := range bothPorts(t, h) {
+		conn := dialPort(t, tc.addr)
 		if _, err := io.WriteString(conn, "GET "+tc.path+" HTTP/1.1\r\nHost: relay.example\r\nConnection: keep-alive\r\n\r\n"); err != nil {
 			t.Fatal(err)
 		}
@@ -325,15 +337,8 @@ func TestSlowRequestCut(t *testing.T) {
 	const limit = 300 * time.Millisecond
 	shorten(t, &httpReadTimeout, limit)
 	h := newHarness(t, nil, fakedeepgram.Options{})
-	for _, tc := range []struct{ name, addr, path string }{
-		{"public", h.srv.Listener.Addr().String(), "/healthz"},
-		{"metrics", serveMetrics(t, h), "/metrics"},
-	} {
-		conn, err := net.Dial("tcp", tc.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+	for _, tc := range bothPorts(t, h) {
+		conn := dialPort(t, tc.addr)
 		start := time.Now()
 		if _, err := io.WriteString(conn, "POST "+tc.path+" HTTP/1.1\r\nHost: relay.example\r\nContent-Length: 1000\r\n\r\n"+strings.Repeat("x", 10)); err != nil {
 			t.Fatal(err)

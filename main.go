@@ -32,6 +32,9 @@ const (
 	// drainGrace is how long, after the drain deadline, peers get to answer
 	// the 1012 close before their connections are dropped.
 	drainGrace = 750 * time.Millisecond
+	// shutdownTimeout bounds, after the drain, the wait for requests still
+	// in a handler; Cloud Run's SIGKILL comes 10 s after SIGTERM.
+	shutdownTimeout = time.Second
 )
 
 // The HTTP timeouts past the handshake's; tests shorten them.
@@ -155,7 +158,13 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 	}()
 
 	rl.drain(cfg.DrainTimeout)
-	_ = srv.Close()
+	// Requests still in a handler (a 503 being written, a probe) finish
+	// before the listener's connections close; sessions were the drain's.
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if srv.Shutdown(shutdownCtx) != nil {
+		_ = srv.Close()
+	}
 	log.Info("dgrelay stopped")
 	return 0
 }

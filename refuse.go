@@ -25,6 +25,9 @@ func (rl *relay) refuseDraining(w http.ResponseWriter, r *http.Request) {
 		"status", http.StatusServiceUnavailable, "remote", clientIP(r, rl.cfg.TrustProxyHeaders))
 	w.Header().Set("Retry-After", "2")
 	http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
+	// Sent now, not when the handler returns: the drain may end, and the
+	// process with it, as soon as this request gives its place back.
+	_ = http.NewResponseController(w).Flush()
 }
 
 // refuseUpgraded accepts the upgrade only to close it as e says: a refusal

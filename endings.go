@@ -12,10 +12,9 @@ import (
 // reason and, for a client, the Error code of the in-band message it reads
 // first (the React component hands only those to the app).
 type answer struct {
-	code        websocket.StatusCode
-	reason      string
-	errorCode   string
-	description string // the Error message's words; per session where empty
+	code      websocket.StatusCode
+	reason    string
+	errorCode string // "" for none: a client that broke the protocol or stopped reading would not read it
 }
 
 // ending is one way a session, or an upgraded request, ends: the cause its
@@ -32,42 +31,44 @@ type ending struct {
 // The endings of a running session.
 var (
 	endClientVanished   = ending{"vanished", "client", answer{}, answer{code: websocket.StatusGoingAway, reason: "client went away"}}
-	endUpstreamVanished = ending{"vanished", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream went away"}, answer{}}
+	endUpstreamVanished = ending{"vanished", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream went away", errorCode: "UPSTREAM_GONE"}, answer{}}
 
-	endClientTooBig   = ending{"too_big", "client", answer{code: websocket.StatusMessageTooBig, reason: "message too big"}, answer{code: websocket.StatusNormalClosure, reason: "client message too big"}}
+	endClientTooBig   = ending{"too_big", "client", answer{code: websocket.StatusMessageTooBig, reason: "message too big", errorCode: "MESSAGE_TOO_BIG"}, answer{code: websocket.StatusNormalClosure, reason: "client message too big"}}
 	endUpstreamTooBig = ending{"too_big", "upstream", answer{code: websocket.StatusNormalClosure, reason: "upstream message too big"}, answer{code: websocket.StatusMessageTooBig, reason: "message too big"}}
 
 	endClientProtocol   = ending{"protocol_error", "client", answer{code: websocket.StatusProtocolError, reason: "protocol error"}, answer{code: websocket.StatusNormalClosure, reason: "client protocol error"}}
-	endUpstreamProtocol = ending{"protocol_error", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream protocol error"}, answer{code: websocket.StatusProtocolError, reason: "protocol error"}}
+	endUpstreamProtocol = ending{"protocol_error", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream protocol error", errorCode: "UPSTREAM_PROTOCOL_ERROR"}, answer{code: websocket.StatusProtocolError, reason: "protocol error"}}
 
 	endClientBusy   = ending{"text_budget", "client", relayBusy, answer{code: websocket.StatusNormalClosure, reason: "client message refused: relay busy"}}
 	endUpstreamBusy = ending{"text_budget", "upstream", relayBusy, answer{code: websocket.StatusNormalClosure, reason: "upstream message refused: relay busy"}}
 
 	endClientSlowText   = ending{"text_timeout", "client", answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}, answer{code: websocket.StatusNormalClosure, reason: "client message not finished in time"}}
-	endUpstreamSlowText = ending{"text_timeout", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream stalled"}, answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}}
+	endUpstreamSlowText = ending{"text_timeout", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream stalled", errorCode: "UPSTREAM_STALLED"}, answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}}
 
 	endTextRate = ending{"text_rate", "client", answer{code: websocket.StatusPolicyViolation, reason: "too much text"}, answer{code: websocket.StatusNormalClosure, reason: "client sent too much text"}}
 
 	endSettingsRefused = ending{"settings_refused", "relay", answer{code: websocket.StatusPolicyViolation, reason: "settings refused", errorCode: "SETTINGS_REFUSED"}, answer{code: websocket.StatusNormalClosure, reason: "settings refused"}}
 
-	endIdle         = relayEnding("idle", websocket.StatusPolicyViolation, "idle timeout")
-	endDuration     = relayEnding("duration", websocket.StatusPolicyViolation, "session time limit reached")
-	endSlowClient   = relayEnding("slow_client", websocket.StatusPolicyViolation, "client not reading")
-	endSlowUpstream = relayEnding("slow_upstream", websocket.StatusBadGateway, "upstream not reading")
-	endDrain        = ending{"drain", "relay", answer{code: websocket.StatusServiceRestart, reason: "service restart"}, answer{code: websocket.StatusNormalClosure, reason: "relay restarting"}}
+	// The component treats idle_timeout and session_max_duration as
+	// expected endings and stays quiet for them: hence their case.
+	endIdle         = relayEnding("idle", websocket.StatusPolicyViolation, "idle timeout", "idle_timeout")
+	endDuration     = relayEnding("duration", websocket.StatusPolicyViolation, "session time limit reached", "session_max_duration")
+	endSlowClient   = relayEnding("slow_client", websocket.StatusPolicyViolation, "client not reading", "") // it would not read one
+	endSlowUpstream = relayEnding("slow_upstream", websocket.StatusBadGateway, "upstream not reading", "UPSTREAM_STALLED")
+	endDrain        = ending{"drain", "relay", answer{code: websocket.StatusServiceRestart, reason: "service restart", errorCode: "SERVICE_RESTART"}, answer{code: websocket.StatusNormalClosure, reason: "relay restarting"}}
 )
 
-var relayBusy = answer{code: websocket.StatusTryAgainLater, reason: "relay busy, try again", errorCode: "RELAY_BUSY", description: "the relay is busy; try again"}
+var relayBusy = answer{code: websocket.StatusTryAgainLater, reason: "relay busy, try again", errorCode: "RELAY_BUSY"}
 
 // The refusals of an upgraded request: the browser's WebSocket API shows
 // close codes, not HTTP statuses. Deepgram is not dialled, or did not answer.
 var (
-	refuseTokenMissing = refusal("token_missing", 4401, "token missing", "")
-	refuseTokenExpired = refusal("token_expired", 4401, "token expired", "")
-	refuseTokenInvalid = refusal("token_invalid", 4401, "token invalid", "")
-	refuseUserSessions = refusal("user_sessions", 4429, "too many sessions", "")
-	refuseUserRate     = refusal("rate", 4429, "too many new sessions", "")
-	refuseFull         = refusal("instance_full", websocket.StatusTryAgainLater, "relay full, try again", "")
+	refuseTokenMissing = refusal("token_missing", 4401, "token missing", "TOKEN_MISSING")
+	refuseTokenExpired = refusal("token_expired", 4401, "token expired", "TOKEN_EXPIRED")
+	refuseTokenInvalid = refusal("token_invalid", 4401, "token invalid", "TOKEN_INVALID")
+	refuseUserSessions = refusal("user_sessions", 4429, "too many sessions", "TOO_MANY_SESSIONS")
+	refuseUserRate     = refusal("rate", 4429, "too many new sessions", "SESSION_RATE_LIMITED")
+	refuseFull         = refusal("instance_full", websocket.StatusTryAgainLater, "relay full, try again", "INSTANCE_FULL")
 
 	refuseUpstreamAuth        = refusal("upstream_failed", websocket.StatusBadGateway, "upstream refused the relay's key", "UPSTREAM_AUTH")
 	refuseUpstreamRejected    = refusal("upstream_failed", websocket.StatusBadGateway, "upstream refused the session", "UPSTREAM_REJECTED")
@@ -86,8 +87,8 @@ var endings = []ending{
 
 // relayEnding is a session the relay ends on its own account: the client
 // gets code and reason, Deepgram a normal close with the same reason.
-func relayEnding(cause string, code websocket.StatusCode, reason string) ending {
-	return ending{cause, "relay", answer{code: code, reason: reason}, answer{code: websocket.StatusNormalClosure, reason: reason}}
+func relayEnding(cause string, code websocket.StatusCode, reason, errorCode string) ending {
+	return ending{cause, "relay", answer{code: code, reason: reason, errorCode: errorCode}, answer{code: websocket.StatusNormalClosure, reason: reason}}
 }
 
 func refusal(cause string, code websocket.StatusCode, reason, errorCode string) ending {
@@ -132,15 +133,15 @@ type closeFor struct {
 }
 
 // outcome makes e the outcome of a session; description, where e's client
-// answer has an Error code, is what the Error message says (e's own words
-// when empty).
+// answer has an Error code, is what the Error message says (the close's
+// reason when empty: the same words in both).
 func (e ending) outcome(description string) outcome {
 	o := outcome{cause: e.cause, closedBy: e.closedBy,
 		client:   closeFor{code: e.client.code, reason: e.client.reason},
 		upstream: closeFor{code: e.upstream.code, reason: e.upstream.reason}}
 	if e.client.errorCode != "" {
 		if description == "" {
-			description = e.client.description
+			description = e.client.reason
 		}
 		o.client.error = errorFrame(e.client.errorCode, description)
 	}

@@ -45,17 +45,26 @@ func (rl *relay) refuseUpgraded(w http.ResponseWriter, r *http.Request, s *sessi
 	if err != nil {
 		return
 	}
-	_ = c.Close(e.client.code, e.client.reason)
+	rl.closeWithError(c, e.outcome(""))
+}
+
+// closeWithError writes o's Error message to a client the library still
+// holds, then its close: the React component hands the app only the Error
+// (onError), a close code only to the console.
+func (rl *relay) closeWithError(c *websocket.Conn, o outcome) {
+	if o.client.error != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), closeWriteTimeout)
+		defer cancel()
+		_ = c.Write(ctx, websocket.MessageText, o.client.error)
+	}
+	_ = c.Close(o.client.code, o.client.reason)
 }
 
 // refuseUnreachable tells a client that Deepgram could not be reached: first
 // in band, which the React component shows, then close 1014 (bad gateway).
 func (rl *relay) refuseUnreachable(client *websocket.Conn, s *session, f *upstreamFailure) {
 	o := f.end.outcome(f.description)
-	ctx, cancel := context.WithTimeout(context.Background(), closeWriteTimeout)
-	defer cancel()
-	_ = client.Write(ctx, websocket.MessageText, o.client.error)
-	_ = client.Close(o.client.code, o.client.reason)
+	rl.closeWithError(client, o)
 	rl.metrics.upstreamErrors.WithLabelValues(f.end.client.errorCode).Inc()
 	rl.metrics.sessionsTotal.WithLabelValues(s.service, f.end.cause).Inc()
 	rl.metrics.closeCodes.WithLabelValues("client", codeLabel(o.client.code)).Inc()

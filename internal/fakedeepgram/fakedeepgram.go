@@ -82,6 +82,7 @@ const VoiceQuery = "fake_voice=1"
 //
 //	{"type":"Fake.Close","code":4000,"reason":"bye"}  close with code and reason
 //	{"type":"Fake.Vanish"}                             drop TCP, no close frame
+//	{"type":"Fake.Deaf"}                               stop reading for 3 s, then drop TCP
 //	{"type":"Fake.Send","bytes":N,"binary":true}       send one message of N bytes
 //	{"type":"Fake.Stream","bytes":N,"interval_ms":M,"count":C}  send C binary messages of N bytes every M ms
 //	{"type":"Fake.Raw","hex":"8a00"}                   write these bytes to the socket, framed or not
@@ -97,6 +98,9 @@ type Command struct {
 	Hex        string `json:"hex"`
 	Vanish     bool   `json:"vanish"`
 }
+
+// deafFor is how long Fake.Deaf stops reading.
+const deafFor = 3 * time.Second
 
 // Server is a running fake upstream.
 type Server struct {
@@ -289,6 +293,13 @@ func (s *Server) session(c *websocket.Conn, raw net.Conn, id string, opts Option
 				_ = c.Close(websocket.StatusCode(cmd.Code), cmd.Reason)
 				return Closed{Code: websocket.StatusCode(cmd.Code), Reason: cmd.Reason}
 			case "Fake.Vanish":
+				return Closed{Code: -1}
+			case "Fake.Deaf":
+				// A backend that stopped reading: the relay's writes
+				// back up, and it gives up on them. Bounded, since
+				// what the relay sent before it hung up is still
+				// unread.
+				time.Sleep(deafFor)
 				return Closed{Code: -1}
 			case "Fake.Send":
 				mt := websocket.MessageText

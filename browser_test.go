@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,10 +28,15 @@ type sessionResult struct {
 	Error              bool
 	CloseCode          int
 	CloseReason        string
+	// Events: the text messages and the close, in the order the page saw
+	// them ("message Error TOKEN_EXPIRED", "close 4401").
+	Events []string
 }
 
 // TestBrowser drives headless Chromium (Debian's package) through the relay
-// with a page that behaves like the React component's socket.
+// with a page that behaves like the React component's socket. For the endings
+// the relay decides (an expired token, Deepgram vanishing, the drain) the
+// page must read the Error frame with its code before the close event.
 func TestBrowser(t *testing.T) {
 	chromium := requireTool(t, "chromium")
 	page := http.FileServer(http.Dir("testdata/e2e/browser"))
@@ -39,6 +46,7 @@ func TestBrowser(t *testing.T) {
 	// The same page from an origin the relay does not allow.
 	_, pagePort, _ := net.SplitHostPort(pageHost)
 	strangerURL := "http://localhost:" + pagePort + "/page.html"
+	ok := pageSrv.URL + "/page.html"
 
 	h := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": pageHost}), fakedeepgram.Options{APIKey: testAPIKey})
 
@@ -61,20 +69,65 @@ func TestBrowser(t *testing.T) {
 	defer cancelTimeout()
 
 	settings := map[string]any{"type": "Settings", "audio": map[string]any{"input": map[string]any{"encoding": "linear16", "sample_rate": 16000}}}
-	run := func(t *testing.T, pageURL, query string, protocols []string) sessionResult {
+	// evaluate runs expression in the page, awaiting the promise it gives.
+	evaluate := func(t *testing.T, expression string) sessionResult {
 		t.Helper()
-		arg := map[string]any{"url": h.wsURL + "?" + query, "protocols": protocols, "settings": settings, "audioFrames": 20, "frameBytes": 8192}
-		if err := chromedp.Do(ctx, chromedp.Navigate(pageURL)); err != nil {
-			t.Fatalf("chromium: %v", err)
-		}
-		res, err := chromedp.Run(ctx, chromedp.Evaluate[sessionResult]("window.runSession("+mustJSON(t, arg)+")", chromedp.EvalAwaitPromise))
+		res, err := chromedp.Run(ctx, chromedp.Evaluate[sessionResult](expression, chromedp.EvalAwaitPromise))
 		if err != nil {
 			t.Fatalf("chromium: %v", err)
 		}
 		return res
 	}
-	ok := pageSrv.URL + "/page.html"
+	navigate := func(t *testing.T, pageURL string) {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.Navigate(pageURL)); err != nil {
+			t.Fatalf("chromium: %v", err)
+		}
+	}
+	run := func(t *testing.T, pageURL, query string, protocols []string) sessionResult {
+		t.Helper()
+		arg := map[string]any{"url": h.wsURL + "?" + query, "protocols": protocols, "settings": settings, "audioFrames": 20, "frameBytes": 8192}
+		navigate(t, pageURL)
+		return evaluate(t, "window.runSession("+mustJSON(t, arg)+")")
+	}
+	// held opens a session that sends Settings, then send (if any) once
+	// SettingsApplied arrives, and leaves the ending to the relay; during
+	// runs once SettingsApplied has arrived, before the session's result is
+	// awaited.
+	held := func(t *testing.T, wsURL, query, send string, during func()) sessionResult {
+		t.Helper()
+		arg := map[string]any{"url": wsURL + "?" + query, "settings": settings, "hold": map[string]any{"send": send}}
+		navigate(t, ok)
+		evaluate(t, "window.startSession("+mustJSON(t, arg)+"), window.applied.then(() => ({}))")
+		if during != nil {
+			during()
+		}
+		return evaluate(t, "window.session")
+	}
 	good := userToken(t, "browser-user")
+
+	// expectErrorThenClose: the page read exactly one Error frame, with
+	// errorCode and the close's reason as its description, and then,
+	// with nothing between them, the close with code and reason.
+	expectErrorThenClose := func(t *testing.T, r sessionResult, code int, reason, errorCode string) {
+		t.Helper()
+		want := []string{"message Error " + errorCode, fmt.Sprintf("close %d", code)}
+		errorFrames := 0
+		for _, e := range r.Events {
+			if strings.HasPrefix(e, "message Error") {
+				errorFrames++
+			}
+		}
+		if len(r.Events) < 2 || !slices.Equal(r.Events[len(r.Events)-2:], want) || errorFrames != 1 {
+			t.Fatalf("the page saw %q; want them to end %q, with one Error", r.Events, want)
+		}
+		if r.CloseCode != code || r.CloseReason != reason {
+			t.Fatalf("close %d %q, want %d %q", r.CloseCode, r.CloseReason, code, reason)
+		}
+		if last := r.Texts[len(r.Texts)-1]; last["description"] != reason {
+			t.Fatalf("Error frame %v: its description is not the close's reason %q", last, reason)
+		}
+	}
 
 	expectRelayed := func(t *testing.T, r sessionResult) {
 		t.Helper()
@@ -97,8 +150,25 @@ func TestBrowser(t *testing.T) {
 	})
 	t.Run("expired token", func(t *testing.T) {
 		r := run(t, ok, "token="+hs256(t, testJWTSecret, claims{sub: "u", exp: -time.Hour}), nil)
-		if r.CloseCode != 4401 || r.CloseReason != "token expired" {
-			t.Fatalf("%+v", r)
+		expectErrorThenClose(t, r, 4401, "token expired", "TOKEN_EXPIRED")
+		if len(r.Events) != 2 {
+			t.Fatalf("events %q: only the Error and the close", r.Events)
+		}
+	})
+	t.Run("upstream vanishes", func(t *testing.T) {
+		r := held(t, h.wsURL, "token="+good, `{"type":"Fake.Vanish"}`, nil)
+		expectErrorThenClose(t, r, 1014, "upstream went away", "UPSTREAM_GONE")
+		if r.Events[0] != "message Welcome" {
+			t.Fatalf("events %q: the session did not run first", r.Events)
+		}
+	})
+	t.Run("drain", func(t *testing.T) {
+		// A relay of its own: a drained one takes no new sessions.
+		hd := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": pageHost}), fakedeepgram.Options{APIKey: testAPIKey})
+		r := held(t, hd.wsURL, "token="+good, "", func() { hd.relay.drain(50 * time.Millisecond) })
+		expectErrorThenClose(t, r, 1012, "service restart", "SERVICE_RESTART")
+		if r.Events[0] != "message Welcome" {
+			t.Fatalf("events %q: the session did not run first", r.Events)
 		}
 	})
 	t.Run("upstream failure", func(t *testing.T) {
@@ -107,6 +177,9 @@ func TestBrowser(t *testing.T) {
 		r := run(t, ok, "token="+good, nil)
 		if len(r.Texts) != 1 || r.Texts[0]["type"] != "Error" || r.Texts[0]["code"] != "UPSTREAM_AUTH" || r.CloseCode != 1014 {
 			t.Fatalf("%+v", r)
+		}
+		if want := []string{"message Error UPSTREAM_AUTH", "close 1014"}; !slices.Equal(r.Events, want) {
+			t.Fatalf("events %q, want %q", r.Events, want)
 		}
 	})
 	t.Run("disallowed origin", func(t *testing.T) {

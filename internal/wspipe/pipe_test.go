@@ -174,3 +174,26 @@ func TestCloseSentIsWhatWasWritten(t *testing.T) {
 		}
 	}
 }
+
+// TestNoErrorMidMessage: an Error message for a client that is inside a
+// fragmented message would be a protocol error: then only the close goes.
+func TestNoErrorMidMessage(t *testing.T) {
+	for _, mid := range []bool{false, true} {
+		client := &recordingConn{}
+		o := &testOwner{}
+		var flow Flow
+		p := New(o, NewPeer(&recordingConn{}, nil, Upstream), NewPeer(client, nil, Client), &flow, Options{MaxMessage: 1 << 20})
+		first := AppendFrame(nil, OpBinary, []byte("audio"), false)
+		if mid {
+			first[0] &^= 0x80 // FIN=0: more fragments to come
+		}
+		p.consume(first)
+		o.End(Ending{Cause: Busy, Src: Client}) // the client is answered RELAY_BUSY
+		client.out = client.out[:0]
+		p.closeDst()
+		hasError := bytes.Contains(client.out, []byte("RELAY_BUSY"))
+		if hasError == mid {
+			t.Errorf("mid-message %v: client was sent %q", mid, client.out)
+		}
+	}
+}

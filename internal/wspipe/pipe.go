@@ -39,6 +39,10 @@ type Pipe struct {
 	// frames of one read, written together.
 	run []byte
 
+	// dstMidMessage: dst has been sent the first frames of a message and
+	// not yet its last.
+	dstMidMessage bool
+
 	// closeSent: dst's close has been written or given up. dropping: src
 	// is read only for its close frame. dstBroken: a write to dst failed,
 	// so nothing more goes there.

@@ -152,8 +152,12 @@ func (p *Pipe) startFrame() error {
 		}
 	}
 	p.verbatim = forward && !p.gather
-	if p.verbatim && h.Fin {
-		p.flow.Messages.Add(1)
+	if p.verbatim {
+		// dst has this message's first frames until its last comes.
+		p.dstMidMessage = !h.Fin
+		if h.Fin {
+			p.flow.Messages.Add(1)
+		}
 	}
 	return nil
 }

@@ -3,10 +3,6 @@ package wspipe
 // closeDst writes dst's close, as the owner says, once; from then on src is
 // read only for its own close frame.
 func (p *Pipe) closeDst() {
-	// dst is inside a message when its first frames went on as they came;
-	// a text message may not begin before it ends, so the Error message is
-	// left out then (a close frame may come between fragments).
-	midMessage := p.inMessage && !p.gather
 	p.dropping = true
 	p.dropGathered()
 	if p.closeSent {
@@ -19,7 +15,10 @@ func (p *Pipe) closeDst() {
 	}
 	masked := p.dst.Side == Upstream
 	var b []byte
-	if c.Error != nil && !midMessage {
+	// A text message may not begin while dst is inside another whose
+	// first frames went on as they came: the Error message is left out
+	// then (a close frame may come between fragments).
+	if c.Error != nil && !p.dstMidMessage {
 		b = AppendFrame(b, OpText, c.Error, masked)
 	}
 	p.write(AppendFrame(b, OpClose, ClosePayload(c.Code, c.Reason), masked))

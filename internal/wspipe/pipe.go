@@ -40,8 +40,9 @@ type Pipe struct {
 	run []byte
 
 	// dstMidMessage: dst has been sent the first frames of a message and
-	// not yet its last.
-	dstMidMessage bool
+	// not yet its last. closeDue: the session ended while a frame to dst
+	// was half written, and dst's close goes as soon as the frame is whole.
+	dstMidMessage, closeDue bool
 
 	// closeSent: dst's close has been written or given up. dropping: src
 	// is read only for its close frame. dstBroken: a write to dst failed,
@@ -86,7 +87,9 @@ func (p *Pipe) readAgain(err error) bool {
 		// End woke this read: the close for dst goes now unless a frame
 		// to it is half written, and src is given until the deadline to
 		// answer.
-		if !p.midFrame() {
+		if p.midFrame() {
+			p.closeDue = true // written once the frame is whole
+		} else {
 			p.closeDst()
 		}
 		if deadline := p.owner.CloseDeadline(); time.Now().Before(deadline) {

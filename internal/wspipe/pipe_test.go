@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"os"
 	"testing"
 )
 
@@ -195,5 +196,26 @@ func TestNoErrorMidMessage(t *testing.T) {
 		if hasError == mid {
 			t.Errorf("mid-message %v: client was sent %q", mid, client.out)
 		}
+	}
+}
+
+// TestCloseAfterHalfWrittenFrame: the session ends while a frame to dst is
+// half written; its close goes as soon as the frame is whole, not at the
+// next frame from src, which may never come.
+func TestCloseAfterHalfWrittenFrame(t *testing.T) {
+	client := &recordingConn{}
+	o := &testOwner{}
+	var flow Flow
+	p := New(o, NewPeer(&recordingConn{}, nil, Upstream), NewPeer(client, nil, Client), &flow, Options{MaxMessage: 1 << 20})
+	frame := AppendFrame(nil, OpBinary, bytes.Repeat([]byte("a"), 1000), false)
+	p.consume(frame[:300])
+	o.End(Ending{Cause: Closed, Src: Client, Code: 4000})
+	if !p.readAgain(os.ErrDeadlineExceeded) { // as Run is woken by End
+		t.Fatal("the pipe stopped reading before the frame was whole")
+	}
+	p.consume(frame[300:])
+	want := append(append([]byte{}, frame...), AppendFrame(nil, OpClose, ClosePayload(4000, ""), false)...)
+	if !bytes.Equal(client.out, want) {
+		t.Fatalf("client was sent %d bytes, want the frame then the close", len(client.out))
 	}
 }

@@ -99,7 +99,12 @@ func (p *Pipe) readPayload(b []byte) (int, bool) {
 	p.left -= int64(k)
 	p.pos += k
 	if p.left == 0 {
-		return k, p.endFrame()
+		stop := p.endFrame()
+		if p.closeDue && !stop {
+			// Src may send nothing more; dst must not wait for it.
+			p.closeDst()
+		}
+		return k, stop
 	}
 	return k, false
 }

@@ -290,7 +290,7 @@ func (rl *relay) classify(resp *http.Response, err error) *upstreamFailure {
 	case resp != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.StatusCode != 0:
 		f.status, f.end = resp.StatusCode, refuseUpstreamRejected
 		f.description = fmt.Sprintf("Deepgram refused the session (HTTP %d)", resp.StatusCode)
-		if msg := rl.redact(resp.Header.Get("dg-error")); msg != "" {
+		if msg := rl.redact(urlQuery.ReplaceAllString(resp.Header.Get("dg-error"), "?…")); msg != "" {
 			f.description += ": " + msg
 		}
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):

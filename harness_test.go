@@ -470,3 +470,8 @@ func scrapeHandler(t *testing.T, h *harness) string {
 	h.relay.metrics.handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	return rec.Body.String()
 }
+
+// pinnedPolicy is a Settings policy that pins one value and allows the rest:
+// for tests that need a policy in force (client text read whole), not its
+// rules.
+const pinnedPolicy = `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`

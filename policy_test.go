@@ -559,7 +559,7 @@ func TestPolicyUpdateOutsideAllow(t *testing.T) {
 // the session that passes it (1008) instead of keeping the parser busy; a
 // new session brings no fresh burst.
 func TestPolicyTextRate(t *testing.T) {
-	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	policy := pinnedPolicy
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "60000"}, fakedeepgram.Options{})
 	msg := clientFrame(0x81, []byte(`{"type":"InjectUserMessage","content":"`+strings.Repeat("x", 9000)+`"}`))
 	first := h.rawDial("") // both sessions are 127.0.0.1's: one user

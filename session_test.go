@@ -91,7 +91,7 @@ func TestFragmentedMessageTooBig(t *testing.T) {
 // panics the process), and a text message gathered for a policy gives its
 // bytes back.
 func TestContinuationLengthOverflow(t *testing.T) {
-	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	policy := pinnedPolicy
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
 	huge := []byte{0x80, 0x80 | 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4}
 	for _, first := range []byte{wspipe.OpBinary, wspipe.OpText} {

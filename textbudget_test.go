@@ -18,7 +18,7 @@ import (
 // session that would pass it gets RELAY_BUSY and 1013, and another user is
 // not affected.
 func TestTextBudgetUserShare(t *testing.T) {
-	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	policy := pinnedPolicy
 	h := newHarness(t, authEnv(map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "1000"}), fakedeepgram.Options{})
 	alice, bob := userToken(t, "alice"), userToken(t, "bob")
 	unfinished := clientFrame(0x01, bytes.Repeat([]byte("a"), 900)) // text, FIN=0
@@ -63,7 +63,7 @@ func TestTextBudgetBusyDownstream(t *testing.T) {
 // not keep Deepgram's events from anyone: a new session still reads its
 // Welcome, which the scrub reads whole.
 func TestTextBudgetDeepgramReserve(t *testing.T) {
-	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	policy := pinnedPolicy
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
 	h.relay.texts.client.limit = 600
 	holder := h.rawDial("")
@@ -75,7 +75,7 @@ func TestTextBudgetDeepgramReserve(t *testing.T) {
 // TestTextBudgetChargesBytesHeld: a header that declares a megabyte holds
 // nothing until the bytes come, so it cannot fill the budget by itself.
 func TestTextBudgetChargesBytesHeld(t *testing.T) {
-	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	policy := pinnedPolicy
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
 	c := h.rawDial("")
 	header := clientFrame(0x01, make([]byte, 1<<20))[:14] // 1 MiB declared, masked
@@ -89,7 +89,7 @@ func TestTextBudgetChargesBytesHeld(t *testing.T) {
 func TestTextGatherTimeout(t *testing.T) {
 	defer func(d time.Duration) { textGatherTimeout = d }(textGatherTimeout)
 	textGatherTimeout = 200 * time.Millisecond
-	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	policy := pinnedPolicy
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
 	c := h.rawDial("")
 	c.send(clientFrame(0x01, []byte(`{"type":"Settings",`)))
@@ -111,7 +111,7 @@ func TestTextGatherTimeout(t *testing.T) {
 // pass it ends its session with 1013 (try again); once a message is through,
 // its bytes are free again.
 func TestTextBudget(t *testing.T) {
-	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}}}`
+	policy := pinnedPolicy
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
 	h.relay.texts.client.limit = 1000
 	// inject is a client message of n bytes the policy passes.

@@ -86,9 +86,6 @@ func (b *textBudget) give(pool *textPool, user *atomic.Int64, n int64) {
 	pool.used.Add(-n)
 }
 
-// held is what both pools hold.
-func (b *textBudget) held() int64 { return b.client.used.Load() + b.upstream.used.Load() }
-
 // userBudget is the text budget as one pipe of a session sees it
 // (wspipe.Budget): its source's pool and its identity's share.
 type userBudget struct {

@@ -145,3 +145,6 @@ func TestTextBudget(t *testing.T) {
 	}
 	waitForLog(t, h.logs, `"cause":"text_budget"`)
 }
+
+// held is what both pools of the text budget hold.
+func (b *textBudget) held() int64 { return b.client.used.Load() + b.upstream.used.Load() }

@@ -15,35 +15,6 @@ import (
 	"github.com/coder/websocket"
 )
 
-// requireTool finds a program the end-to-end tests need. Locally a missing
-// one skips the test; in CI (CI=true) it fails, so CI cannot pass by skipping.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is not installed; .ci/run installs it", name)
-		}
-		t.Skipf("%s is not installed", name)
-	}
-	return path
-}
-
-// npmInstalled makes sure dir's pinned packages are installed, from its
-// package-lock.json.
-func npmInstalled(t *testing.T, dir string) {
-	t.Helper()
-	if _, err := os.Stat(filepath.Join(dir, "node_modules")); err == nil {
-		return
-	}
-	npm := requireTool(t, "npm")
-	cmd := exec.Command(npm, "ci", "--no-audit", "--no-fund")
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
-	}
-}
-
 // sdkResult is the JSON line agent.mjs prints last.
 type sdkResult struct {
 	Seen        []string

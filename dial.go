@@ -249,7 +249,7 @@ func (rl *relay) dial(ctx context.Context, service string, up upstream, forwarde
 		}
 		rl.metrics.dialRetries.WithLabelValues(service, cause).Inc()
 		log.Info("upstream dial retried", "service", service, "cause", cause,
-			"error", rl.redact(urlQuery.ReplaceAllString(err.Error(), "?…")))
+			"error", rl.redactError(err))
 		select {
 		case <-time.After(pause):
 		case <-ctx.Done(): // cut short; the next try says so

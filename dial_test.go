@@ -397,6 +397,12 @@ func TestUpstreamTLS(t *testing.T) {
 		if strings.Contains(h.logs.String(), "upstream dial retried") {
 			t.Error("a certificate that does not verify was tried again")
 		}
+		// The operator needs the cause, which a Go dial error names last,
+		// after the URL and the address.
+		h.settled()
+		if !strings.Contains(h.logs.String(), "unknown authority") {
+			t.Errorf("the dial failure's log line lost its cause:\n%s", h.logs.String())
+		}
 	})
 }
 

@@ -70,7 +70,7 @@ func (rl *relay) refuseUnreachable(client *websocket.Conn, s *session, f *upstre
 	rl.metrics.closeCodes.WithLabelValues("client", codeLabel(o.client.code)).Inc()
 	s.log().Warn("upstream dial failed",
 		"session", s.id, "service", s.service, "code", f.end.client.errorCode, "upstream_status", f.status,
-		"dg_request_id", s.dgRequestID, "dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "remote", s.remote, "error", rl.redact(urlQuery.ReplaceAllString(f.cause.Error(), "?…")))
+		"dg_request_id", s.dgRequestID, "dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "remote", s.remote, "error", rl.redactError(f.cause))
 }
 
 // clientGone records a client that left while Deepgram was being dialled. It

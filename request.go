@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -70,11 +71,13 @@ func (rl *relay) checkRequest(w http.ResponseWriter, r *http.Request) (service s
 	}
 	if !rl.origins.allowed(r) {
 		rl.metrics.refusals.WithLabelValues("origin").Inc()
-		// The origin is logged (bounded) so that a missing ALLOWED_ORIGINS
-		// entry is easy to see; it is a page's address, not a secret.
+		// The origin is logged (bounded) with the entry that would allow
+		// it, so that a missing ALLOWED_ORIGINS entry is easy to fix; it is
+		// a page's address, not a secret. A browser does not show the body.
+		fix := rl.scrub.cleanTo(originFix(r.Header.Get("Origin")), errorDetailLimit)
 		rl.logFor(cloudTrace(r, rl.cfg.GoogleCloudProject)).Info("session refused", "refusal", "origin", "origin", rl.redact(r.Header.Get("Origin")),
-			"remote", clientIP(r, rl.cfg.TrustProxyHeaders))
-		http.Error(w, "origin not allowed", http.StatusForbidden)
+			"fix", fix, "remote", clientIP(r, rl.cfg.TrustProxyHeaders))
+		http.Error(w, "origin not allowed: "+fix, http.StatusForbidden)
 		return
 	}
 	if token, err = tokenFrom(r); err != nil {
@@ -172,6 +175,17 @@ func (oc *originChecker) allowed(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// originFix says what to add to ALLOWED_ORIGINS for origin to pass. The
+// entry is the origin's host with its port, since a page on
+// http://localhost:5173 is another origin than one on localhost:3000.
+func originFix(origin string) string {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return "a browser origin is scheme://host[:port]; ALLOWED_ORIGINS cannot allow " + strconv.Quote(origin)
+	}
+	return "to allow this page, add " + u.Host + " to ALLOWED_ORIGINS (comma-separated; the port is part of the origin)"
 }
 
 // clientIP is the caller's address: from the header of the platform proxy

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -243,9 +245,34 @@ func TestOrigins(t *testing.T) {
 			t.Errorf("origin %q: dialled upstream", origin)
 		}
 	}
-	if !strings.Contains(h.logs.String(), `"refusal":"origin","origin":"https://evil.example.com"`) {
-		t.Errorf("a refused origin is not logged with its value")
+	if !strings.Contains(h.logs.String(), `"refusal":"origin","origin":"https://evil.example.com","fix":"to allow this page, add evil.example.com to ALLOWED_ORIGINS`) {
+		t.Errorf("a refused origin is not logged with its value and the entry that allows it:\n%s", h.logs.String())
 	}
+}
+
+// TestOriginLocalDevelopment: a dev server's page (Vite on
+// http://localhost:5173) is another origin than the relay on :8080; the
+// port is part of it, so "localhost" alone does not allow it, and the
+// refusal names the entry that would.
+func TestOriginLocalDevelopment(t *testing.T) {
+	page := http.Header{"Origin": {"http://localhost:5173"}}
+	h := newHarness(t, map[string]string{"ALLOWED_ORIGINS": "localhost"}, fakedeepgram.Options{})
+	_, resp, err := websocket.Dial(context.Background(), h.wsURL, &websocket.DialOptions{HTTPHeader: page})
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("localhost:5173 with ALLOWED_ORIGINS=localhost: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), "add localhost:5173 to ALLOWED_ORIGINS") {
+		t.Errorf("403 body %q does not say what to set", body)
+	}
+
+	h = newHarness(t, map[string]string{"ALLOWED_ORIGINS": "localhost:5173,localhost:3000"}, fakedeepgram.Options{})
+	c, err := h.tryDial("", &websocket.DialOptions{HTTPHeader: page})
+	if err != nil {
+		t.Fatalf("localhost:5173 allowed by ALLOWED_ORIGINS=localhost:5173: %v", err)
+	}
+	expectType(t, c, "Welcome")
+	c.Close(websocket.StatusNormalClosure, "")
 }
 
 func TestClientIP(t *testing.T) {

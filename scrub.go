@@ -83,7 +83,10 @@ func (sc *scrubber) short(b []byte, limit int) []byte {
 // clean makes a message from Deepgram or a client fit for a log line or an
 // Error frame: control characters and bytes that are not UTF-8 out, the
 // secrets replaced as short does, at most 200 bytes.
-func (sc *scrubber) clean(msg string) string {
+func (sc *scrubber) clean(msg string) string { return sc.cleanTo(msg, 200) }
+
+// cleanTo is clean with another bound.
+func (sc *scrubber) cleanTo(msg string, limit int) string {
 	b := []byte(msg)
 	if mayHide(b) {
 		b = bytes.ToValidUTF8(bytes.Map(func(r rune) rune {
@@ -93,7 +96,7 @@ func (sc *scrubber) clean(msg string) string {
 			return r
 		}, sc.replace(b)), nil)
 	}
-	return string(sc.short(b, 200))
+	return string(sc.short(b, limit))
 }
 
 // replace replaces each secret's bytes; it returns b itself when none is in b.
@@ -261,3 +264,15 @@ func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 // for a log line or an Error frame: bounded, and free of the key and the
 // policy's secrets.
 func (rl *relay) redact(msg string) string { return rl.scrub.clean(msg) }
+
+// errorDetailLimit bounds an error in a log line. Wider than an Error
+// frame's 200 bytes: a Go error about a failed dial names the URL, the
+// address and the cause last ("x509: certificate signed by unknown
+// authority"), and it is the cause that the operator needs.
+const errorDetailLimit = 1024
+
+// redactError is redact for an error in a log line: the URL's query out
+// (it may hold a client's listen options), at most errorDetailLimit bytes.
+func (rl *relay) redactError(err error) string {
+	return rl.scrub.cleanTo(urlQuery.ReplaceAllString(err.Error(), "?…"), errorDetailLimit)
+}

@@ -17,7 +17,9 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/dgrelay /dgrelay
-USER nonroot:nonroot
+# Numeric, as distroless's nonroot user is: Kubernetes' runAsNonRoot can
+# check a number, not a name.
+USER 65532:65532
 # Keeps the Go runtime's sysmon thread from its deep sleep, from which every
 # idle-to-busy turn of the scheduler (thousands a second at voice rates)
 # wakes it and restarts its 20 us polling: measured, a fifth of the relay's

@@ -55,6 +55,10 @@ type Config struct {
 
 	// JWTSecret verifies users' HS256 tokens.
 	JWTSecret string `env:"JWT_SECRET"`
+	// JWTSecretSecret names a Secret Manager version holding JWT_SECRET,
+	// read once at start as DEEPGRAM_API_KEY_SECRET is, so that a deploy
+	// can name it without knowing it (cloudbuild.yaml's _JWT_SECRET).
+	JWTSecretSecret string `env:"JWT_SECRET_SECRET"`
 	// JWKSURL verifies users' RS256/ES256/EdDSA tokens with the issuer's keys.
 	JWKSURL string `env:"JWKS_URL"`
 	// JWTIssuer, when set, must equal a token's iss.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -227,6 +228,10 @@ func TestCloudBuild(t *testing.T) {
 			t.Errorf("cloudbuild.yaml sets %s, which dgrelay does not read", name)
 		}
 	}
+	// An HS256 secret kept in Secret Manager goes by its version name.
+	if _, ok := cb.Substitutions["_JWT_SECRET"]; !ok || !strings.Contains(string(raw), "|JWT_SECRET_SECRET=${_JWT_SECRET}|") {
+		t.Error("no _JWT_SECRET substitution passing a Secret Manager version as JWT_SECRET_SECRET")
+	}
 	if !secretVersionName.MatchString(env["DEEPGRAM_API_KEY_SECRET"]) {
 		t.Errorf("DEEPGRAM_API_KEY_SECRET %q is not a secret version name", env["DEEPGRAM_API_KEY_SECRET"])
 	}
@@ -290,7 +295,7 @@ func TestDockerfile(t *testing.T) {
 		"-trimpath",
 		`-ldflags "-s -w -X main.version=${VERSION}"`,
 		"FROM gcr.io/distroless/static-debian12:nonroot",
-		"USER nonroot",
+		"USER 65532:65532",
 		`ENTRYPOINT ["/dgrelay"]`,
 	} {
 		if !strings.Contains(df, want) {
@@ -319,7 +324,17 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 	ignore, err := os.ReadFile(".dockerignore")
-	if err != nil || !strings.Contains(string(ignore), ".git") {
-		t.Error("no .dockerignore keeping .git out of the build context")
+	if err != nil {
+		t.Fatal("no .dockerignore")
+	}
+	entries := strings.Fields(string(ignore))
+	for _, keep := range []string{".git", ".env", ".env.*"} {
+		if !slices.Contains(entries, keep) {
+			t.Errorf(".dockerignore does not keep %s out of the build context", keep)
+		}
+	}
+	gitignore, err := os.ReadFile(".gitignore")
+	if err != nil || !slices.Contains(strings.Fields(string(gitignore)), ".env") {
+		t.Error(".gitignore does not keep a local .env (it holds the key) out of the repository")
 	}
 }

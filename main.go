@@ -84,6 +84,10 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		log.Error("dgrelay cannot start", "error", err.Error())
 		return 1
 	}
+	if err := loadJWTSecret(ctx, cfg, secrets); err != nil {
+		log.Error("dgrelay cannot start", "error", err.Error())
+		return 1
+	}
 	policy, err := loadPolicy(ctx, cfg.SettingsPolicy, env, secrets)
 	if err != nil {
 		log.Error("dgrelay cannot start", "error", err.Error())

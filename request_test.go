@@ -266,13 +266,15 @@ func TestOriginLocalDevelopment(t *testing.T) {
 		t.Errorf("403 body %q does not say what to set", body)
 	}
 
-	h = newHarness(t, map[string]string{"ALLOWED_ORIGINS": "localhost:5173,localhost:3000"}, fakedeepgram.Options{})
-	c, err := h.tryDial("", &websocket.DialOptions{HTTPHeader: page})
-	if err != nil {
-		t.Fatalf("localhost:5173 allowed by ALLOWED_ORIGINS=localhost:5173: %v", err)
+	for _, allow := range []string{"localhost:5173,localhost:3000", "localhost:*"} {
+		h = newHarness(t, map[string]string{"ALLOWED_ORIGINS": allow}, fakedeepgram.Options{})
+		c, err := h.tryDial("", &websocket.DialOptions{HTTPHeader: page})
+		if err != nil {
+			t.Fatalf("localhost:5173 with ALLOWED_ORIGINS=%s: %v", allow, err)
+		}
+		expectType(t, c, "Welcome")
+		c.Close(websocket.StatusNormalClosure, "")
 	}
-	expectType(t, c, "Welcome")
-	c.Close(websocket.StatusNormalClosure, "")
 }
 
 func TestClientIP(t *testing.T) {

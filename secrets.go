@@ -134,3 +134,21 @@ func loadAPIKey(ctx context.Context, cfg *Config, secrets *secretReader) (key, s
 	}
 	return key, cfg.DeepgramAPIKeySecret, nil
 }
+
+// loadJWTSecret fills cfg.JWTSecret from Secret Manager when
+// JWT_SECRET_SECRET names a version. It runs before the authenticator is
+// built, which then checks the secret as if it had come from JWT_SECRET.
+func loadJWTSecret(ctx context.Context, cfg *Config, secrets *secretReader) error {
+	if cfg.JWTSecretSecret == "" {
+		return nil
+	}
+	if cfg.JWTSecret != "" {
+		return errors.New("both JWT_SECRET and JWT_SECRET_SECRET are set; set exactly one")
+	}
+	secret, err := secrets.access(ctx, cfg.JWTSecretSecret)
+	if err != nil {
+		return fmt.Errorf("JWT_SECRET_SECRET: %w", err)
+	}
+	cfg.JWTSecret = secret
+	return nil
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"dgrelay/internal/fakedeepgram"
 	"hash/crc32"
 	"net"
 	"os"
@@ -9,8 +10,10 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"cloud.google.com/go/secretmanager/apiv1/secretmanagerpb"
+	"github.com/coder/websocket"
 	"github.com/sethvargo/go-envconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -158,5 +161,61 @@ func TestRunReadsKeyFromSecretManager(t *testing.T) {
 	}
 	if strings.Contains(out, testAPIKey) {
 		t.Errorf("the key is logged:\n%s", out)
+	}
+}
+
+// TestRunReadsJWTSecretFromSecretManager: with JWT_SECRET_SECRET the relay
+// verifies users' tokens with the secret kept in Secret Manager, as a Cloud
+// Build deploy sets it; a token signed with anything else is refused, and
+// JWT_SECRET set beside it stops the start.
+func TestRunReadsJWTSecretFromSecretManager(t *testing.T) {
+	const name = "projects/p/secrets/jwt-secret/versions/latest"
+	fake := &fakeSecretManager{payloads: map[string]*secretmanagerpb.SecretPayload{name: withCRC(testJWTSecret + "\n")}}
+	host := startFakeSecretManager(t, fake)
+	upstream := fakedeepgram.Start(fakedeepgram.Options{APIKey: testAPIKey})
+	t.Cleanup(upstream.Close)
+	port := freePort(t)
+	env := map[string]string{
+		"PORT":                        port,
+		"DEEPGRAM_API_KEY":            testAPIKey,
+		"DEEPGRAM_AGENT_URL":          upstream.URL,
+		"JWT_SECRET_SECRET":           name,
+		"SECRETMANAGER_EMULATOR_HOST": host,
+		"METRICS_PORT":                "0",
+	}
+	logs := &lockedBuffer{}
+	sig := make(chan os.Signal, 1)
+	done := make(chan int)
+	go func() { done <- run(context.Background(), envconfig.MapLookuper(env), logs, sig) }()
+	waitForLog(t, logs, "dgrelay started")
+
+	relay := "ws://127.0.0.1:" + port + "/ws/deepgram-proxy/?token="
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, relay+userToken(t, "u1"), nil)
+	if err != nil {
+		t.Fatalf("dial with a token signed by the secret in Secret Manager: %v", err)
+	}
+	expectType(t, c, "Welcome")
+	c.Close(websocket.StatusNormalClosure, "")
+	other := hs256(t, "another-secret-of-at-least-32-bytes!!!", claims{sub: "u1", exp: time.Hour})
+	c, _, err = websocket.Dial(ctx, relay+other, nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	expectClose(t, c, 4401)
+
+	sig <- syscall.SIGTERM
+	if code := <-done; code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if strings.Contains(logs.String(), testJWTSecret) {
+		t.Errorf("the JWT secret is logged:\n%s", logs.String())
+	}
+
+	env["JWT_SECRET"] = testJWTSecret
+	logs = &lockedBuffer{}
+	if code := run(context.Background(), envconfig.MapLookuper(env), logs, sig); code != 1 || !strings.Contains(logs.String(), "both JWT_SECRET and JWT_SECRET_SECRET") {
+		t.Errorf("JWT_SECRET with JWT_SECRET_SECRET: exit %d\n%s", code, logs.String())
 	}
 }

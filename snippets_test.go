@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// otherSecret signs tokens the relay (which has testJWTSecret) must refuse.
+const otherSecret = "not-the-relay-secret-but-32-bytes-long!!"
+
+// TestExpressTokenSnippet runs voice-token.mjs in an Express app (server.mjs)
+// with express and jsonwebtoken as pinned in its package-lock.json: signed out
+// it answers 401; signed in, its token opens a session through the relay
+// exactly as the React component sends it. The same route with another
+// secret mints tokens the relay refuses.
+func TestExpressTokenSnippet(t *testing.T) {
+	node := requireTool(t, "node")
+	dir := filepath.Join("testdata", "snippets", "node-express")
+	npmInstalled(t, dir)
+	h := newHarness(t, authEnv(nil), fakedeepgram.Options{})
+
+	base := startExpressSnippet(t, node, dir, testJWTSecret)
+	if resp := getVoiceToken(t, base, ""); resp.status != http.StatusUnauthorized || resp.token != "" {
+		t.Fatalf("signed out, the route answered %d with token %q; want 401 and none", resp.status, resp.token)
+	}
+	resp := getVoiceToken(t, base, "user-42")
+	if resp.status != http.StatusOK || resp.cacheControl != "no-store" {
+		t.Fatalf("signed in, the route answered %d (Cache-Control %q)", resp.status, resp.cacheControl)
+	}
+	expectMinted(t, resp.token, "user-42")
+	expectAccepted(t, h, resp.token, "user-42")
+
+	wrong := startExpressSnippet(t, node, dir, otherSecret)
+	expectRefused(t, h, "token="+getVoiceToken(t, wrong, "user-42").token+"&service=agent", nil, 4401, "token invalid")
+}
+
+// startExpressSnippet starts server.mjs with secret as JWT_SECRET and returns
+// its base URL; cleanup stops it.
+func startExpressSnippet(t *testing.T, node, dir, secret string) string {
+	t.Helper()
+	cmd := exec.Command(node, "server.mjs")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "JWT_SECRET="+secret)
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start server.mjs: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line := make(chan string, 1)
+	go func() {
+		s := bufio.NewScanner(stdout)
+		s.Scan()
+		line <- s.Text()
+		_, _ = io.Copy(io.Discard, stdout) // until the process ends
+	}()
+	select {
+	case l := <-line:
+		port, ok := strings.CutPrefix(l, "listening ")
+		if !ok {
+			t.Fatalf("server.mjs printed %q, want \"listening PORT\"\n%s", l, stderr.String())
+		}
+		return "http://127.0.0.1:" + port
+	case <-time.After(30 * time.Second):
+		t.Fatalf("server.mjs did not listen\n%s", stderr.String())
+	}
+	return ""
+}
+
+type voiceTokenResponse struct {
+	status       int
+	cacheControl string
+	token        string
+}
+
+// getVoiceToken asks the Express app for a token, as user (or signed out).
+func getVoiceToken(t *testing.T, base, user string) voiceTokenResponse {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, base+"/api/voice-token", nil)
+	if user != "" {
+		req.Header.Set("X-Test-User", user)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /api/voice-token: %v", err)
+	}
+	defer resp.Body.Close()
+	var body struct{ Token string }
+	raw, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(raw, &body); err != nil {
+		t.Fatalf("GET /api/voice-token: %d %q: %v", resp.StatusCode, raw, err)
+	}
+	return voiceTokenResponse{resp.StatusCode, resp.Header.Get("Cache-Control"), body.Token}
+}
+
+// expectMinted checks what the README promises of a minted token: HS256,
+// the user as sub, and a 60 s lifetime.
+func expectMinted(t *testing.T, token, sub string) {
+	t.Helper()
+	var c jwt.MapClaims
+	tok, _, err := jwt.NewParser().ParseUnverified(token, &c)
+	if err != nil {
+		t.Fatalf("the snippet's token %q: %v", token, err)
+	}
+	iat, errI := c.GetIssuedAt()
+	exp, errE := c.GetExpirationTime()
+	if tok.Method.Alg() != "HS256" || c["sub"] != sub || errI != nil || errE != nil || iat == nil || exp == nil ||
+		exp.Sub(iat.Time) != 60*time.Second {
+		t.Fatalf("the snippet's token: alg %s, claims %v; want HS256, sub %q, exp 60 s after iat", tok.Method.Alg(), c, sub)
+	}
+}
+
+// expectAccepted opens a session with token the way the React component does
+// (?token=...&service=agent) and expects Deepgram's Welcome, with sub as the
+// session's user.
+func expectAccepted(t *testing.T, h *harness, token, sub string) {
+	t.Helper()
+	c := h.dial("token=" + token + "&service=agent")
+	expectType(t, c, "Welcome")
+	c.Close(websocket.StatusNormalClosure, "")
+	h.upstreamClosed()
+	h.settled()
+	if user := sessionEnd(t, h.logs.String())["user"]; user != sub {
+		t.Errorf("the session's user is %v, want %q", user, sub)
+	}
+}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -111,6 +113,82 @@ func getVoiceToken(t *testing.T, base, user string) voiceTokenResponse {
 		t.Fatalf("GET /api/voice-token: %d %q: %v", resp.StatusCode, raw, err)
 	}
 	return voiceTokenResponse{resp.StatusCode, resp.Header.Get("Cache-Control"), body.Token}
+}
+
+// TestDjangoTokenSnippet runs views.py and urls.py in a Django project
+// (mint_token.py: settings.configure, the session and auth middleware,
+// Django's test client): signed out the view sends the user to log in;
+// signed in, its token opens a session through the relay exactly as the
+// React component sends it. The same view with another secret mints tokens
+// the relay refuses. Needs Django and PyJWT (Debian: python3-django
+// python3-jwt; PyPI is not used).
+func TestDjangoTokenSnippet(t *testing.T) {
+	python := requirePython(t, "django", "jwt")
+	h := newHarness(t, authEnv(nil), fakedeepgram.Options{})
+
+	got := runDjangoSnippet(t, python, testJWTSecret)
+	if got.SignedOutStatus != http.StatusFound || got.Status != http.StatusOK {
+		t.Fatalf("the view answered %d signed out (want 302 to the login page) and %d signed in", got.SignedOutStatus, got.Status)
+	}
+	if !strings.Contains(got.CacheControl, "no-store") {
+		t.Errorf("the token's Cache-Control is %q, want no-store", got.CacheControl)
+	}
+	expectMinted(t, got.Token, got.User)
+	expectAccepted(t, h, got.Token, got.User)
+
+	wrong := runDjangoSnippet(t, python, otherSecret)
+	expectRefused(t, h, "token="+wrong.Token+"&service=agent", nil, 4401, "token invalid")
+}
+
+type djangoResult struct {
+	User            string
+	SignedOutStatus int `json:"signed_out_status"`
+	Status          int
+	CacheControl    string `json:"cache_control"`
+	Token           string
+}
+
+func runDjangoSnippet(t *testing.T, python, secret string) djangoResult {
+	t.Helper()
+	// -B: no __pycache__ left in the source tree.
+	cmd := exec.Command(python, "-B", "mint_token.py")
+	cmd.Dir = filepath.Join("testdata", "snippets", "django")
+	cmd.Env = append(os.Environ(), "JWT_SECRET="+secret)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("mint_token.py: %v\n%s", err, stderr.Bytes())
+	}
+	var got djangoResult
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("mint_token.py printed %q: %v\n%s", out, err, stderr.Bytes())
+	}
+	return got
+}
+
+// requirePython finds a python3 that imports every module in mods: the one
+// on PATH, else Debian's /usr/bin/python3 (a pyenv python on PATH lacks
+// Debian's packages). Locally a missing one skips the test and says so on the
+// terminal, with what to install; in CI (CI=true) it fails.
+func requirePython(t *testing.T, mods ...string) string {
+	t.Helper()
+	var candidates []string
+	if p, err := exec.LookPath("python3"); err == nil {
+		candidates = append(candidates, p)
+	}
+	candidates = append(candidates, "/usr/bin/python3")
+	for _, p := range candidates {
+		if exec.Command(p, "-c", "import "+strings.Join(mods, ", ")).Run() == nil {
+			return p
+		}
+	}
+	msg := fmt.Sprintf("no python3 here imports %s (apt-get install python3-django python3-jwt)", strings.Join(mods, ", "))
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s; .ci/run installs them", msg)
+	}
+	skipLoudly(t, msg+", then run the tests again")
+	return ""
 }
 
 // expectMinted checks what the README promises of a minted token: HS256,

@@ -222,3 +222,27 @@ func expectAccepted(t *testing.T, h *harness, token, sub string) {
 		t.Errorf("the session's user is %v, want %q", user, sub)
 	}
 }
+
+// TestReactSnippetParses: the README's React component is valid JSX
+// (esbuild, pinned in jsx-check's package-lock.json, parses it). The
+// component package itself is not installed (GitHub Packages needs a token),
+// so its props are not type-checked here.
+func TestReactSnippetParses(t *testing.T) {
+	requireTool(t, "node")
+	dir := filepath.Join("testdata", "snippets", "jsx-check")
+	npmInstalled(t, dir)
+	// npm's link to esbuild's binary (or, where its install script did not
+	// run, to the script that finds it).
+	cmd := exec.Command(filepath.Join("node_modules", ".bin", "esbuild"),
+		filepath.Join("..", "react", "VoiceAgent.jsx"), "--jsx=automatic", "--log-level=warning")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("esbuild cannot parse react/VoiceAgent.jsx: %v\n%s", err, out)
+	}
+	for _, want := range []string{"proxyAuthToken:", "proxyEndpoint:", "ref: voice", ".start()"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("the compiled snippet lacks %q:\n%s", want, out)
+		}
+	}
+}

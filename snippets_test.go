@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +22,58 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
+// The README's "Point your app at it" shows these files whole; each is run or
+// parsed by a test below, so the README cannot show code that does not work.
+var readmeSnippets = []string{
+	"testdata/snippets/react/.npmrc",
+	"testdata/snippets/react/VoiceAgent.jsx",
+	"testdata/snippets/node-express/voice-token.mjs",
+	"testdata/snippets/django/voice/views.py",
+	"testdata/snippets/django/voice/urls.py",
+}
+
 // otherSecret signs tokens the relay (which has testJWTSecret) must refuse.
 const otherSecret = "not-the-relay-secret-but-32-bytes-long!!"
+
+// snippetMarker is the line before a fence that holds a file whole.
+var snippetMarker = regexp.MustCompile("<!-- snippet: (\\S+) -->\n```[a-z]*\n")
+
+// TestREADMESnippets: each `<!-- snippet: PATH -->` line in the README is
+// followed by a fence holding exactly the file at PATH, and every file in
+// readmeSnippets is shown so.
+func TestREADMESnippets(t *testing.T) {
+	raw, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(raw)
+	var shown []string
+	for _, m := range snippetMarker.FindAllStringSubmatchIndex(readme, -1) {
+		path := readme[m[2]:m[3]]
+		shown = append(shown, path)
+		body, _, ok := strings.Cut(readme[m[1]:], "```\n")
+		if !ok {
+			t.Errorf("README: the fence after the %s marker is not closed", path)
+			continue
+		}
+		want, err := os.ReadFile(filepath.FromSlash(path))
+		if err != nil {
+			t.Errorf("README shows %s: %v", path, err)
+			continue
+		}
+		if body != string(want) {
+			t.Errorf("README's copy of %s differs from the file; paste the file back in.\nREADME:\n%s\nfile:\n%s", path, body, want)
+		}
+	}
+	for _, path := range readmeSnippets {
+		if !slices.Contains(shown, path) {
+			t.Errorf("README does not show %s (a <!-- snippet: %s --> line before its fence)", path, path)
+		}
+	}
+	if strings.Count(readme, "<!-- snippet:") != len(shown) {
+		t.Errorf("README has %d snippet markers, %d of them right before a fence", strings.Count(readme, "<!-- snippet:"), len(shown))
+	}
+}
 
 // TestExpressTokenSnippet runs voice-token.mjs in an Express app (server.mjs)
 // with express and jsonwebtoken as pinned in its package-lock.json: signed out

@@ -5,7 +5,9 @@
 // after Settings, KeepAlive swallowed, and every other message echoed back
 // with its type and bytes. A test makes one session misbehave by sending it a
 // command as a text message (see Command); Options make every handshake
-// misbehave.
+// misbehave. In voice mode (VoiceQuery, Options.Voice) it plays Deepgram's
+// side of a conversation instead of echoing audio, and Tell speaks into every
+// live session, for a client (a browser page) that sends no commands.
 package fakedeepgram
 
 import (
@@ -52,6 +54,10 @@ type Options struct {
 	// TLS serves wss:// with a self-signed certificate (see Certificate),
 	// as Deepgram serves wss://.
 	TLS bool
+	// Voice puts every session in voice mode, as VoiceQuery does one, for
+	// a client whose URL the test does not write (the try page), and
+	// records the audio those sessions hear (see Heard).
+	Voice bool
 }
 
 // Handshake is what the fake saw of one upgrade request.
@@ -71,12 +77,6 @@ type Closed struct {
 	Code   websocket.StatusCode
 	Reason string
 }
-
-// VoiceQuery, in a session's query string (fake_voice=1), makes the fake play
-// Deepgram's side of a conversation: from Welcome on it streams 1,920 B of
-// binary TTS audio every 40 ms and a JSON event every second, and swallows
-// the client's audio instead of echoing it. Benchmarks use it for load.
-const VoiceQuery = "fake_voice=1"
 
 // Command is a text message that makes the fake act on its session:
 //
@@ -113,13 +113,16 @@ type Server struct {
 	opts       Options
 	handshakes []Handshake
 	texts      [][]byte
-	closed     chan Closed
-	sessions   sync.WaitGroup
+	heard      Heard
+	// live is every session's connection while it runs, for Tell.
+	live     map[*websocket.Conn]struct{}
+	closed   chan Closed
+	sessions sync.WaitGroup
 }
 
 // Start serves a fake upstream on 127.0.0.1 until Close.
 func Start(opts Options) *Server {
-	s := &Server{opts: opts, closed: make(chan Closed, 1024)}
+	s := &Server{opts: opts, closed: make(chan Closed, 1024), live: map[*websocket.Conn]struct{}{}}
 	if opts.TLS {
 		s.http = httptest.NewTLSServer(http.HandlerFunc(s.serve))
 	} else {
@@ -210,7 +213,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		limit = 64 << 20
 	}
 	c.SetReadLimit(limit)
-	voice := strings.Contains(r.URL.RawQuery, VoiceQuery)
+	voice := opts.Voice || strings.Contains(r.URL.RawQuery, VoiceQuery)
+	s.mu.Lock()
+	s.live[c] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.live, c)
+		s.mu.Unlock()
+	}()
 	select {
 	case s.closed <- s.session(c, hw.conn, id, opts, voice):
 	default: // nobody is watching: a benchmark, not a test
@@ -249,17 +260,32 @@ func (s *Server) session(c *websocket.Conn, raw net.Conn, id string, opts Option
 				return closedBy(err)
 			}
 			if typ == websocket.MessageBinary {
-				if _, err := io.CopyBuffer(io.Discard, r, discard); err != nil {
+				if !opts.Voice {
+					if _, err := io.CopyBuffer(io.Discard, r, discard); err != nil {
+						return closedBy(err)
+					}
+					continue
+				}
+				if _, err := io.CopyBuffer(&listener{s: s}, r, discard); err != nil {
 					return closedBy(err)
 				}
+				s.mu.Lock()
+				s.heard.Messages++
+				s.mu.Unlock()
 				continue
 			}
 			data, err := io.ReadAll(r)
 			if err != nil {
 				return closedBy(err)
 			}
-			if isType(data, "KeepAlive") {
+			if opts.Voice {
+				s.record(data)
+			}
+			switch {
+			case isType(data, "KeepAlive"):
 				continue
+			case isType(data, "Settings"):
+				data = []byte(`{"type":"SettingsApplied"}`)
 			}
 			if err := c.Write(context.Background(), typ, data); err != nil {
 				return closedBy(err)
@@ -276,11 +302,7 @@ func (s *Server) session(c *websocket.Conn, raw net.Conn, id string, opts Option
 			}
 			continue
 		}
-		s.mu.Lock()
-		if len(s.texts) < 10000 {
-			s.texts = append(s.texts, data)
-		}
-		s.mu.Unlock()
+		s.record(data)
 		var reply []byte
 		switch {
 		case bytes.Contains(data, []byte(`"Fake.`)):
@@ -343,6 +365,15 @@ func (s *Server) session(c *websocket.Conn, raw net.Conn, id string, opts Option
 	}
 }
 
+// record keeps a text message for Texts.
+func (s *Server) record(data []byte) {
+	s.mu.Lock()
+	if len(s.texts) < 10000 {
+		s.texts = append(s.texts, data)
+	}
+	s.mu.Unlock()
+}
+
 // stream sends cmd.Count binary messages of cmd.Bytes, one every
 // cmd.IntervalMS, as Deepgram sends TTS audio.
 func stream(ctx context.Context, c *websocket.Conn, cmd Command) {
@@ -358,29 +389,6 @@ func stream(ctx context.Context, c *websocket.Conn, cmd Command) {
 			case <-ctx.Done():
 				return
 			}
-		}
-	}
-}
-
-// speak plays the agent's side of a voice session until ctx ends: TTS audio
-// (linear16 24 kHz: 1,920 B per 40 ms) and a JSON event each second.
-func speak(ctx context.Context, c *websocket.Conn) {
-	audio := make([]byte, 1920)
-	event := []byte(`{"type":"ConversationText","role":"assistant","content":"Sure, I can help with that."}`)
-	tick := time.NewTicker(40 * time.Millisecond)
-	defer tick.Stop()
-	for n := 1; ; n++ {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		// No deadline on the writes, for the same reason as the reads.
-		if c.Write(context.Background(), websocket.MessageBinary, audio) != nil {
-			return
-		}
-		if n%25 == 0 && c.Write(context.Background(), websocket.MessageText, event) != nil {
-			return
 		}
 	}
 }

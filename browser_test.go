@@ -50,23 +50,7 @@ func TestBrowser(t *testing.T) {
 
 	h := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": pageHost}), fakedeepgram.Options{APIKey: testAPIKey})
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium),
-		chromedp.NoSandbox,
-		chromedp.Flag("headless", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-	)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(allocCtx)
-	defer cancel()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
-	defer cancelTimeout()
+	ctx := chromiumContext(t, chromium, 90*time.Second)
 
 	settings := map[string]any{"type": "Settings", "audio": map[string]any{"input": map[string]any{"encoding": "linear16", "sample_rate": 16000}}}
 	// evaluate runs expression in the page, awaiting the promise it gives.
@@ -195,6 +179,33 @@ func TestBrowser(t *testing.T) {
 	if os.Getenv("CI") == "" {
 		t.Log("browser tests ran against", chromium)
 	}
+}
+
+// chromiumContext starts headless Chromium for one test, with more flags if
+// given, and returns a context for chromedp bounded by timeout. Cleanup
+// stops the browser.
+func chromiumContext(t *testing.T, chromium string, timeout time.Duration, flags ...chromedp.ExecAllocatorOption) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium),
+		chromedp.NoSandbox,
+		chromedp.Flag("headless", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(opts, flags...)...)
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, timeout)
+	t.Cleanup(func() {
+		cancelTimeout()
+		cancel()
+		cancelAlloc()
+	})
+	return ctx
 }
 
 func mustJSON(t *testing.T, v any) string {

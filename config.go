@@ -46,6 +46,10 @@ type Config struct {
 
 	// ProxyPath is the WebSocket route, served with and without a trailing slash.
 	ProxyPath string `env:"PROXY_PATH, default=/ws/deepgram-proxy/"`
+	// TryPage serves the try-it page at /try: a page that talks to an agent
+	// through this relay. Off by default: on a relay without authentication
+	// it lets anyone who finds it spend the key.
+	TryPage bool `env:"TRY_PAGE, default=false"`
 	// MaxMessageBytes is the read limit on both connections of a session.
 	MaxMessageBytes int64 `env:"MAX_MESSAGE_BYTES, default=1048576"`
 	// DrainTimeout is how long live sessions may go on after SIGTERM/SIGINT.
@@ -243,9 +247,14 @@ func (c *Config) checkProxyPath() error {
 	if clean := path.Clean(p); p != clean && (clean == "/" || p != clean+"/") {
 		return fmt.Errorf("PROXY_PATH: %q is not a clean path (no //, . or .. segments); use %q", p, clean)
 	}
-	switch strings.TrimSuffix(p, "/") {
+	bare := strings.TrimSuffix(p, "/")
+	switch bare {
 	case "/healthz", "/readyz":
 		return fmt.Errorf("PROXY_PATH: %q is the route of a health probe", p)
+	}
+	// The page's GET routes would take the WebSocket's GET handshakes.
+	if c.TryPage && (bare == tryPath || strings.HasPrefix(bare, tryPath+"/")) {
+		return fmt.Errorf("PROXY_PATH: %q is under %s, the try-it page's route with TRY_PAGE=true; choose another path", p, tryPath)
 	}
 	// The React component switches to its OpenAI protocol when the endpoint's
 	// path contains /openai, and then no Deepgram session can work.

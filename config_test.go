@@ -220,3 +220,37 @@ func TestProxyPathRefusedByRun(t *testing.T) {
 		}
 	}
 }
+
+// TestProxyPathAndTryPage: with TRY_PAGE=true, the page's GET routes would
+// take the WebSocket's handshakes under /try, so such a PROXY_PATH stops the
+// start, naming PROXY_PATH; without the page it is an ordinary path.
+func TestProxyPathAndTryPage(t *testing.T) {
+	for path, ok := range map[string]bool{
+		"/try":        false,
+		"/try/":       false,
+		"/try/app.js": false,
+		"/try/ws":     false,
+		"/tryout":     true,
+		"/ws/try":     true,
+		"/Try":        true, // the mux is case-sensitive
+	} {
+		err := (&Config{ProxyPath: path, TryPage: true}).checkProxyPath()
+		switch {
+		case ok && err != nil:
+			t.Errorf("%q refused: %v", path, err)
+		case !ok && (err == nil || !strings.HasPrefix(err.Error(), "PROXY_PATH: ")):
+			t.Errorf("%q with TRY_PAGE=true: %v, want a PROXY_PATH error", path, err)
+		}
+		if err := (&Config{ProxyPath: path}).checkProxyPath(); err != nil {
+			t.Errorf("%q refused without the try page: %v", path, err)
+		}
+	}
+	logs := &lockedBuffer{}
+	code := run(context.Background(), envconfig.MapLookuper(map[string]string{
+		"PORT": freePort(t), "METRICS_PORT": "0", "DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true",
+		"TRY_PAGE": "true", "PROXY_PATH": "/try",
+	}), logs, make(chan os.Signal))
+	if out := logs.String(); code != 1 || !strings.Contains(out, "PROXY_PATH") || !strings.Contains(out, "TRY_PAGE") {
+		t.Errorf("exit %d, want 1 with an error naming PROXY_PATH and TRY_PAGE:\n%s", code, out)
+	}
+}

@@ -102,6 +102,9 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 	if !rl.auth.enabled() {
 		log.Warn("ALLOW_UNAUTHENTICATED=true: anyone who can reach this relay can spend your Deepgram key")
 	}
+	if cfg.TryPage && !rl.auth.enabled() {
+		log.Warn("TRY_PAGE=true without authentication: anyone who opens /try can talk to an agent on your Deepgram key")
+	}
 	for _, w := range cfg.authWarnings() {
 		log.Warn(w)
 	}
@@ -139,6 +142,7 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		"key_source", keySource,
 		"auth", rl.auth.mode(cfg),
 		"settings_policy", policy != nil,
+		"try_page", cfg.TryPage,
 		"max_sessions", cfg.MaxSessions,
 		"trust_proxy_headers", cfg.TrustProxyHeaders,
 		"upstream_retries", cfg.UpstreamRetries)
@@ -204,7 +208,8 @@ func (rl *relay) metricsServer() *http.Server {
 }
 
 // routes is the public mux: the WebSocket route under PROXY_PATH, with and
-// without its trailing slash, and the two probes.
+// without its trailing slash, the two probes, and with TRY_PAGE the try-it
+// page.
 func (rl *relay) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -224,6 +229,9 @@ func (rl *relay) routes() http.Handler {
 	})
 	for _, p := range proxyPatterns(rl.cfg.ProxyPath) {
 		mux.Handle(p, rl)
+	}
+	if rl.tryPage != nil {
+		routeTryPage(mux, rl.tryPage)
 	}
 	return mux
 }

@@ -31,6 +31,8 @@ type relay struct {
 	policy   *settingsPolicy // nil: Settings pass untouched
 	scrub    *scrubber
 	texts    *textBudget
+	// tryPage is the try-it page's responses by route (nil: TRY_PAGE off).
+	tryPage map[string]tryAsset
 	// dialTimeout is upstreamDialTimeout; tests shorten it.
 	dialTimeout time.Duration
 	// draining is set by the first shutdown signal: new upgrades get 503.
@@ -78,6 +80,12 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 		agent:       agent,
 		listen:      listen,
 		dialOpts:    newDialOptions(apiKey),
+	}
+	if cfg.TryPage {
+		if rl.tryPage, err = tryPageAssets(cfg.ProxyPath, auth.enabled()); err != nil {
+			auth.stop()
+			return nil, err
+		}
 	}
 	rl.sessions.init()
 	rl.dials, rl.endDials = context.WithCancel(context.Background())

@@ -179,13 +179,19 @@ func (oc *originChecker) allowed(r *http.Request) bool {
 
 // originFix says what to add to ALLOWED_ORIGINS for origin to pass. The
 // entry is the origin's host with its port, since a page on
-// http://localhost:5173 is another origin than one on localhost:3000.
+// http://localhost:5173 is another origin than one on localhost:3000, and
+// it matches that host alone: an IPv6 literal's brackets are escaped (the
+// matcher reads [::1] as a character class). A host that is itself a
+// pattern or a list ("*", "*.com", "a.com,*") gets no entry: no browser
+// sends one, and anyone could send it to have the log advise allowing
+// every origin.
 func originFix(origin string) string {
 	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
+	if err != nil || u.Host == "" || strings.ContainsAny(u.Host, `*?\,`) {
 		return "a browser origin is scheme://host[:port]; ALLOWED_ORIGINS cannot allow " + strconv.Quote(origin)
 	}
-	return "to allow this page, add " + u.Host + " to ALLOWED_ORIGINS (comma-separated; the port is part of the origin)"
+	entry := strings.NewReplacer("[", `\[`, "]", `\]`).Replace(u.Host)
+	return "to allow this page, add " + entry + " to ALLOWED_ORIGINS (comma-separated; the port is part of the origin)"
 }
 
 // clientIP is the caller's address: from the header of the platform proxy

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -274,6 +275,61 @@ func TestOriginLocalDevelopment(t *testing.T) {
 		}
 		expectType(t, c, "Welcome")
 		c.Close(websocket.StatusNormalClosure, "")
+	}
+}
+
+// TestOriginFixAllowsThatOriginOnly: the entry a refusal suggests, set as
+// ALLOWED_ORIGINS, lets that page in and no other. An IPv6 page's brackets
+// are a character class to the matcher, so they come escaped. A host that
+// is itself a pattern or a list ("*", "*.com", "a.com,*") gets no entry: no
+// browser sends one, and anyone could send it to have the relay's log and
+// 403 advise allowing every origin.
+func TestOriginFixAllowsThatOriginOnly(t *testing.T) {
+	h := newHarness(t, map[string]string{"ALLOWED_ORIGINS": "app.example.com"}, fakedeepgram.Options{})
+	suggested := regexp.MustCompile(`add (\S+) to ALLOWED_ORIGINS`)
+	// entryFor is the entry the 403 for origin suggests, or "".
+	entryFor := func(h *harness, origin string) string {
+		t.Helper()
+		_, resp, err := websocket.Dial(context.Background(), h.wsURL, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {origin}}})
+		if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("origin %q: %v, want 403", origin, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if m := suggested.FindStringSubmatch(string(body)); m != nil {
+			return m[1]
+		}
+		return ""
+	}
+	for origin, other := range map[string]string{
+		"http://localhost:5173":   "http://localhost:5174",
+		"http://[::1]:5173":       "http://1:5173",
+		"https://app.example.org": "https://evil.example.org",
+	} {
+		entry := entryFor(h, origin)
+		if entry == "" {
+			t.Errorf("origin %q: no entry suggested", origin)
+			continue
+		}
+		allowing := newHarness(t, map[string]string{"ALLOWED_ORIGINS": entry}, fakedeepgram.Options{})
+		c, err := allowing.tryDial("", &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {origin}}})
+		if err != nil {
+			t.Errorf("origin %q with the suggested ALLOWED_ORIGINS=%s: %v", origin, entry, err)
+		} else {
+			expectType(t, c, "Welcome")
+			c.Close(websocket.StatusNormalClosure, "")
+		}
+		if c, err := allowing.tryDial("", &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {other}}}); err == nil {
+			c.CloseNow()
+			t.Errorf("ALLOWED_ORIGINS=%s, suggested for %q, also allows %q", entry, origin, other)
+		}
+	}
+	for _, origin := range []string{"https://*", "https://*.com", "https://a.com,*", "http://*:8080"} {
+		if entry := entryFor(h, origin); entry != "" {
+			t.Errorf("origin %q: the 403 suggests ALLOWED_ORIGINS entry %q", origin, entry)
+		}
+	}
+	if lines := grepLines(h.logs.String(), `"fix":"to allow this page, add *`); lines != "" {
+		t.Errorf("the log suggests a pattern:\n%s", lines)
 	}
 }
 

@@ -331,5 +331,7 @@ func retryCause(resp *http.Response, err error) string {
 }
 
 // urlQuery matches the query of a URL quoted in an error: the dial error
-// names the target, and a log line carries no query string.
-var urlQuery = regexp.MustCompile(`\?[^"\s]*`)
+// names the target, and a log line carries no query string. The URL is
+// quoted with Go's %q, so a " in a client's raw query stands there as \",
+// which is the query still: escapes are taken whole.
+var urlQuery = regexp.MustCompile(`\?(?:[^"\\\s]|\\.)*`)

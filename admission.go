@@ -15,15 +15,32 @@ import (
 // and new-session rate.
 
 // admission is one request's place: taken by admit, given back by release,
-// once, whichever way the request ends.
+// once, whichever way the request ends. It is also the session's lease and
+// the clock of its time for the daily quota (leases.go).
 type admission struct {
 	rl       *relay
 	identity string
+	user     string // the identity hashed (userKey): its name in Redis and at Deepgram
+	id       string // the lease's name in Redis: the session's id
+	// remaining is the user's quota left when it was admitted.
+	remaining time.Duration
+
+	// mu is held across the lease's Redis calls, so that a renewal and the
+	// release never cross (a renewal landing after the release would bring
+	// the lease back), and guards what follows.
+	mu sync.Mutex
+	// session is set when the session starts relaying: its time counts
+	// from then, not while Deepgram is dialled.
+	session *session
+	since   time.Time     // when its time was last counted
+	unsent  time.Duration // time counted here and not yet in Redis
+	ended   bool
 }
 
 // admit takes s's place, or says why not: draining (the drain deadline
 // passed: an HTTP 503), or the ending that refuses it (a full instance, the
-// user's limits). It gives s its identity's text share.
+// user's limits, Redis unreachable under REDIS_FAILURE=refuse). It gives s
+// its identity's text share.
 func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool) {
 	switch rl.sessions.begin(rl.cfg.MaxSessions) {
 	case admitClosed:
@@ -31,17 +48,52 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 	case admitFull:
 		return nil, refuseFull, false
 	}
-	user, refused := rl.users.acquire(s.identity, s.started)
+	a = &admission{rl: rl, identity: s.identity, user: s.userKey, id: s.id}
+	// Redis decides when it answers; the instance's own counters count the
+	// session all the same (forced), so that they hold this instance's
+	// share when Redis is away and they decide.
+	decided := false
+	var used time.Duration
+	if sl := rl.shared; sl != nil {
+		refused, sharedUsed, err := sl.admit(a.user, a.id)
+		switch {
+		case err == nil && refused.cause != "":
+			rl.sessions.done()
+			return nil, refused, false
+		case err == nil:
+			decided, used = true, sharedUsed
+		case sl.refuse:
+			rl.sessions.done()
+			return nil, refuseLimitsUnavailable, false
+		}
+	}
+	user, localUsed, refused := rl.users.acquire(s.identity, s.started, decided)
 	if user == nil {
 		rl.sessions.done()
 		return nil, refused, false
 	}
+	if !decided {
+		used = localUsed
+	}
+	a.remaining = rl.quota - used
+	rl.leases.add(a)
 	s.userText, s.textRate = &user.text, user.textRate
-	return &admission{rl: rl, identity: s.identity}, ending{}, false
+	return a, ending{}, false
 }
 
-// release gives the place back.
+// release gives the place back: the lease ends in Redis, with the session's
+// last time, before the user's place here does.
 func (a *admission) release() {
+	a.mu.Lock()
+	a.ended = true
+	a.count(time.Now())
+	if sl := a.rl.shared; sl != nil {
+		// Tried during an outage too: the end of a lease frees the user's
+		// place at once rather than at its expiry, and carries its time.
+		_ = sl.renew([]leaseUpdate{{user: a.user, id: a.id, add: a.unsent}}, true)
+	}
+	a.mu.Unlock()
+	a.rl.leases.remove(a)
 	a.rl.users.release(a.identity)
 	a.rl.sessions.done()
 }
@@ -166,12 +218,15 @@ func (ss *sessionSet) waitIdle(until <-chan time.Time) bool {
 }
 
 // userLimits caps what one identity (a token's sub, or the client address
-// when unauthenticated) may hold and open: MAX_SESSIONS_PER_USER live
-// sessions and SESSION_RATE_PER_MINUTE new ones. It is touched at a session's
-// start and end, never per frame.
+// when unauthenticated) may hold, open and spend on this instance:
+// MAX_SESSIONS_PER_USER live sessions, SESSION_RATE_PER_MINUTE new ones and
+// MAX_USER_SECONDS_PER_DAY of session time. With Redis they are what counts
+// while Redis is away. It is touched at a session's start and end and once
+// every lease renewal, never per frame.
 type userLimits struct {
-	maxSessions int     // 0: no cap
-	perMinute   float64 // 0: no rate limit
+	maxSessions int           // 0: no cap
+	perMinute   float64       // 0: no rate limit
+	quota       time.Duration // 0: no daily quota
 	textBurst   int
 	mu          sync.Mutex
 	users       map[string]*userState
@@ -180,6 +235,9 @@ type userLimits struct {
 type userState struct {
 	sessions int
 	limiter  *rate.Limiter // nil without a rate limit
+	// day is the UTC day (days since 1970) that used counts.
+	day  int64
+	used time.Duration
 	// text is what the identity's sessions hold of the text budget; the
 	// pipes count it without the lock. The state outlives every session
 	// that holds a pointer to it: forget drops only states with none.
@@ -190,16 +248,29 @@ type userState struct {
 	textRate *rate.Limiter
 }
 
-// newUserLimits caps maxSessions live sessions and perMinute new ones an
-// identity; textBurst is the most client text its sessions may send at
-// once under a policy (one whole message), before clientTextRate applies.
-func newUserLimits(maxSessions, perMinute int, textBurst int64) *userLimits {
-	return &userLimits{maxSessions: maxSessions, perMinute: float64(perMinute), textBurst: int(textBurst), users: make(map[string]*userState)}
+// newUserLimits caps maxSessions live sessions, perMinute new ones and quota
+// of session time a day per identity; textBurst is the most client text its
+// sessions may send at once under a policy (one whole message), before
+// clientTextRate applies.
+func newUserLimits(maxSessions, perMinute int, quota time.Duration, textBurst int64) *userLimits {
+	return &userLimits{maxSessions: maxSessions, perMinute: float64(perMinute), quota: quota, textBurst: int(textBurst), users: make(map[string]*userState)}
 }
 
-// acquire admits one more session for identity and returns its state, or
-// the ending of the limit that refused it.
-func (ul *userLimits) acquire(identity string, now time.Time) (*userState, ending) {
+// utcDay is the UTC day of t, in days since 1970.
+func utcDay(t time.Time) int64 { return t.Unix() / 86400 }
+
+// usedOn is the identity's session time on now's day.
+func (u *userState) usedOn(now time.Time) time.Duration {
+	if u.day != utcDay(now) {
+		return 0
+	}
+	return u.used
+}
+
+// acquire admits one more session for identity and returns its state and
+// the day's session time so far, or the ending of the limit that refused
+// it. force counts the session without a check: Redis admitted it.
+func (ul *userLimits) acquire(identity string, now time.Time, force bool) (*userState, time.Duration, ending) {
 	ul.mu.Lock()
 	defer ul.mu.Unlock()
 	u := ul.users[identity]
@@ -212,14 +283,37 @@ func (ul *userLimits) acquire(identity string, now time.Time) (*userState, endin
 		}
 		ul.users[identity] = u
 	}
-	if ul.maxSessions > 0 && u.sessions >= ul.maxSessions {
-		return nil, refuseUserSessions
-	}
-	if u.limiter != nil && !u.limiter.AllowN(now, 1) {
-		return nil, refuseUserRate
+	used := u.usedOn(now)
+	switch {
+	case force:
+		if u.limiter != nil {
+			u.limiter.ReserveN(now, 1) // taken even past the burst: it was opened
+		}
+	case ul.quota > 0 && used >= ul.quota:
+		return nil, 0, refuseQuota
+	case ul.maxSessions > 0 && u.sessions >= ul.maxSessions:
+		return nil, 0, refuseUserSessions
+	case u.limiter != nil && !u.limiter.AllowN(now, 1):
+		return nil, 0, refuseUserRate
 	}
 	u.sessions++
-	return u, ending{}
+	return u, used, ending{}
+}
+
+// spend adds d of session time to identity's day (now's) and returns the
+// day's total.
+func (ul *userLimits) spend(identity string, d time.Duration, now time.Time) time.Duration {
+	ul.mu.Lock()
+	defer ul.mu.Unlock()
+	u := ul.users[identity]
+	if u == nil {
+		return 0
+	}
+	if day := utcDay(now); u.day != day {
+		u.day, u.used = day, 0
+	}
+	u.used += d
+	return u.used
 }
 
 // release is acquire's counterpart when the session ends.
@@ -231,13 +325,14 @@ func (ul *userLimits) release(identity string) {
 	}
 }
 
-// forget drops identities that hold no session and whose rate budget has
-// refilled, so the map does not grow with every user ever seen.
+// forget drops identities that hold no session, whose rate budget has
+// refilled and that spent no time today, so the map does not grow with
+// every user ever seen (with a quota, it holds the day's users).
 func (ul *userLimits) forget(now time.Time) {
 	ul.mu.Lock()
 	defer ul.mu.Unlock()
 	for id, u := range ul.users {
-		if u.sessions == 0 && (u.limiter == nil || full(u.limiter, now)) && full(u.textRate, now) {
+		if u.sessions == 0 && (u.limiter == nil || full(u.limiter, now)) && full(u.textRate, now) && u.usedOn(now) == 0 {
 			delete(ul.users, id)
 		}
 	}

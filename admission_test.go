@@ -62,10 +62,10 @@ func TestInstanceFull(t *testing.T) {
 }
 
 func TestUserLimitsForget(t *testing.T) {
-	ul := newUserLimits(5, 60, 1<<20)
+	ul := newUserLimits(5, 60, 0, 1<<20)
 	now := time.Now()
-	ul.acquire("a", now)
-	ul.acquire("b", now)
+	ul.acquire("a", now, false)
+	ul.acquire("b", now, false)
 	ul.release("a")
 	ul.forget(now.Add(2 * time.Minute))
 	if ul.size() != 1 {

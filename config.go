@@ -104,6 +104,24 @@ type Config struct {
 	// UpstreamRetries is how many more times a Deepgram dial is tried after a
 	// failure another try may not meet, within the same 10 s bound.
 	UpstreamRetries int `env:"UPSTREAM_RETRIES, default=1"`
+
+	// MaxUserSecondsPerDay caps one identity's session time per UTC day
+	// (0: no quota), across instances with Redis.
+	MaxUserSecondsPerDay int `env:"MAX_USER_SECONDS_PER_DAY, default=0"`
+	// RedisURL, when set, makes the per-user limits and the quota count
+	// across every instance sharing that Redis: redis:// or rediss://.
+	RedisURL string `env:"REDIS_URL"`
+	// RedisKeyPrefix begins every key the relay writes, so that deployments
+	// can share one Redis.
+	RedisKeyPrefix string `env:"REDIS_KEY_PREFIX, default=dgrelay:"`
+	// RedisTimeout bounds every Redis call.
+	RedisTimeout time.Duration `env:"REDIS_TIMEOUT, default=500ms"`
+	// RedisFailure is what admission does while Redis cannot answer: local
+	// (the instance's own counters) or refuse (new sessions are refused).
+	RedisFailure string `env:"REDIS_FAILURE, default=local"`
+	// UsageTag, when user, tags every session at Deepgram with the user's
+	// hashed identity, so usage reports break down by user.
+	UsageTag string `env:"USAGE_TAG, default=off"`
 }
 
 // upstreamDialTimeout bounds the TCP, TLS and WebSocket handshake with
@@ -117,8 +135,24 @@ const (
 	proxyNone     = "off"
 )
 
+// The REDIS_FAILURE and USAGE_TAG values.
+const (
+	redisFailureLocal  = "local"
+	redisFailureRefuse = "refuse"
+	usageTagOff        = "off"
+	usageTagUser       = "user"
+)
+
 // maxUpstreamRetries bounds UPSTREAM_RETRIES.
 const maxUpstreamRetries = 3
+
+// maxRedisTimeout bounds REDIS_TIMEOUT: a client's connect waits for it
+// when Redis is slow, and the renewal step must outlast it.
+const maxRedisTimeout = 2 * time.Second
+
+// maxUserSecondsPerDay bounds MAX_USER_SECONDS_PER_DAY well inside the
+// milliseconds Redis counts in (a user's sessions together can exceed a day).
+const maxUserSecondsPerDay = 1 << 30
 
 // maxMessageBytesLimit bounds MAX_MESSAGE_BYTES: a message is read into
 // memory when a policy or the scrub reads it whole, and the text budget's
@@ -187,6 +221,7 @@ func (c *Config) validate() error {
 		{"MAX_SESSIONS_PER_USER", c.MaxSessionsPerUser, 0},
 		{"SESSION_RATE_PER_MINUTE", c.SessionRatePerMinute, 0},
 		{"UPSTREAM_RETRIES", c.UpstreamRetries, 0},
+		{"MAX_USER_SECONDS_PER_DAY", c.MaxUserSecondsPerDay, 0},
 	} {
 		if n.value < n.min {
 			return fmt.Errorf("%s: %d must be at least %d", n.name, n.value, n.min)
@@ -222,6 +257,38 @@ func (c *Config) validate() error {
 	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("LOG_LEVEL: %w", err)
+	}
+	return c.checkSharedLimits()
+}
+
+// checkSharedLimits checks the Redis settings and USAGE_TAG. REDIS_URL is
+// never echoed: it may hold a password.
+func (c *Config) checkSharedLimits() error {
+	if c.MaxUserSecondsPerDay > maxUserSecondsPerDay {
+		return fmt.Errorf("MAX_USER_SECONDS_PER_DAY: %d is over %d", c.MaxUserSecondsPerDay, maxUserSecondsPerDay)
+	}
+	if c.RedisURL != "" {
+		if _, err := redisOptions(c.RedisURL); err != nil {
+			return fmt.Errorf("REDIS_URL: %w", err)
+		}
+	}
+	// The prefix goes before a {hash tag}: a brace in it would move every
+	// user's keys into one Redis Cluster slot, or split them.
+	if strings.ContainsAny(c.RedisKeyPrefix, "{}") {
+		return fmt.Errorf("REDIS_KEY_PREFIX: %q may not hold { or }", c.RedisKeyPrefix)
+	}
+	if c.RedisTimeout <= 0 || c.RedisTimeout > maxRedisTimeout {
+		return fmt.Errorf("REDIS_TIMEOUT: %s must be positive and at most %s: admission waits for it", c.RedisTimeout, maxRedisTimeout)
+	}
+	switch c.RedisFailure {
+	case redisFailureLocal, redisFailureRefuse:
+	default:
+		return fmt.Errorf("REDIS_FAILURE: %q is not one of local, refuse", c.RedisFailure)
+	}
+	switch c.UsageTag {
+	case usageTagOff, usageTagUser:
+	default:
+		return fmt.Errorf("USAGE_TAG: %q is not one of off, user", c.UsageTag)
 	}
 	return nil
 }

@@ -55,6 +55,7 @@ var (
 	endDuration     = relayEnding("duration", websocket.StatusPolicyViolation, "session time limit reached", "session_max_duration")
 	endSlowClient   = relayEnding("slow_client", websocket.StatusPolicyViolation, "client not reading", "") // it would not read one
 	endSlowUpstream = relayEnding("slow_upstream", websocket.StatusBadGateway, "upstream not reading", "UPSTREAM_STALLED")
+	endQuota        = relayEnding("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
 	endDrain        = ending{"drain", "relay", answer{code: websocket.StatusServiceRestart, reason: "service restart", errorCode: "SERVICE_RESTART"}, answer{code: websocket.StatusNormalClosure, reason: "relay restarting"}}
 )
 
@@ -69,6 +70,9 @@ var (
 	refuseUserSessions = refusal("user_sessions", 4429, "too many sessions", "TOO_MANY_SESSIONS")
 	refuseUserRate     = refusal("rate", 4429, "too many new sessions", "SESSION_RATE_LIMITED")
 	refuseFull         = refusal("instance_full", websocket.StatusTryAgainLater, "relay full, try again", "INSTANCE_FULL")
+	refuseQuota        = refusal("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
+	// Redis cannot answer and REDIS_FAILURE=refuse.
+	refuseLimitsUnavailable = refusal("limits_unavailable", websocket.StatusTryAgainLater, "limits unavailable, try again", "LIMITS_UNAVAILABLE")
 
 	refuseUpstreamAuth        = refusal("upstream_failed", websocket.StatusBadGateway, "upstream refused the relay's key", "UPSTREAM_AUTH")
 	refuseUpstreamRejected    = refusal("upstream_failed", websocket.StatusBadGateway, "upstream refused the session", "UPSTREAM_REJECTED")
@@ -80,8 +84,9 @@ var endings = []ending{
 	endClientVanished, endUpstreamVanished, endClientTooBig, endUpstreamTooBig,
 	endClientProtocol, endUpstreamProtocol, endClientBusy, endUpstreamBusy,
 	endClientSlowText, endUpstreamSlowText, endTextRate, endSettingsRefused,
-	endIdle, endDuration, endSlowClient, endSlowUpstream, endDrain,
+	endIdle, endDuration, endSlowClient, endSlowUpstream, endQuota, endDrain,
 	refuseTokenMissing, refuseTokenExpired, refuseTokenInvalid, refuseUserSessions, refuseUserRate, refuseFull,
+	refuseQuota, refuseLimitsUnavailable,
 	refuseUpstreamAuth, refuseUpstreamRejected, refuseUpstreamUnavailable,
 }
 

@@ -34,6 +34,9 @@ type metrics struct {
 	policyViolations *prometheus.CounterVec
 	drains           prometheus.Counter
 	draining         prometheus.Gauge
+	redisAdmission   *prometheus.HistogramVec
+	redisErrors      *prometheus.CounterVec
+	redisFallback    prometheus.Gauge
 
 	// up and down are the traffic counters' two series, looked up once:
 	// every live session adds to them every second.
@@ -52,7 +55,7 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_sessions_active", Help: "Sessions relaying now.",
 		}, []string{"service"}),
 		sessionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (closed, vanished, too_big, protocol_error, text_budget, idle, duration, slow_client, slow_upstream, text_timeout, text_rate, drain, upstream_failed, client_gone, settings_refused).",
+			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (closed, vanished, too_big, protocol_error, text_budget, idle, duration, quota, slow_client, slow_upstream, text_timeout, text_rate, drain, upstream_failed, client_gone, settings_refused).",
 		}, []string{"service", "outcome"}),
 		sessionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "dgrelay_session_duration_seconds", Help: "How long relayed sessions lasted.",
@@ -81,7 +84,7 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_auth_failures_total", Help: "Tokens refused, by cause.",
 		}, []string{"reason"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dgrelay_refusals_total", Help: "Sessions refused by a limit or check (origin, rate, user_sessions, instance_full, draining).",
+			Name: "dgrelay_refusals_total", Help: "Sessions refused by a limit or check (origin, rate, user_sessions, quota, limits_unavailable, instance_full, draining).",
 		}, []string{"reason"}),
 		policyViolations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dgrelay_settings_policy_violations_total", Help: "Client fields the Settings policy stripped, or messages it refused, by action.",
@@ -92,6 +95,16 @@ func newMetrics(version string) *metrics {
 		draining: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "dgrelay_draining", Help: "1 while the relay drains after a shutdown signal.",
 		}),
+		redisAdmission: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "dgrelay_redis_admission_seconds", Help: "Time Redis took to decide an admission, by result (ok, error: no answer within REDIS_TIMEOUT).",
+			Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2},
+		}, []string{"result"}),
+		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_redis_errors_total", Help: "Redis calls that failed or timed out, by operation (admit, renew, release).",
+		}, []string{"op"}),
+		redisFallback: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "dgrelay_redis_fallback", Help: "1 while Redis cannot be reached: per-user limits count on this instance only (REDIS_FAILURE=local) or new sessions are refused (refuse).",
+		}),
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "dgrelay_build_info", Help: "The running build.", ConstLabels: prometheus.Labels{"version": version},
@@ -101,7 +114,8 @@ func newMetrics(version string) *metrics {
 	}
 	build.Set(1)
 	m.registry.MustRegister(m.sessionsActive, m.sessionsTotal, m.sessionDuration, m.closeCodes, m.bytes, m.messages,
-		m.dialDuration, m.dialRetries, m.upstreamErrors, m.authFailures, m.refusals, m.policyViolations, m.drains, m.draining, build,
+		m.dialDuration, m.dialRetries, m.upstreamErrors, m.authFailures, m.refusals, m.policyViolations, m.drains, m.draining,
+		m.redisAdmission, m.redisErrors, m.redisFallback, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

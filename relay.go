@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,11 +27,21 @@ type relay struct {
 	auth     *authenticator
 	origins  *originChecker
 	users    *userLimits
-	watchdog watchdog
-	metrics  *metrics
-	policy   *settingsPolicy // nil: Settings pass untouched
-	scrub    *scrubber
-	texts    *textBudget
+	// shared counts the per-user limits in Redis (nil without REDIS_URL);
+	// leases are this instance's admissions, renewed there every
+	// renewEvery (leaseRenewEvery; tests shorten it); quota is
+	// MAX_USER_SECONDS_PER_DAY.
+	shared     *sharedLimits
+	leases     leaseSet
+	quota      time.Duration
+	renewEvery time.Duration
+	// userHashKey keys userKey, the identity's name in Redis and at Deepgram.
+	userHashKey []byte
+	watchdog    watchdog
+	metrics     *metrics
+	policy      *settingsPolicy // nil: Settings pass untouched
+	scrub       *scrubber
+	texts       *textBudget
 	// tryPage is the try-it page's responses by route (nil: TRY_PAGE off).
 	tryPage map[string]tryAsset
 	// dialTimeout is upstreamDialTimeout; tests shorten it.
@@ -42,9 +53,11 @@ type relay struct {
 	// exits under them.
 	dials    context.Context
 	endDials context.CancelFunc
-	// stop ends the watchdog and the JWKS refresher; stopped says they ended.
-	stop    context.CancelFunc
-	stopped chan struct{}
+	// stop ends the watchdog, the lease renewals and the JWKS refresher;
+	// stopped says the watchdog ended, background the renewals.
+	stop       context.CancelFunc
+	stopped    chan struct{}
+	background sync.WaitGroup
 }
 
 func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logger) (*relay, error) {
@@ -64,15 +77,34 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
+	m := newMetrics(version)
+	secrets := policy.secretValues()
+	var shared *sharedLimits
+	if cfg.RedisURL != "" {
+		if shared, err = newSharedLimits(cfg, log, m); err != nil {
+			return nil, err
+		}
+		// The Redis password is scrubbed like the key: a library error
+		// that quoted it would go no further.
+		if opts, _ := redisOptions(cfg.RedisURL); opts.Password != "" {
+			secrets = append(secrets, []byte(opts.Password))
+		}
+	}
+	quota := time.Duration(cfg.MaxUserSecondsPerDay) * time.Second
+	renewEvery := leaseRenewEvery
 	rl := &relay{
 		cfg:         cfg,
 		policy:      policy,
-		scrub:       newScrubber(apiKey, policy.secretValues()),
+		scrub:       newScrubber(apiKey, secrets),
 		auth:        auth,
 		origins:     origins,
-		users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute, cfg.MaxMessageBytes),
-		watchdog:    newWatchdog(cfg.IdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout),
-		metrics:     newMetrics(version),
+		users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute, quota, cfg.MaxMessageBytes),
+		shared:      shared,
+		quota:       quota,
+		renewEvery:  renewEvery,
+		userHashKey: userHashKey(apiKey),
+		watchdog:    newWatchdog(cfg.IdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout, quotaStep(quota, renewEvery)),
+		metrics:     m,
 		stopped:     make(chan struct{}),
 		log:         log,
 		dialTimeout: upstreamDialTimeout,
@@ -92,14 +124,23 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 	ctx, stop := context.WithCancel(context.Background())
 	rl.stop = func() { stop(); auth.stop(); rl.endDials() }
 	go rl.watch(ctx)
+	if shared != nil || quota > 0 {
+		rl.background.Add(1)
+		go rl.renewals(ctx)
+	}
 	return rl, nil
 }
 
-// close stops the relay's background work: the watchdog and the JWKS
-// refresher. Sessions are the drain's business.
+// close stops the relay's background work: the watchdog, the lease
+// renewals, the JWKS refresher and the Redis client. Sessions are the
+// drain's business.
 func (rl *relay) close() {
 	rl.stop()
 	<-rl.stopped
+	rl.background.Wait()
+	if rl.shared != nil {
+		rl.shared.close()
+	}
 }
 
 // ServeHTTP is the WebSocket route. Its steps run in this order so that every
@@ -135,6 +176,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.identity = "ip:" + s.remote
 	}
+	s.userKey = userKey(rl.userHashKey, s.identity)
 
 	a, refused, draining := rl.admit(s)
 	switch {
@@ -208,6 +250,7 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 // and releases its admission.
 func (rl *relay) serveSession(s *session, a *admission) {
 	defer a.release()
+	a.relaying(s, time.Now())
 	live := rl.started(s)
 	s.run()
 	rl.finished(s, live)

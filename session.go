@@ -31,6 +31,7 @@ type session struct {
 	trace       string // the request's Cloud Trace name, for log lines; may be empty
 	user        string // the token's sub; empty when unauthenticated
 	identity    string // what the per-user limits count: sub or IP
+	userKey     string // identity hashed: its name in Redis and in the usage tag
 	dgRequestID string
 	dialTime    time.Duration // opening Deepgram's socket, retries included
 	dialTries   int
@@ -50,6 +51,10 @@ type session struct {
 	// upReported and downReported are what the metrics have counted of up
 	// and down; guarded by mu.
 	upReported, downReported flowReported
+
+	// quotaAfter is the session's age at which its user's daily quota is
+	// spent (0: none), set every lease renewal; the watchdog enforces it.
+	quotaAfter atomic.Int64
 
 	// closing is set, under mu, once end has run; the pipes read it
 	// between frames without the lock.

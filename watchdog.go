@@ -17,14 +17,23 @@ type watchdog struct {
 	tick time.Duration
 }
 
-func newWatchdog(idle, write, maxAge, text time.Duration) watchdog {
+func newWatchdog(idle, write, maxAge, text, quotaStep time.Duration) watchdog {
 	tick := time.Second
-	for _, d := range []time.Duration{idle, write, maxAge, text} {
+	for _, d := range []time.Duration{idle, write, maxAge, text, quotaStep} {
 		if d > 0 && d/4 < tick {
 			tick = d / 4
 		}
 	}
 	return watchdog{idle: idle, write: write, maxAge: maxAge, text: text, tick: max(tick, 5*time.Millisecond)}
+}
+
+// quotaStep is the lease renewal step when a quota is on (0 otherwise): the
+// watchdog looks at the quota deadlines at least four times a step.
+func quotaStep(quota, renewEvery time.Duration) time.Duration {
+	if quota == 0 {
+		return 0
+	}
+	return renewEvery
 }
 
 // timers is the watchdog's view of one session. Only the watchdog goroutine
@@ -46,6 +55,9 @@ func (w watchdog) check(s *session, now time.Time) (outcome, bool) {
 	}
 	if w.maxAge > 0 && now.Sub(s.started) >= w.maxAge {
 		return endDuration.outcome(""), true
+	}
+	if q := s.quotaAfter.Load(); q != 0 && now.Sub(s.started) >= time.Duration(q) {
+		return endQuota.outcome(""), true
 	}
 	// A text message left unfinished holds its share of the text budget.
 	if since := s.up.Gathering.Load(); since != 0 && now.Sub(time.Unix(0, since)) >= w.text {

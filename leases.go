@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Leases and the daily quota. Every leaseRenewEvery one goroutine per
+// instance counts each live session's time since the last round (into its
+// user's day, here and in Redis), renews all the instance's leases in Redis
+// in one pipeline, and sets each session's quota deadline from the answer,
+// which the watchdog enforces. A goroutine or timer per session would cost
+// more and buy nothing: the step is what bounds how far past a lapsed lease
+// or a spent quota anything runs.
+
+// leaseSet holds the admissions of this instance, from admission to release:
+// a session still dialling Deepgram holds its place in Redis too.
+type leaseSet struct {
+	mu sync.Mutex
+	m  map[*admission]struct{}
+}
+
+func (ls *leaseSet) add(a *admission) {
+	ls.mu.Lock()
+	if ls.m == nil {
+		ls.m = make(map[*admission]struct{})
+	}
+	ls.m[a] = struct{}{}
+	ls.mu.Unlock()
+}
+
+func (ls *leaseSet) remove(a *admission) {
+	ls.mu.Lock()
+	delete(ls.m, a)
+	ls.mu.Unlock()
+}
+
+func (ls *leaseSet) snapshot() []*admission {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	out := make([]*admission, 0, len(ls.m))
+	for a := range ls.m {
+		out = append(out, a)
+	}
+	return out
+}
+
+// relaying starts the session's clock: its time counts from now, and with a
+// quota it may run for what its user had left at admission.
+func (a *admission) relaying(s *session, now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.session, a.since = s, now
+	a.setDeadline(now, a.rl.quota-a.remaining)
+}
+
+// count adds the session's time since it was last counted to its user's day
+// here, and to what Redis has yet to hear; it returns the day's total here.
+// a.mu is held.
+func (a *admission) count(now time.Time) time.Duration {
+	if a.session == nil || a.rl.quota == 0 {
+		return 0
+	}
+	d := now.Sub(a.since)
+	a.since = now
+	a.unsent += d
+	return a.rl.users.spend(a.identity, d, now)
+}
+
+// setDeadline sets when the session must end for its user's quota, given the
+// day's time so far: what is left, as if this session alone spent it. A
+// user's other sessions spend it too, which the next round sees, so a
+// session runs at most one step past the quota and never ends before it.
+// a.mu is held.
+func (a *admission) setDeadline(now time.Time, used time.Duration) {
+	if a.session == nil || a.rl.quota == 0 {
+		return
+	}
+	at := now.Add(a.rl.quota - used).Sub(a.session.started)
+	a.session.quotaAfter.Store(max(int64(at), 1)) // 0 is none
+}
+
+// renewLeases is one round: count, renew, set deadlines. The admissions stay
+// locked across the Redis call, so a release waits for the round (at most
+// REDIS_TIMEOUT) rather than cross it.
+func (rl *relay) renewLeases(now time.Time) {
+	all := rl.leases.snapshot()
+	held := make([]*admission, 0, len(all))
+	local := make([]time.Duration, 0, len(all))
+	updates := make([]leaseUpdate, 0, len(all))
+	for _, a := range all {
+		a.mu.Lock()
+		if a.ended {
+			a.mu.Unlock()
+			continue
+		}
+		held = append(held, a)
+		local = append(local, a.count(now))
+		updates = append(updates, leaseUpdate{user: a.user, id: a.id, add: a.unsent})
+	}
+	shared := false
+	if rl.shared != nil {
+		shared = rl.shared.renew(updates, false) == nil
+	}
+	for i, a := range held {
+		used := local[i]
+		if shared {
+			a.unsent, used = 0, updates[i].used
+		}
+		a.setDeadline(now, used)
+		a.mu.Unlock()
+	}
+}
+
+// renewals runs a round every leaseRenewEvery until ctx ends.
+func (rl *relay) renewals(ctx context.Context) {
+	defer rl.background.Done()
+	tick := time.NewTicker(rl.renewEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			rl.renewLeases(now)
+		}
+	}
+}

@@ -1,0 +1,356 @@
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Limits shared across instances: with REDIS_URL, each user's live
+// sessions (MAX_SESSIONS_PER_USER), new-session rate
+// (SESSION_RATE_PER_MINUTE) and session time per UTC day
+// (MAX_USER_SECONDS_PER_DAY) are counted in Redis by every instance that
+// shares it and REDIS_KEY_PREFIX. Redis is touched at admission, at each
+// lease renewal (one pipeline per instance every leaseRenewEvery) and at a
+// session's end; never per frame.
+//
+// Every decision is one Lua script, so concurrent admissions on any number of
+// instances cannot both pass a cap (no read-then-write). The scripts read the
+// Redis server's clock (TIME): lease expiries, the rate and the day's
+// boundary are all on one clock, so instances whose clocks disagree still
+// agree on them. The relay measures only durations (session time, with
+// its monotonic clock), which no skew changes.
+//
+// A user's keys, all in one Redis Cluster slot ({hash}):
+//
+//	PREFIX{user}:s  sorted set: live sessions' leases, scored by expiry (ms)
+//	PREFIX{user}:r  the rate: the theoretical arrival time of the next session (GCRA)
+//	PREFIX{user}:d  hash: the UTC day (days since 1970) and its session time (ms)
+//
+// user is the identity hashed (userKey): no sub, IP or token goes to Redis.
+
+// The lease periods: a live session's lease is renewed every leaseRenewEvery
+// and lapses leaseTTL after its last renewal, so the sessions of an instance
+// killed without a drain free their users' places within leaseTTL +
+// leaseRenewEvery. Tests shorten them.
+var (
+	leaseRenewEvery = 5 * time.Second
+	leaseTTL        = 15 * time.Second
+)
+
+// admitScript admits one session of a user, or says which limit refuses it:
+// {0, used} admitted, {1, used} the day's quota, {2, used} the live-session
+// cap, {3, used} the rate; used is the day's session time so far (ms).
+var admitScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local day = math.floor(tonumber(t[1]) / 86400)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local used = 0
+local quota = tonumber(ARGV[6])
+if quota > 0 then
+  local u = redis.call('HMGET', KEYS[3], 'day', 'ms')
+  if tonumber(u[1]) == day then used = tonumber(u[2]) or 0 end
+  if used >= quota then return {1, used} end
+end
+local max = tonumber(ARGV[3])
+if max > 0 and redis.call('ZCARD', KEYS[1]) >= max then return {2, used} end
+local interval = tonumber(ARGV[4])
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[2])) or now
+  if tat < now then tat = now end
+  tat = tat + interval
+  if tat - now > tonumber(ARGV[5]) then return {3, used} end
+  redis.call('SET', KEYS[2], tat, 'PX', tat - now)
+end
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {0, used}
+`)
+
+// leaseScript renews a session's lease (ARGV[2] the TTL in ms) or ends it
+// (0), adds ARGV[3] ms to the user's day when the quota is on (ARGV[4] "1"),
+// and returns {the day's session time (ms), the user's live leases}. A lease
+// that lapsed while Redis was away is added again: counting resumes.
+var leaseScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local day = math.floor(tonumber(t[1]) / 86400)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+local used = 0
+if ARGV[4] == '1' then
+  local u = redis.call('HMGET', KEYS[2], 'day', 'ms')
+  if tonumber(u[1]) == day then used = tonumber(u[2]) or 0 end
+  local add = tonumber(ARGV[3])
+  if add > 0 then
+    used = used + add
+    redis.call('HSET', KEYS[2], 'day', day, 'ms', used)
+    redis.call('PEXPIREAT', KEYS[2], (day + 2) * 86400000)
+  end
+end
+return {used, redis.call('ZCARD', KEYS[1])}
+`)
+
+// sharedLimits is the relay's side of the limits in Redis.
+type sharedLimits struct {
+	client  *redis.Client
+	host    string // for log lines: never the URL, which may hold a password
+	prefix  string
+	timeout time.Duration
+	ttl     time.Duration // leaseTTL
+	refuse  bool          // REDIS_FAILURE=refuse
+	// The limits, as the scripts take them (0: off).
+	maxSessions           int
+	rateInterval, burstMs int64
+	quotaMs               int64
+	log                   *slog.Logger
+	metrics               *metrics
+	// down is set by the first failed call of an outage and cleared by the
+	// next call that succeeds. While it is set, admission does not wait on
+	// Redis (the renewal loop probes it every leaseRenewEvery).
+	down atomic.Bool
+}
+
+// redisOptions parses REDIS_URL. Errors never quote it: it may hold a
+// password.
+func redisOptions(raw string) (*redis.Options, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, errors.New("not a valid URL")
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return nil, fmt.Errorf("scheme %q: must be redis or rediss", u.Scheme)
+	}
+	if u.Hostname() == "" {
+		return nil, errors.New("the URL has no host")
+	}
+	opts, err := redis.ParseURL(raw)
+	if err != nil {
+		// go-redis names the database or path at fault, never the password.
+		return nil, fmt.Errorf("not a valid Redis URL: %w", err)
+	}
+	return opts, nil
+}
+
+// quietRedisLog keeps go-redis's own log lines (plain text on stderr, one per
+// failed dial) out of the relay's JSON log: the relay says once per outage
+// what it means for the limits.
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...any) {}
+
+func init() { redis.SetLogger(quietRedisLog{}) }
+
+// newSharedLimits makes the Redis client. It does not connect: Redis down at
+// start must not stop the start, and the first call finds out.
+func newSharedLimits(cfg *Config, log *slog.Logger, m *metrics) (*sharedLimits, error) {
+	opts, err := redisOptions(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	// Every call is bounded by REDIS_TIMEOUT, retries and dials included: a
+	// retry would wait past the bound a client's connect waits for.
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = cfg.RedisTimeout, cfg.RedisTimeout, cfg.RedisTimeout
+	opts.ContextTimeoutEnabled = true
+	opts.MaxRetries = -1
+	opts.DialerRetries = 1
+	opts.PoolTimeout = cfg.RedisTimeout
+	// No CLIENT SETINFO round trip per connection, no maintenance
+	// notifications handshake: plain commands only, which every managed
+	// Redis (Memorystore, Upstash, Fly's) takes.
+	opts.DisableIdentity = true
+	opts.Protocol = 2
+	sl := &sharedLimits{
+		client:      redis.NewClient(opts),
+		host:        opts.Addr,
+		prefix:      cfg.RedisKeyPrefix,
+		timeout:     cfg.RedisTimeout,
+		ttl:         leaseTTL,
+		refuse:      cfg.RedisFailure == redisFailureRefuse,
+		maxSessions: cfg.MaxSessionsPerUser,
+		quotaMs:     int64(cfg.MaxUserSecondsPerDay) * 1000,
+		log:         log,
+		metrics:     m,
+	}
+	if cfg.SessionRatePerMinute > 0 {
+		// The burst is a minute's worth, as the instance's own limiter:
+		// a user may open them at once but not more in any minute on
+		// average. The interval is rounded up to whole milliseconds and
+		// the burst kept exact.
+		sl.rateInterval = (60000 + int64(cfg.SessionRatePerMinute) - 1) / int64(cfg.SessionRatePerMinute)
+		sl.burstMs = sl.rateInterval * int64(cfg.SessionRatePerMinute)
+	}
+	return sl, nil
+}
+
+func (sl *sharedLimits) close() { _ = sl.client.Close() }
+
+// keys are a user's keys: its leases, its rate and its day.
+func (sl *sharedLimits) keys(user string) (leases, rate, day string) {
+	base := sl.prefix + "{" + user + "}:"
+	return base + "s", base + "r", base + "d"
+}
+
+// errRedisDown is admit's answer during an outage: it did not wait on Redis.
+var errRedisDown = errors.New("redis is unreachable")
+
+// admit asks Redis to admit a session of user under the lease id. It
+// returns the ending of the limit that refuses it (a zero ending: admitted)
+// and the day's session time so far, or an error when Redis could not
+// answer within REDIS_TIMEOUT (or is known to be away).
+func (sl *sharedLimits) admit(user, id string) (refused ending, used time.Duration, err error) {
+	if sl.down.Load() {
+		return ending{}, 0, errRedisDown
+	}
+	leases, rate, day := sl.keys(user)
+	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
+	defer cancel()
+	start := time.Now()
+	res, err := admitScript.Run(ctx, sl.client, []string{leases, rate, day},
+		id, sl.ttl.Milliseconds(), sl.maxSessions, sl.rateInterval, sl.burstMs, sl.quotaMs).Int64Slice()
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("admission script answered %d values", len(res))
+	}
+	if err != nil {
+		sl.metrics.redisAdmission.WithLabelValues("error").Observe(time.Since(start).Seconds())
+		sl.failed("admit", err)
+		return ending{}, 0, err
+	}
+	sl.metrics.redisAdmission.WithLabelValues("ok").Observe(time.Since(start).Seconds())
+	sl.answered()
+	used = time.Duration(res[1]) * time.Millisecond
+	switch res[0] {
+	case 1:
+		return refuseQuota, used, nil
+	case 2:
+		return refuseUserSessions, used, nil
+	case 3:
+		return refuseUserRate, used, nil
+	}
+	return ending{}, used, nil
+}
+
+// leaseUpdate is one lease's renewal, or its end, with the session time to
+// add to its user's day.
+type leaseUpdate struct {
+	user, id string
+	add      time.Duration
+	// The answer: the user's day so far and its live leases.
+	used time.Duration
+	live int64
+}
+
+// renew sends updates in one pipeline (one round trip for every live session
+// of the instance) and fills in their answers. With none, it pings: the
+// renewal loop is also what finds Redis back after an outage.
+func (sl *sharedLimits) renew(updates []leaseUpdate, end bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
+	defer cancel()
+	op := "renew"
+	if end {
+		op = "release"
+	}
+	err := sl.exec(ctx, updates, end)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// Redis restarted and forgot its scripts.
+		if err = leaseScript.Load(ctx, sl.client).Err(); err == nil {
+			err = sl.exec(ctx, updates, end)
+		}
+	}
+	if err != nil {
+		sl.failed(op, err)
+		return err
+	}
+	sl.answered()
+	return nil
+}
+
+// exec runs the lease script for each update in one pipeline.
+func (sl *sharedLimits) exec(ctx context.Context, updates []leaseUpdate, end bool) error {
+	if len(updates) == 0 {
+		return sl.client.Ping(ctx).Err()
+	}
+	ttl, quotaOn := sl.ttl.Milliseconds(), "0"
+	if end {
+		ttl = 0
+	}
+	if sl.quotaMs > 0 {
+		quotaOn = "1"
+	}
+	pipe := sl.client.Pipeline()
+	cmds := make([]*redis.Cmd, len(updates))
+	for i, u := range updates {
+		leases, _, day := sl.keys(u.user)
+		cmds[i] = leaseScript.EvalSha(ctx, pipe, []string{leases, day}, u.id, ttl, u.add.Milliseconds(), quotaOn)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	for i, c := range cmds {
+		res, err := c.Int64Slice()
+		if err != nil || len(res) != 2 {
+			return fmt.Errorf("lease script: %v values, %w", len(res), err)
+		}
+		updates[i].used, updates[i].live = time.Duration(res[0])*time.Millisecond, res[1]
+	}
+	return nil
+}
+
+// failed records a call that Redis did not answer. The first of an outage is
+// logged, with what the limits now are; every one is counted.
+func (sl *sharedLimits) failed(op string, err error) {
+	sl.metrics.redisErrors.WithLabelValues(op).Inc()
+	if !sl.down.CompareAndSwap(false, true) {
+		return
+	}
+	sl.metrics.redisFallback.Set(1)
+	what := "per-user limits count on this instance only until it answers"
+	if sl.refuse {
+		what = "new sessions are refused (LIMITS_UNAVAILABLE) until it answers; live ones go on"
+	}
+	sl.log.Warn("Redis unreachable: "+what, "redis_host", sl.host, "redis_op", op, "error", err.Error())
+}
+
+// answered records a call that Redis answered, which ends an outage.
+func (sl *sharedLimits) answered() {
+	if sl.down.CompareAndSwap(true, false) {
+		sl.metrics.redisFallback.Set(0)
+		sl.log.Info("Redis reachable again: per-user limits count across instances", "redis_host", sl.host)
+	}
+}
+
+// userKey is what Redis and Deepgram's usage reports know of an identity:
+// HMAC-SHA256 keyed with a key derived from the Deepgram key (a secret the
+// relay holds anyway, the same on every instance of a deployment), so that
+// neither a sub nor an IP can be read back from it, nor guessed by hashing
+// candidates. 128 bits in hex.
+func userKey(hashKey []byte, identity string) string {
+	mac := hmac.New(sha256.New, hashKey)
+	mac.Write([]byte(identity))
+	return hex.EncodeToString(mac.Sum(nil)[:16])
+}
+
+// userHashKey derives userKey's key from the Deepgram key: not the key, and
+// the key cannot be had back from it.
+func userHashKey(apiKey string) []byte {
+	mac := hmac.New(sha256.New, []byte(apiKey))
+	mac.Write([]byte("dgrelay user identity v1"))
+	return mac.Sum(nil)
+}

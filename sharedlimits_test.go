@@ -1,0 +1,256 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+)
+
+// redisServer is Debian's redis-server on a free loopback port, with no
+// persistence, started and stopped by the test that needs it.
+type redisServer struct {
+	t    *testing.T
+	bin  string
+	port string
+	args []string
+	cmd  *exec.Cmd
+	exit chan struct{}
+}
+
+// startRedis starts a redis-server for t; extra are more of its arguments
+// (--requirepass ...). Cleanup stops it.
+func startRedis(t *testing.T, extra ...string) *redisServer {
+	t.Helper()
+	rs := &redisServer{t: t, bin: requireTool(t, "redis-server"), port: freePort(t), args: extra}
+	rs.start()
+	t.Cleanup(rs.stop)
+	return rs
+}
+
+// url is the REDIS_URL of the server, without credentials.
+func (rs *redisServer) url() string { return "redis://127.0.0.1:" + rs.port }
+
+// start runs the server (again, on the same port) and waits until it
+// answers.
+func (rs *redisServer) start() {
+	rs.t.Helper()
+	args := append([]string{"--port", rs.port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"}, rs.args...)
+	rs.cmd = exec.Command(rs.bin, args...)
+	if err := rs.cmd.Start(); err != nil {
+		rs.t.Fatalf("redis-server: %v", err)
+	}
+	rs.exit = make(chan struct{})
+	go func(cmd *exec.Cmd, exit chan struct{}) {
+		_ = cmd.Wait()
+		close(exit)
+	}(rs.cmd, rs.exit)
+	waitFor(rs.t, func() bool {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+rs.port, time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		_, _ = io.WriteString(c, "PING\r\n")
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		// With requirepass the answer is NOAUTH: up all the same.
+		return strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH")
+	})
+}
+
+// stop kills the server, as a lost machine would go; its data goes with it.
+func (rs *redisServer) stop() {
+	if rs.cmd == nil {
+		return
+	}
+	_ = rs.cmd.Process.Kill()
+	<-rs.exit
+	rs.cmd = nil
+}
+
+// redisClient is a client of rs for the test to look inside; closed at
+// cleanup (its pool has goroutines).
+func redisClient(t *testing.T, url string) *redis.Client {
+	t.Helper()
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// shortLeases shortens the lease periods for t, so that tests need not wait
+// the real 5 s and 15 s; set before the relays start.
+func shortLeases(t *testing.T, renew, ttl time.Duration) {
+	oldRenew, oldTTL := leaseRenewEvery, leaseTTL
+	leaseRenewEvery, leaseTTL = renew, ttl
+	t.Cleanup(func() { leaseRenewEvery, leaseTTL = oldRenew, oldTTL })
+}
+
+// twoInstances starts two relays sharing rs, each with its own fake Deepgram
+// and listener, configured alike from env.
+func twoInstances(t *testing.T, redisURL string, env map[string]string) (*harness, *harness) {
+	t.Helper()
+	env = authEnv(env)
+	env["REDIS_URL"] = redisURL
+	return newHarness(t, env, fakedeepgram.Options{}), newHarness(t, env, fakedeepgram.Options{})
+}
+
+// TestSharedUserCap: MAX_SESSIONS_PER_USER counts a user's sessions on both
+// instances together, and a place freed on one is usable on the other.
+func TestSharedUserCap(t *testing.T) {
+	rs := startRedis(t)
+	a, b := twoInstances(t, rs.url(), map[string]string{"MAX_SESSIONS_PER_USER": "2"})
+	alice := "token=" + userToken(t, "alice")
+	a1 := a.dial(alice)
+	expectType(t, a1, "Welcome")
+	expectType(t, b.dial(alice), "Welcome")
+	expectRefused(t, a, alice, nil, 4429, "too many sessions")
+	expectRefused(t, b, alice, nil, 4429, "too many sessions")
+	expectType(t, b.dial("token="+userToken(t, "bob")), "Welcome") // another user
+
+	a1.Close(websocket.StatusNormalClosure, "")
+	a.settled()
+	expectType(t, b.dial(alice), "Welcome")
+}
+
+// TestSharedSessionRate: SESSION_RATE_PER_MINUTE counts new sessions on both
+// instances together.
+func TestSharedSessionRate(t *testing.T) {
+	rs := startRedis(t)
+	a, b := twoInstances(t, rs.url(), map[string]string{"SESSION_RATE_PER_MINUTE": "3", "MAX_SESSIONS_PER_USER": "0"})
+	carol := "token=" + userToken(t, "carol")
+	for _, h := range []*harness{a, b, a} {
+		c := h.dial(carol)
+		expectType(t, c, "Welcome")
+		c.Close(websocket.StatusNormalClosure, "")
+	}
+	expectRefused(t, b, carol, nil, 4429, "too many new sessions")
+	expectRefused(t, a, carol, nil, 4429, "too many new sessions")
+	expectType(t, b.dial("token="+userToken(t, "dave")), "Welcome")
+}
+
+// TestSharedAdmissionAtomic: many admissions of one user at once, on both
+// instances, never pass the cap: exactly the cap's worth get Welcome.
+func TestSharedAdmissionAtomic(t *testing.T) {
+	rs := startRedis(t)
+	const cap, tries = 3, 24
+	a, b := twoInstances(t, rs.url(), map[string]string{"MAX_SESSIONS_PER_USER": "3", "SESSION_RATE_PER_MINUTE": "0"})
+	tok := "token=" + userToken(t, "erin")
+	var mu sync.Mutex
+	admitted, refused := 0, 0
+	var wg sync.WaitGroup
+	for i := range tries {
+		h := []*harness{a, b}[i%2]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			c, _, err := websocket.Dial(ctx, h.wsURL+"?"+tok, nil)
+			if err != nil {
+				t.Errorf("dial: %v", err)
+				return
+			}
+			// Held open until the test ends: a place given back would
+			// let one more in.
+			t.Cleanup(func() { c.CloseNow() })
+			// Admitted sessions hear Welcome; refused ones an Error frame.
+			_, data, err := c.Read(ctx)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil && strings.Contains(string(data), `"Welcome"`):
+				admitted++
+			case err == nil && strings.Contains(string(data), "TOO_MANY_SESSIONS"):
+				refused++
+			default:
+				t.Errorf("neither Welcome nor TOO_MANY_SESSIONS: %q %v", data, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if admitted != cap || refused != tries-cap {
+		t.Fatalf("%d admitted, %d refused; want %d and %d\n%s\n%s", admitted, refused, cap, tries-cap, grepLines(a.logs.String(), "Redis"), grepLines(b.logs.String(), "Redis"))
+	}
+}
+
+// TestNoIdentityInRedis: what a user leaves in Redis names it only by its
+// keyed hash: no sub, IP or token in any key or value.
+func TestNoIdentityInRedis(t *testing.T) {
+	rs := startRedis(t)
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.url(), "MAX_USER_SECONDS_PER_DAY": "3600",
+		"SESSION_RATE_PER_MINUTE": "10"}), fakedeepgram.Options{})
+	tok := userToken(t, "frank@example.com")
+	c := h.dial("token=" + tok)
+	expectType(t, c, "Welcome")
+	c.Close(websocket.StatusNormalClosure, "")
+	h.settled()
+	anon := newHarness(t, map[string]string{"REDIS_URL": rs.url()}, fakedeepgram.Options{})
+	expectType(t, anon.dial(""), "Welcome")
+
+	rc := redisClient(t, rs.url())
+	ctx := context.Background()
+	keys, err := rc.Keys(ctx, "*").Result()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("keys %v, %v", keys, err)
+	}
+	var dump strings.Builder
+	for _, k := range keys {
+		dump.WriteString(k + "\n")
+		switch typ := rc.Type(ctx, k).Val(); typ {
+		case "zset":
+			dump.WriteString(strings.Join(rc.ZRange(ctx, k, 0, -1).Val(), " "))
+		case "hash":
+			for f, v := range rc.HGetAll(ctx, k).Val() {
+				dump.WriteString(f + "=" + v + " ")
+			}
+		case "string":
+			dump.WriteString(rc.Get(ctx, k).Val())
+		default:
+			t.Errorf("key %s of type %s", k, typ)
+		}
+		dump.WriteString("\n")
+		if !strings.HasPrefix(k, "dgrelay:{") {
+			t.Errorf("key %s is not under the prefix and a hash tag", k)
+		}
+	}
+	for _, secret := range []string{"frank", "example.com", "127.0.0.1", tok, testAPIKey} {
+		if strings.Contains(dump.String(), secret) {
+			t.Errorf("Redis holds %q:\n%s", secret, dump.String())
+		}
+	}
+}
+
+// TestRedisPasswordNeverLogged: a REDIS_URL with a password works, and the
+// password appears in no log line, with Redis up or refusing it.
+func TestRedisPasswordNeverLogged(t *testing.T) {
+	const password = "redis-PASSWORD-9f8e7d"
+	rs := startRedis(t, "--requirepass", password)
+	good := "redis://:" + password + "@127.0.0.1:" + rs.port
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": good, "MAX_SESSIONS_PER_USER": "1"}), fakedeepgram.Options{})
+	expectType(t, h.dial("token="+userToken(t, "gina")), "Welcome")
+	expectRefused(t, h, "token="+userToken(t, "gina"), nil, 4429, "too many sessions")
+
+	bad := newHarness(t, authEnv(map[string]string{"REDIS_URL": "redis://default:not-" + password + "@127.0.0.1:" + rs.port}), fakedeepgram.Options{})
+	expectType(t, bad.dial("token="+userToken(t, "gina")), "Welcome") // local counters: REDIS_FAILURE=local
+	waitForLog(t, bad.logs, "Redis unreachable")
+	for _, logs := range []string{h.logs.String(), bad.logs.String()} {
+		if strings.Contains(logs, password) {
+			t.Errorf("the Redis password is in the logs:\n%s", logs)
+		}
+	}
+}

@@ -145,7 +145,10 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		"try_page", cfg.TryPage,
 		"max_sessions", cfg.MaxSessions,
 		"trust_proxy_headers", cfg.TrustProxyHeaders,
-		"upstream_retries", cfg.UpstreamRetries)
+		"upstream_retries", cfg.UpstreamRetries,
+		"max_user_seconds_per_day", cfg.MaxUserSecondsPerDay,
+		"usage_tag", cfg.UsageTag,
+		"limits", rl.limitsWhere())
 
 	select {
 	case s := <-sig:

@@ -336,6 +336,16 @@ func (sl *sharedLimits) answered() {
 	}
 }
 
+// limitsWhere says, for the start line, where the per-user limits count:
+// Redis's host (never the URL, which may hold a password) and what happens
+// while it is away, or the instance.
+func (rl *relay) limitsWhere() string {
+	if rl.shared == nil {
+		return "instance"
+	}
+	return "redis " + rl.shared.host + ", " + rl.cfg.RedisFailure + " while unreachable"
+}
+
 // userKey is what Redis and Deepgram's usage reports know of an identity:
 // HMAC-SHA256 keyed with a key derived from the Deepgram key (a secret the
 // relay holds anyway, the same on every instance of a deployment), so that

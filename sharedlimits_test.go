@@ -5,9 +5,12 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
+	"github.com/sethvargo/go-envconfig"
 )
 
 // redisServer is Debian's redis-server on a free loopback port, with no
@@ -252,5 +256,164 @@ func TestRedisPasswordNeverLogged(t *testing.T) {
 		if strings.Contains(logs, password) {
 			t.Errorf("the Redis password is in the logs:\n%s", logs)
 		}
+	}
+}
+
+// slowProxy sits between relays and Redis and holds every byte for delay
+// (0: none), as a Redis that answers slowly or not at all.
+type slowProxy struct {
+	ln     net.Listener
+	target string
+	delay  atomic.Int64
+	done   chan struct{}
+	wg     sync.WaitGroup
+}
+
+func startSlowProxy(t *testing.T, target string) *slowProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &slowProxy{ln: ln, target: target, done: make(chan struct{})}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		close(p.done)
+		ln.Close()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *slowProxy) url() string { return "redis://" + p.ln.Addr().String() }
+
+func (p *slowProxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.wg.Add(2)
+		go p.pipe(c, up)
+		go p.pipe(up, c)
+	}
+}
+
+// pipe copies src to dst, each read held for the delay in force; it ends
+// both when either side does, or the test does.
+func (p *slowProxy) pipe(src, dst net.Conn) {
+	defer p.wg.Done()
+	defer src.Close()
+	defer dst.Close()
+	go func() {
+		<-p.done
+		src.Close()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		select {
+		case <-time.After(time.Duration(p.delay.Load())):
+		case <-p.done:
+			return
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+// TestRedisSlow: a Redis that stops answering in time costs a connect at
+// most REDIS_TIMEOUT: admission goes on with the instance's counters (local)
+// or refuses (refuse), each within a connect deadline far below the delay.
+// When Redis answers in time again, it decides again.
+func TestRedisSlow(t *testing.T) {
+	shortLeases(t, 100*time.Millisecond, 300*time.Millisecond)
+	rs := startRedis(t)
+	proxy := startSlowProxy(t, "127.0.0.1:"+rs.port)
+	for _, mode := range []string{"local", "refuse"} {
+		t.Run(mode, func(t *testing.T) {
+			proxy.delay.Store(0)
+			h := newHarness(t, authEnv(map[string]string{"REDIS_URL": proxy.url(), "REDIS_TIMEOUT": "200ms",
+				"REDIS_FAILURE": mode, "MAX_SESSIONS_PER_USER": "1"}), fakedeepgram.Options{})
+			expectType(t, h.dial("token="+userToken(t, "slow-"+mode)), "Welcome")
+
+			proxy.delay.Store(int64(time.Minute))
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			c, _, err := websocket.Dial(ctx, h.wsURL+"?token="+userToken(t, "other-"+mode), nil)
+			if err != nil {
+				t.Fatalf("admission waited on the slow Redis: %v", err)
+			}
+			defer c.CloseNow()
+			if mode == "local" {
+				expectType(t, c, "Welcome")
+			} else {
+				expectErrorThenClose(t, c, refuseLimitsUnavailable)
+			}
+			waitForLog(t, h.logs, "Redis unreachable")
+			if m := scrapeHandler(t, h); !strings.Contains(m, `dgrelay_redis_admission_seconds_count{result="error"} 1`) ||
+				!strings.Contains(m, "dgrelay_redis_fallback 1") {
+				t.Errorf("metrics:\n%s", grepLines(m, "redis"))
+			}
+
+			proxy.delay.Store(0)
+			waitForLog(t, h.logs, "Redis reachable again")
+			// Redis decides again: the first user's lease is there.
+			expectRefused(t, h, "token="+userToken(t, "slow-"+mode), nil, 4429, "too many sessions")
+		})
+	}
+}
+
+// TestRedisDownAtStart: a Redis that cannot be reached does not stop the
+// start; /readyz is ready and sessions are admitted on the instance's
+// counters.
+func TestRedisDownAtStart(t *testing.T) {
+	fake := fakedeepgram.Start(fakedeepgram.Options{})
+	defer fake.Close()
+	port := freePort(t)
+	logs := &lockedBuffer{}
+	sig := make(chan os.Signal, 1)
+	done := make(chan int)
+	go func() {
+		done <- run(context.Background(), envconfig.MapLookuper(map[string]string{
+			"PORT": port, "METRICS_PORT": "0", "DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true",
+			"DEEPGRAM_AGENT_URL": fake.URL + "/v1/agent/converse",
+			"REDIS_URL":          "redis://127.0.0.1:" + freePort(t), "MAX_SESSIONS_PER_USER": "1",
+		}), logs, sig)
+	}()
+	waitForLog(t, logs, "dgrelay started")
+	if resp := get(t, "http://127.0.0.1:"+port+"/readyz", nil); resp.StatusCode != 200 {
+		t.Errorf("/readyz %d", resp.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://127.0.0.1:"+port+"/ws/deepgram-proxy/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectType(t, c, "Welcome")
+	c2, _, err := websocket.Dial(ctx, "ws://127.0.0.1:"+port+"/ws/deepgram-proxy/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectClose(t, c2, 4429) // never unlimited: the instance's own cap
+	c.Close(websocket.StatusNormalClosure, "")
+	sig <- syscall.SIGTERM
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d:\n%s", code, logs)
+	}
+	if n := strings.Count(logs.String(), "Redis unreachable"); n != 1 {
+		t.Errorf("%d outage warnings, want one:\n%s", n, logs)
 	}
 }

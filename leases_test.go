@@ -203,4 +203,3 @@ func (h *harness) dialOK(query string) *websocket.Conn {
 	}
 	return c
 }
-

@@ -108,6 +108,9 @@ func TestFlyToml(t *testing.T) {
 			t.Errorf("fly.toml [env] sets %s, which dgrelay does not read", name)
 		}
 	}
+	if _, ok := fly.Env["REDIS_URL"]; ok {
+		t.Error("fly.toml [env] sets REDIS_URL, which holds a password: fly secrets set it")
+	}
 	cfg := configFrom(t, fly.Env)
 	if fly.HTTPService.InternalPort != cfg.Port {
 		t.Errorf("internal_port %d, but dgrelay listens on %d", fly.HTTPService.InternalPort, cfg.Port)
@@ -232,6 +235,9 @@ func TestCloudBuild(t *testing.T) {
 	if _, ok := cb.Substitutions["_JWT_SECRET"]; !ok || !strings.Contains(string(raw), "|JWT_SECRET_SECRET=${_JWT_SECRET}|") {
 		t.Error("no _JWT_SECRET substitution passing a Secret Manager version as JWT_SECRET_SECRET")
 	}
+	if _, ok := env["REDIS_URL"]; ok {
+		t.Error("cloudbuild.yaml sets REDIS_URL as a plain variable: it holds a password, so --set-secrets it")
+	}
 	if !secretVersionName.MatchString(env["DEEPGRAM_API_KEY_SECRET"]) {
 		t.Errorf("DEEPGRAM_API_KEY_SECRET %q is not a secret version name", env["DEEPGRAM_API_KEY_SECRET"])
 	}
@@ -336,5 +342,140 @@ func TestDockerfile(t *testing.T) {
 	gitignore, err := os.ReadFile(".gitignore")
 	if err != nil || !slices.Contains(strings.Fields(string(gitignore)), ".env") {
 		t.Error(".gitignore does not keep a local .env (it holds the key) out of the repository")
+	}
+}
+
+// shellWords splits a shell command line at spaces, keeping what double
+// quotes hold together (the README's commands quote nothing else).
+func shellWords(line string) []string {
+	var words []string
+	var cur strings.Builder
+	quoted, any := false, false
+	for _, r := range line {
+		switch {
+		case r == '"':
+			quoted, any = !quoted, true
+		case r == ' ' && !quoted:
+			if any {
+				words = append(words, cur.String())
+			}
+			cur.Reset()
+			any = false
+		default:
+			cur.WriteRune(r)
+			any = true
+		}
+	}
+	if any {
+		words = append(words, cur.String())
+	}
+	return words
+}
+
+// readmeCommands is every shell command in the section's sh blocks, with its
+// continuation lines joined and comments dropped.
+func readmeCommands(section string) [][]string {
+	var cmds [][]string
+	for _, block := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(section, -1) {
+		joined := strings.ReplaceAll(block[1], "\\\n", " ")
+		for _, line := range strings.Split(joined, "\n") {
+			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+				cmds = append(cmds, shellWords(line))
+			}
+		}
+	}
+	return cmds
+}
+
+// flagValues maps a command's --flags to their values (either --f=v or --f v).
+func flagValues(words []string) map[string]string {
+	flags := map[string]string{}
+	for i := 0; i < len(words); i++ {
+		name, value, ok := strings.Cut(words[i], "=")
+		if !strings.HasPrefix(name, "--") {
+			continue
+		}
+		if !ok && i+1 < len(words) && !strings.HasPrefix(words[i+1], "--") {
+			value = words[i+1]
+			i++
+		}
+		flags[name] = value
+	}
+	return flags
+}
+
+// TestReadmeRedisSetup holds the README's Redis setup to the code: every
+// variable its commands set is one dgrelay reads, REDIS_URL goes only as a
+// secret, Cloud Run reaches Memorystore through Direct VPC egress for
+// private ranges, the deploy keeps the sizing of cloudbuild.yaml, and
+// Upstash is created without eviction.
+func TestReadmeRedisSetup(t *testing.T) {
+	section := readmeSection(t, "Limits across instances (Redis)")
+	var deploy map[string]string
+	flySecrets := map[string]bool{}
+	createdRedis := false
+	for _, words := range readmeCommands(section) {
+		switch {
+		case len(words) > 3 && words[0] == "gcloud" && words[1] == "run" && words[2] == "deploy":
+			deploy = flagValues(words)
+		case len(words) > 3 && words[0] == "fly" && words[1] == "secrets" && words[2] == "set":
+			for _, kv := range words[3:] {
+				name, _, _ := strings.Cut(kv, "=")
+				flySecrets[name] = true
+			}
+		case len(words) > 2 && words[0] == "fly" && words[1] == "redis" && words[2] == "create":
+			createdRedis = true
+			if _, ok := flagValues(words)["--disable-eviction"]; !ok {
+				t.Error("fly redis create without --disable-eviction: Upstash could evict the counts")
+			}
+		}
+	}
+	if deploy == nil || !createdRedis {
+		t.Fatal("the section lacks the gcloud run deploy or the fly redis create")
+	}
+	if deploy["--network"] == "" || deploy["--subnet"] == "" || deploy["--vpc-egress"] != "private-ranges-only" {
+		t.Errorf("Cloud Run reaches Memorystore through Direct VPC egress: --network %q --subnet %q --vpc-egress %q",
+			deploy["--network"], deploy["--subnet"], deploy["--vpc-egress"])
+	}
+	secrets := map[string]bool{}
+	for _, kv := range strings.Split(deploy["--set-secrets"], ",") {
+		name, _, _ := strings.Cut(kv, "=")
+		secrets[name] = true
+	}
+	env := map[string]string{}
+	vars, ok := strings.CutPrefix(deploy["--set-env-vars"], "^|^")
+	if !ok {
+		t.Fatal(`--set-env-vars must use the "^|^" separator`)
+	}
+	for _, kv := range strings.Split(vars, "|") {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	for name := range env {
+		if !envNames()[name] {
+			t.Errorf("the Cloud Run deploy sets %s, which dgrelay does not read", name)
+		}
+	}
+	for name := range secrets {
+		if !envNames()[name] {
+			t.Errorf("the Cloud Run deploy sets the secret %s, which dgrelay does not read", name)
+		}
+	}
+	for name := range flySecrets {
+		if !envNames()[name] {
+			t.Errorf("fly secrets set %s, which dgrelay does not read", name)
+		}
+	}
+	if !secrets["REDIS_URL"] || !flySecrets["REDIS_URL"] || env["REDIS_URL"] != "" {
+		t.Error("REDIS_URL holds a password: it must be set as a secret on both platforms, never as a plain variable")
+	}
+	if deploy["--timeout"] != "3600" || deploy["--concurrency"] != env["MAX_SESSIONS"] || deploy["--cpu"] != "1" {
+		t.Errorf("the deploy's sizing (--timeout %s, --cpu %s, --concurrency %s, MAX_SESSIONS %s) is not cloudbuild.yaml's",
+			deploy["--timeout"], deploy["--cpu"], deploy["--concurrency"], env["MAX_SESSIONS"])
+	}
+	for _, flag := range []string{"`--network=default`", "`--subnet=default`", "`--vpc-egress=private-ranges-only`", "`--set-secrets=REDIS_URL=redis-url:latest`"} {
+		if !strings.Contains(section, flag) {
+			t.Errorf("the cloudbuild.yaml note lacks %s", flag)
+		}
 	}
 }

@@ -184,6 +184,9 @@ type policyVerdict struct {
 	drop     bool     // send nothing (a stripped Update, or a malformed message under strip)
 	refused  string   // non-empty: refuse the session; what the client is told
 	stripped []string // paths removed, for the log
+	// settings is a Settings message as it goes (out, parsed), for the
+	// usage tag; nil for any other message.
+	settings map[string]any
 }
 
 // check applies the policy to one client text message. Every message is
@@ -248,12 +251,13 @@ func (p *settingsPolicy) check(msg []byte) policyVerdict {
 		}
 	}
 	view = mergePinned(view, lookupPath(p.set, base))
-	if typ == "Settings" {
-		m = view.(map[string]any)
-	} else {
+	if typ != "Settings" {
 		m[updateFields[typ].field] = view
+		return p.encoded(m, paths)
 	}
-	return p.encoded(m, paths)
+	v := p.encoded(view.(map[string]any), paths)
+	v.settings = view.(map[string]any)
+	return v
 }
 
 // encoded is the verdict that sends m, encoded again.

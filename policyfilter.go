@@ -30,6 +30,13 @@ func (s *session) policyFilter(msg []byte) wspipe.Verdict {
 				"session", s.id, "user", s.user)
 		}
 	}
+	if s.usageTag != "" && v.settings != nil && !v.drop && v.refused == "" {
+		// After the policy: its set may pin tags, the relay's goes too.
+		addUsageTag(v.settings, s.usageTag)
+		if out, err := encodeJSON(v.settings); err == nil {
+			v.out = out
+		}
+	}
 	return wspipe.Verdict{Out: v.out, Drop: v.drop, Refused: v.refused}
 }
 

@@ -177,6 +177,9 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.identity = "ip:" + s.remote
 	}
 	s.userKey = userKey(rl.userHashKey, s.identity)
+	if s.usageTag = rl.usageTagFor(s.userKey); s.usageTag != "" && service == "transcription" {
+		forwarded = taggedQuery(forwarded, s.usageTag)
+	}
 
 	a, refused, draining := rl.admit(s)
 	switch {
@@ -306,8 +309,12 @@ func (s *session) run() {
 func (s *session) pipes() (up, down *wspipe.Pipe) {
 	maxMsg := s.relay.cfg.MaxMessageBytes
 	var upText wspipe.TextFilter
-	if s.relay.policy != nil {
+	switch {
+	case s.relay.policy != nil:
 		upText = s.policyFilter
+	case s.usageTag != "" && s.service == "agent":
+		// The Settings alone is read, to be tagged.
+		upText = s.tagFirstSettings
 	}
 	up = wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)})
 	// Deepgram's words are scrubbed of the key and the policy's secrets

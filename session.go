@@ -32,6 +32,7 @@ type session struct {
 	user        string // the token's sub; empty when unauthenticated
 	identity    string // what the per-user limits count: sub or IP
 	userKey     string // identity hashed: its name in Redis and in the usage tag
+	usageTag    string // the tag naming the user at Deepgram (USAGE_TAG=user), else ""
 	dgRequestID string
 	dialTime    time.Duration // opening Deepgram's socket, retries included
 	dialTries   int
@@ -164,7 +165,11 @@ func (s *session) ended() {
 	clientClose, upstreamClose := websocket.StatusCode(down.CloseSent.Load()), websocket.StatusCode(up.CloseSent.Load())
 	m.closeCodes.WithLabelValues("client", codeLabel(clientClose)).Inc()
 	m.closeCodes.WithLabelValues("upstream", codeLabel(upstreamClose)).Inc()
-	s.log().Info("session end",
+	var tag []any
+	if s.usageTag != "" {
+		tag = []any{"usage_tag", s.usageTag}
+	}
+	s.log().Info("session end", append([]any{
 		"session", s.id,
 		"service", s.service,
 		"duration_ms", time.Since(s.started).Milliseconds(),
@@ -175,5 +180,5 @@ func (s *session) ended() {
 		"dg_request_id", s.dgRequestID,
 		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries,
 		"user", s.user,
-		"remote", s.remote)
+		"remote", s.remote}, tag...)...)
 }

@@ -59,6 +59,9 @@ type Verdict struct {
 	Out     []byte // what goes on
 	Drop    bool   // nothing goes on
 	Refused string // non-empty: end the session (Refused), this is why
+	// Last: the filter needs to see no more; src's later text messages
+	// go on as they come, unread (as without a filter).
+	Last bool
 }
 
 // TextFilter decides what becomes of one whole text message.

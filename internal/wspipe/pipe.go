@@ -29,6 +29,7 @@ type Pipe struct {
 	inMessage bool
 	msgLen    int64
 	gather    bool    // a text message for the filter, gathered unmasked
+	textDone  bool    // the filter asked for no more messages (Verdict.Last)
 	msgBuf    *[]byte // the pooled buffer msg started in
 	msg       []byte
 	held      int64 // msg's bytes counted in the budget

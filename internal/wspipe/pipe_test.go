@@ -219,3 +219,25 @@ func TestCloseAfterHalfWrittenFrame(t *testing.T) {
 		t.Fatalf("client was sent %d bytes, want the frame then the close", len(client.out))
 	}
 }
+
+// TestTextFilterLast: a filter that returns Last sees no more messages: the
+// next text message, fragments and all, goes on as it came.
+func TestTextFilterLast(t *testing.T) {
+	client := &recordingConn{}
+	o := &testOwner{}
+	var flow Flow
+	calls := 0
+	last := func(msg []byte) Verdict { calls++; return Verdict{Out: []byte("tagged"), Last: true} }
+	p := New(o, NewPeer(&recordingConn{}, nil, Upstream), NewPeer(client, nil, Client), &flow,
+		Options{MaxMessage: 1 << 20, Text: last, Budget: &testBudget{limit: 1 << 20}})
+	p.io.init(p)
+	first := AppendFrame(nil, OpText, []byte(`{"type":"Settings"}`), false)
+	second := AppendFrame(nil, OpText, []byte(`{"type":`), false)
+	second[0] &^= 0x80 // not final
+	rest := AppendFrame(nil, OpContinuation, []byte(`"KeepAlive"}`), false)
+	p.consume(bytes.Join([][]byte{first, second, rest}, nil))
+	want := bytes.Join([][]byte{AppendFrame(nil, OpText, []byte("tagged"), false), second, rest}, nil)
+	if !bytes.Equal(client.out, want) || calls != 1 {
+		t.Fatalf("%d filter calls, client sent %q; want 1 and %q", calls, client.out, want)
+	}
+}

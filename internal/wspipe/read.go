@@ -135,7 +135,7 @@ func (p *Pipe) startFrame() error {
 			return errProtocol
 		}
 		p.inMessage, p.msgLen = true, 0
-		p.gather = h.Opcode == OpText && p.opt.Text != nil && forward
+		p.gather = h.Opcode == OpText && p.opt.Text != nil && !p.textDone && forward
 	case OpContinuation:
 		if !p.inMessage {
 			return errProtocol
@@ -268,6 +268,7 @@ func (p *Pipe) dropGathered() {
 // comes out as one frame.
 func (p *Pipe) filtered(msg []byte) bool {
 	v := p.opt.Text(msg)
+	p.textDone = v.Last
 	if v.Refused != "" {
 		p.owner.End(Ending{Cause: Refused, Src: p.src.Side, Why: v.Refused})
 		p.closeDst()

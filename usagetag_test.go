@@ -1,0 +1,134 @@
+package main
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
+)
+
+// receivedSettings is the tags of the Settings the fake received, and the
+// rest of what it received after it, as it came.
+func receivedSettings(t *testing.T, h *harness) (tags []any, settings map[string]any, later []string) {
+	t.Helper()
+	for _, text := range h.fake.Texts() {
+		var m map[string]any
+		if json.Unmarshal(text, &m) == nil && m["type"] == "Settings" && settings == nil {
+			settings = m
+			tags, _ = m["tags"].([]any)
+			continue
+		}
+		if settings != nil {
+			later = append(later, string(text))
+		}
+	}
+	if settings == nil {
+		t.Fatalf("Deepgram received no Settings: %q", h.fake.Texts())
+	}
+	return tags, settings, later
+}
+
+// TestUsageTagAgent: USAGE_TAG=user adds the user's tag to the agent's
+// Settings, keeps the client's own tags but for one claiming to be the
+// relay's, names the same hash as Redis and the log line, and reads nothing
+// after the Settings.
+func TestUsageTagAgent(t *testing.T) {
+	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user"}), fakedeepgram.Options{})
+	c := h.dial("token=" + userToken(t, "nina"))
+	expectType(t, c, "Welcome")
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","tags":["app-v2","dgrelay-user-0123456789abcdef0123456789abcdef"],"agent":{"language":"en"}}`))
+	expectType(t, c, "SettingsApplied")
+	// Not the JSON the relay would write: it must arrive as sent, unread.
+	after := `{ "type" : "InjectUserMessage", "content":"hi <&>" }`
+	write(t, c, websocket.MessageText, []byte(after))
+	expectType(t, c, "InjectUserMessage")
+	c.Close(websocket.StatusNormalClosure, "")
+	h.upstreamClosed()
+	h.settled()
+
+	want := usageTagPrefix + userKey(h.relay.userHashKey, "sub:nina")
+	tags, settings, later := receivedSettings(t, h)
+	if !reflect.DeepEqual(tags, []any{"app-v2", want}) {
+		t.Errorf("tags %v, want [app-v2 %s]", tags, want)
+	}
+	if settings["agent"].(map[string]any)["language"] != "en" {
+		t.Errorf("the Settings lost the client's fields: %v", settings)
+	}
+	if !reflect.DeepEqual(later, []string{after}) {
+		t.Errorf("after the Settings Deepgram received %q, want %q", later, after)
+	}
+	if got := sessionEnd(t, h.logs.String())["usage_tag"]; got != want {
+		t.Errorf("the session's log line gives usage_tag %v, want %s", got, want)
+	}
+	if strings.Contains(want, "nina") {
+		t.Error("the tag holds the sub")
+	}
+}
+
+// TestUsageTagWithPolicy: under a Settings policy the tag is added after the
+// policy: a pinned tags list keeps its tags and gains the user's.
+func TestUsageTagWithPolicy(t *testing.T) {
+	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user", "SETTINGS_POLICY": `{"set":{"tags":["pinned"]}}`}), fakedeepgram.Options{})
+	c := h.dial("token=" + userToken(t, "omar"))
+	expectType(t, c, "Welcome")
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","tags":["client"]}`))
+	expectType(t, c, "SettingsApplied")
+	tags, _, _ := receivedSettings(t, h)
+	if want := []any{"pinned", usageTagPrefix + userKey(h.relay.userHashKey, "sub:omar")}; !reflect.DeepEqual(tags, want) {
+		t.Errorf("tags %v, want %v", tags, want)
+	}
+}
+
+// TestUsageTagTranscription: transcription gets the tag as a query
+// parameter, after the client's own, less any claiming to be the relay's.
+func TestUsageTagTranscription(t *testing.T) {
+	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user"}), fakedeepgram.Options{})
+	c := h.dial("service=transcription&model=nova-3&tag=app&tag=dgrelay-user-spoof&token=" + userToken(t, "pia"))
+	expectType(t, c, "Welcome")
+	hs := h.fake.Handshakes()
+	want := "model=nova-3&tag=app&tag=" + usageTagPrefix + userKey(h.relay.userHashKey, "sub:pia")
+	if len(hs) != 1 || hs[0].RawQuery != want {
+		t.Fatalf("Deepgram was asked %v, want the query %s", hs, want)
+	}
+}
+
+// TestUsageTagOff: by default nothing is added and the Settings goes on as
+// it came.
+func TestUsageTagOff(t *testing.T) {
+	h := newHarness(t, authEnv(nil), fakedeepgram.Options{})
+	c := h.dial("service=transcription&tag=app&token=" + userToken(t, "quinn"))
+	expectType(t, c, "Welcome")
+	agent := h.dial("token=" + userToken(t, "quinn"))
+	expectType(t, agent, "Welcome")
+	settings := `{"type":"Settings", "tags":["app"]}`
+	write(t, agent, websocket.MessageText, []byte(settings))
+	expectType(t, agent, "SettingsApplied")
+	if hs := h.fake.Handshakes(); hs[0].RawQuery != "tag=app" {
+		t.Errorf("transcription query %q", hs[0].RawQuery)
+	}
+	if texts := h.fake.Texts(); len(texts) != 1 || string(texts[0]) != settings {
+		t.Errorf("Deepgram received %q, want the Settings as sent", texts)
+	}
+}
+
+// TestUsageTagUnreadableSettings: a first message that more than one parser
+// could read differently (a repeated key could show Deepgram a tags list the
+// relay did not see) is refused, as a policy refuses it.
+func TestUsageTagUnreadableSettings(t *testing.T) {
+	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user"}), fakedeepgram.Options{})
+	c := h.dial("token=" + userToken(t, "rosa"))
+	expectType(t, c, "Welcome")
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","tags":["dgrelay-user-x"],"tags":[]}`))
+	if e := expectType(t, c, "Error"); e["code"] != "SETTINGS_REFUSED" || e["description"] != `message refused: duplicate key "tags"` {
+		t.Errorf("Error frame %v", e)
+	}
+	expectClose(t, c, websocket.StatusPolicyViolation)
+	h.upstreamClosed()
+	if len(h.fake.Texts()) != 0 {
+		t.Errorf("Deepgram received %q", h.fake.Texts())
+	}
+}

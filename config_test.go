@@ -41,15 +41,21 @@ func TestConfigDefaults(t *testing.T) {
 // message that names its variable, and run exits non-zero.
 func TestConfigErrorsNameTheVariable(t *testing.T) {
 	cases := map[string]string{
-		"PORT":                "eighty",
-		"MAX_MESSAGE_BYTES":   "0",
-		"DRAIN_TIMEOUT":       "soon",
-		"LOG_LEVEL":           "loud",
-		"DEEPGRAM_AGENT_URL":  "https://agent.deepgram.com/v1/agent/converse",
-		"DEEPGRAM_LISTEN_URL": "wss://user:pass@api.deepgram.com/v1/listen",
-		"PROXY_PATH":          "/openai/proxy",
-		"UPSTREAM_RETRIES":    "4",
-		"TRUST_PROXY_HEADERS": "true",
+		"PORT":                     "eighty",
+		"MAX_MESSAGE_BYTES":        "0",
+		"DRAIN_TIMEOUT":            "soon",
+		"LOG_LEVEL":                "loud",
+		"DEEPGRAM_AGENT_URL":       "https://agent.deepgram.com/v1/agent/converse",
+		"DEEPGRAM_LISTEN_URL":      "wss://user:pass@api.deepgram.com/v1/listen",
+		"PROXY_PATH":               "/openai/proxy",
+		"UPSTREAM_RETRIES":         "4",
+		"TRUST_PROXY_HEADERS":      "true",
+		"REDIS_URL":                "http://user:pass@redis.internal:6379",
+		"REDIS_FAILURE":            "open",
+		"REDIS_TIMEOUT":            "0s",
+		"REDIS_KEY_PREFIX":         "app{1}:",
+		"USAGE_TAG":                "sub",
+		"MAX_USER_SECONDS_PER_DAY": "-1",
 	}
 	for name, value := range cases {
 		env := map[string]string{"DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true", name: value}
@@ -253,5 +259,31 @@ func TestProxyPathAndTryPage(t *testing.T) {
 	}), logs, make(chan os.Signal))
 	if out := logs.String(); code != 1 || !strings.Contains(out, "PROXY_PATH") || !strings.Contains(out, "TRY_PAGE") {
 		t.Errorf("exit %d, want 1 with an error naming PROXY_PATH and TRY_PAGE:\n%s", code, out)
+	}
+}
+
+// TestRedisURLErrors: a REDIS_URL that cannot be used stops the start with a
+// reason, and never with the URL, which may hold a password.
+func TestRedisURLErrors(t *testing.T) {
+	for _, raw := range []string{
+		"http://user:pass@redis.internal:6379",
+		"redis://user:pass@redis.internal:port",
+		"redis://user:pass@redis.internal:6379/not-a-db",
+		"rediss://user:pass@/0",
+		"redis.internal:6379",
+	} {
+		_, err := redisOptions(raw)
+		if err == nil {
+			t.Errorf("%s accepted", raw)
+			continue
+		}
+		if strings.Contains(err.Error(), "pass") {
+			t.Errorf("the error quotes the password: %v", err)
+		}
+	}
+	for _, raw := range []string{"redis://127.0.0.1:6379", "rediss://default:pass@db.upstash.io:6379", "redis://:pass@10.0.0.3:6379/2"} {
+		if _, err := redisOptions(raw); err != nil {
+			t.Errorf("%s refused: %v", raw, err)
+		}
 	}
 }

@@ -106,7 +106,10 @@ func (rl *relay) renewLeases(now time.Time) {
 	for i, a := range held {
 		used := local[i]
 		if shared {
-			a.unsent, used = 0, updates[i].used
+			// Redis counts whole milliseconds: the rest waits for the
+			// next round.
+			a.unsent -= updates[i].add.Truncate(time.Millisecond)
+			used = updates[i].used
 		}
 		a.setDeadline(now, used)
 		a.mu.Unlock()

@@ -116,8 +116,14 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 	if cfg.TryPage {
 		if rl.tryPage, err = tryPageAssets(cfg.ProxyPath, auth.enabled()); err != nil {
 			auth.stop()
+			if shared != nil {
+				shared.close()
+			}
 			return nil, err
 		}
+	}
+	if shared != nil {
+		shared.redact = rl.redact
 	}
 	rl.sessions.init()
 	rl.dials, rl.endDials = context.WithCancel(context.Background())

@@ -122,6 +122,9 @@ type sharedLimits struct {
 	quotaMs               int64
 	log                   *slog.Logger
 	metrics               *metrics
+	// redact cleans an error for the log (the relay's scrubber, which
+	// knows the Redis password too).
+	redact func(string) string
 	// down is set by the first failed call of an outage and cleared by the
 	// next call that succeeds. While it is set, admission does not wait on
 	// Redis (the renewal loop probes it every leaseRenewEvery).
@@ -188,6 +191,7 @@ func newSharedLimits(cfg *Config, log *slog.Logger, m *metrics) (*sharedLimits, 
 		quotaMs:     int64(cfg.MaxUserSecondsPerDay) * 1000,
 		log:         log,
 		metrics:     m,
+		redact:      func(s string) string { return s },
 	}
 	if cfg.SessionRatePerMinute > 0 {
 		// The burst is a minute's worth, as the instance's own limiter:
@@ -316,6 +320,9 @@ func (sl *sharedLimits) exec(ctx context.Context, updates []leaseUpdate, end boo
 // failed records a call that Redis did not answer. The first of an outage is
 // logged, with what the limits now are; every one is counted.
 func (sl *sharedLimits) failed(op string, err error) {
+	if errors.Is(err, redis.ErrClosed) {
+		return // the relay is stopping: a session's end after the drain
+	}
 	sl.metrics.redisErrors.WithLabelValues(op).Inc()
 	if !sl.down.CompareAndSwap(false, true) {
 		return
@@ -325,7 +332,7 @@ func (sl *sharedLimits) failed(op string, err error) {
 	if sl.refuse {
 		what = "new sessions are refused (LIMITS_UNAVAILABLE) until it answers; live ones go on"
 	}
-	sl.log.Warn("Redis unreachable: "+what, "redis_host", sl.host, "redis_op", op, "error", err.Error())
+	sl.log.Warn("Redis unreachable: "+what, "redis_host", sl.host, "redis_op", op, "error", sl.redact(err.Error()))
 }
 
 // answered records a call that Redis answered, which ends an outage.

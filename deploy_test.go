@@ -345,33 +345,6 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
-// shellWords splits a shell command line at spaces, keeping what double
-// quotes hold together (the README's commands quote nothing else).
-func shellWords(line string) []string {
-	var words []string
-	var cur strings.Builder
-	quoted, any := false, false
-	for _, r := range line {
-		switch {
-		case r == '"':
-			quoted, any = !quoted, true
-		case r == ' ' && !quoted:
-			if any {
-				words = append(words, cur.String())
-			}
-			cur.Reset()
-			any = false
-		default:
-			cur.WriteRune(r)
-			any = true
-		}
-	}
-	if any {
-		words = append(words, cur.String())
-	}
-	return words
-}
-
 // readmeCommands is every shell command in the section's sh blocks, with its
 // continuation lines joined and comments dropped.
 func readmeCommands(section string) [][]string {
@@ -380,7 +353,8 @@ func readmeCommands(section string) [][]string {
 		joined := strings.ReplaceAll(block[1], "\\\n", " ")
 		for _, line := range strings.Split(joined, "\n") {
 			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
-				cmds = append(cmds, shellWords(line))
+				// The commands quote only values without spaces.
+				cmds = append(cmds, strings.Fields(strings.ReplaceAll(line, `"`, "")))
 			}
 		}
 	}

@@ -27,14 +27,17 @@ type admission struct {
 
 	// mu is held across the lease's Redis calls, so that a renewal and the
 	// release never cross (a renewal landing after the release would bring
-	// the lease back), and guards what follows.
-	mu sync.Mutex
+	// the lease back); it guards ended.
+	mu    sync.Mutex
+	ended bool
+	// clock guards the session's time, for the quota: never held across a
+	// Redis call, so a session's start does not wait for a round.
+	clock sync.Mutex
 	// session is set when the session starts relaying: its time counts
 	// from then, not while Deepgram is dialled.
 	session *session
 	since   time.Time     // when its time was last counted
 	unsent  time.Duration // time counted here and not yet in Redis
-	ended   bool
 }
 
 // admit takes s's place, or says why not: draining (the drain deadline
@@ -86,11 +89,11 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 func (a *admission) release() {
 	a.mu.Lock()
 	a.ended = true
-	a.count(time.Now())
+	_, unsent := a.count(time.Now())
 	if sl := a.rl.shared; sl != nil {
 		// Tried during an outage too: the end of a lease frees the user's
 		// place at once rather than at its expiry, and carries its time.
-		_ = sl.renew([]leaseUpdate{{user: a.user, id: a.id, add: a.unsent}}, true)
+		_ = sl.renew([]leaseUpdate{{user: a.user, id: a.id, add: unsent}}, true)
 	}
 	a.mu.Unlock()
 	a.rl.leases.remove(a)

@@ -49,30 +49,43 @@ func (ls *leaseSet) snapshot() []*admission {
 // relaying starts the session's clock: its time counts from now, and with a
 // quota it may run for what its user had left at admission.
 func (a *admission) relaying(s *session, now time.Time) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.clock.Lock()
+	defer a.clock.Unlock()
 	a.session, a.since = s, now
 	a.setDeadline(now, a.rl.quota-a.remaining)
 }
 
 // count adds the session's time since it was last counted to its user's day
-// here, and to what Redis has yet to hear; it returns the day's total here.
-// a.mu is held.
-func (a *admission) count(now time.Time) time.Duration {
+// here, and to what Redis has yet to hear; it returns the day's total here
+// and what Redis has yet to hear.
+func (a *admission) count(now time.Time) (used, unsent time.Duration) {
+	a.clock.Lock()
+	defer a.clock.Unlock()
 	if a.session == nil || a.rl.quota == 0 {
-		return 0
+		return 0, 0
 	}
 	d := now.Sub(a.since)
 	a.since = now
 	a.unsent += d
-	return a.rl.users.spend(a.identity, d, now)
+	return a.rl.users.spend(a.identity, d, now), a.unsent
+}
+
+// counted settles a round: what Redis added leaves unsent (it counts whole
+// milliseconds: the rest waits for the next round), and the deadline
+// follows the day's time so far (Redis's when it answered, else this
+// instance's).
+func (a *admission) counted(now time.Time, sent, used time.Duration) {
+	a.clock.Lock()
+	defer a.clock.Unlock()
+	a.unsent -= sent.Truncate(time.Millisecond)
+	a.setDeadline(now, used)
 }
 
 // setDeadline sets when the session must end for its user's quota, given the
 // day's time so far: what is left, as if this session alone spent it. A
 // user's other sessions spend it too, which the next round sees, so a
 // session runs at most one step past the quota and never ends before it.
-// a.mu is held.
+// a.clock is held.
 func (a *admission) setDeadline(now time.Time, used time.Duration) {
 	if a.session == nil || a.rl.quota == 0 {
 		return
@@ -95,23 +108,20 @@ func (rl *relay) renewLeases(now time.Time) {
 			a.mu.Unlock()
 			continue
 		}
-		held = append(held, a)
-		local = append(local, a.count(now))
-		updates = append(updates, leaseUpdate{user: a.user, id: a.id, add: a.unsent})
+		used, unsent := a.count(now)
+		held, local = append(held, a), append(local, used)
+		updates = append(updates, leaseUpdate{user: a.user, id: a.id, add: unsent})
 	}
 	shared := false
 	if rl.shared != nil {
 		shared = rl.shared.renew(updates, false) == nil
 	}
 	for i, a := range held {
-		used := local[i]
 		if shared {
-			// Redis counts whole milliseconds: the rest waits for the
-			// next round.
-			a.unsent -= updates[i].add.Truncate(time.Millisecond)
-			used = updates[i].used
+			a.counted(now, updates[i].add, updates[i].used)
+		} else {
+			a.counted(now, 0, local[i])
 		}
-		a.setDeadline(now, used)
 		a.mu.Unlock()
 	}
 }

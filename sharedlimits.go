@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // Limits shared across instances: with REDIS_URL, each user's live
@@ -180,6 +181,7 @@ func newSharedLimits(cfg *Config, log *slog.Logger, m *metrics) (*sharedLimits, 
 	// Redis (Memorystore, Upstash, Fly's) takes.
 	opts.DisableIdentity = true
 	opts.Protocol = 2
+	opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	sl := &sharedLimits{
 		client:      redis.NewClient(opts),
 		host:        opts.Addr,

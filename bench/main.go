@@ -6,7 +6,8 @@
 //	go run ./bench            # the full run: a few minutes
 //	go run ./bench -smoke     # seconds; CI runs it so the tool cannot rot
 //
-// It prints one table: each figure per path and its ratio to nginx's. The
+// It prints one table: each figure per path and its ratio to nginx's (or
+// -base's). The
 // smoke run checks that every path relays correctly and asserts nothing
 // about speed. The soak (dgrelay only) fails the run if sessions ended every
 // way leave goroutines or descriptors behind.
@@ -39,6 +40,16 @@ var cpuProfile = flag.String("cpuprofile", "", "file for dgrelay's CPU profile d
 
 // scenarios picks which measurements run.
 var scenarios = flag.String("scenarios", "latency,connect,ceiling,idle,voice,soak", "measurements to run")
+
+// ratioBase is the path every other's figures are given as a ratio of.
+var ratioBase = flag.String("base", "nginx", "the path the ratios are to (dgrelay-limits to see what Redis adds)")
+
+// flagSet reports whether the command line set the flag.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
 
 func want(name string) bool { return strings.Contains(","+*scenarios+",", ","+name+",") }
 
@@ -82,8 +93,12 @@ var (
 func main() {
 	smokeRun := flag.Bool("smoke", false, "a short run that checks the tool and every path, and asserts nothing about speed")
 	quickRun := flag.Bool("quick", false, "a shorter run for iterating (500 voice sessions for 10 s)")
-	only := flag.String("paths", "direct,dgrelay,nginx,node", "paths to measure")
+	only := flag.String("paths", "direct,dgrelay,nginx,node", "paths to measure (also dgrelay-limits, dgrelay-redis)")
 	flag.Parse()
+	if *smokeRun && !flagSet("paths") {
+		// The smoke run takes every path, so that none can rot.
+		*only += ",dgrelay-redis"
+	}
 	if os.Getenv("DGBENCH_PINNED") == "" {
 		// Re-run this tool on the load core, so that the proxy's core is
 		// the proxy's alone.
@@ -159,7 +174,13 @@ func run(sz sizes, names []string) error {
 			// The floor: the load tool straight to the fake.
 			p = &proxyPath{name: "direct", url: fake.URL + "/v1/agent/converse", stop: func() {}}
 		case "dgrelay":
-			p, err = startDgrelay(dir, up)
+			p, err = startDgrelay(dir, up, name)
+		case "dgrelay-limits":
+			// The per-user limits and a quota, counted on the instance.
+			p, err = startDgrelay(dir, up, name, limitsEnv...)
+		case "dgrelay-redis":
+			// The same limits counted in Redis.
+			p, err = startDgrelayRedis(dir, up)
 		case "nginx":
 			p, err = startNginx(dir, up)
 		case "node":
@@ -240,12 +261,25 @@ func measureUnloaded(p *proxyPath, sz sizes, res results) error {
 		}
 	}
 	if want("connect") {
+		var before float64
+		if p.procs != nil {
+			before = cpuSeconds(p.procs())
+		}
 		p50, p99, err := connectTimes(p.url, sz.connects)
+		var cpu float64
+		if p.procs != nil {
+			// The proxy's CPU per session opened and closed: admission,
+			// both handshakes, the session's start and end.
+			cpu = (cpuSeconds(p.procs()) - before) * 1e6 / float64(sz.connects)
+		}
 		if err != nil {
 			return fmt.Errorf("connect: %w", err)
 		}
 		res.set("connect_p50", p.name, us(p50))
 		res.set("connect_p99", p.name, us(p99))
+		if cpu > 0 {
+			res.set("connect_cpu_us", p.name, cpu)
+		}
 	}
 	if want("ceiling") {
 		mbs, err := ceiling(p.url, sz.ceilingFor)
@@ -317,6 +351,7 @@ func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
 		{"voice_load_busy", "load core busy during the voice load (%)", false, false},
 		{"connect_p50", "connect to Welcome, p50 (µs)", false, true},
 		{"connect_p99", "connect to Welcome, p99 (µs)", false, true},
+		{"connect_cpu_us", "CPU per session opened and closed (µs)", false, true},
 		{"ceiling", "64 KiB frames, one way (MB/s)", false, false},
 		{"soak_sessions", "soak: sessions opened and ended six ways", false, false},
 		{"soak_goroutines", "soak: goroutines left after it (0: none leaked)", false, true},
@@ -328,7 +363,7 @@ func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
 			continue
 		}
 		line := "| " + row.label + " |"
-		base, hasBase := vals["nginx"]
+		base, hasBase := vals[*ratioBase]
 		if row.added {
 			base -= vals["direct"]
 		}
@@ -345,7 +380,7 @@ func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
 				v -= vals["direct"]
 			}
 			cell := format(v)
-			if hasBase && p.name != "direct" && p.name != "nginx" && base != 0 {
+			if hasBase && p.name != "direct" && p.name != *ratioBase && base != 0 {
 				cell += fmt.Sprintf(" (%.2f×)", v/base)
 			}
 			line += " " + cell + " |"

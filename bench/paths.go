@@ -118,13 +118,16 @@ func tcpProbe(port int) func() error {
 	}
 }
 
-// startDgrelay builds the relay as the Dockerfile does and runs it.
-func startDgrelay(dir string, up upstreamTarget) (*proxyPath, error) {
+// startDgrelay builds the relay as the Dockerfile does (once per run) and
+// runs it as the path name, with extra variables after the benchmark's own.
+func startDgrelay(dir string, up upstreamTarget, name string, extra ...string) (*proxyPath, error) {
 	bin := filepath.Join(dir, "dgrelay")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build: %v\n%s", err, out)
+	if _, err := os.Stat(bin); err != nil {
+		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("go build: %v\n%s", err, out)
+		}
 	}
 	port, err := freePort()
 	if err != nil {
@@ -150,17 +153,19 @@ func startDgrelay(dir string, up upstreamTarget) (*proxyPath, error) {
 		"DRAIN_TIMEOUT=0s",
 		"ENABLE_PPROF=true",
 	)
+	// A variable given twice takes its last value.
+	cmd.Env = append(cmd.Env, extra...)
 	if up.caFile != "" {
 		// Go's roots on Linux: the file replaces the system bundle.
 		cmd.Env = append(cmd.Env, "SSL_CERT_FILE="+up.caFile)
 	}
-	stop, err := startProcess(cmd, dir, "dgrelay", tcpProbe(port))
+	stop, err := startProcess(cmd, dir, name, tcpProbe(port))
 	if err != nil {
 		return nil, err
 	}
 	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", mport)
 	return &proxyPath{
-		name:  "dgrelay",
+		name:  name,
 		url:   fmt.Sprintf("ws://127.0.0.1:%d/ws/deepgram-proxy/", port),
 		procs: func() []int { return processTree(cmd.Process.Pid) },
 		goroutines: func() (float64, error) {

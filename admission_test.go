@@ -1,13 +1,20 @@
 package main
 
 import (
+	"context"
+	"io"
+	"log/slog"
+	"maps"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"dgrelay/internal/fakedeepgram"
 
 	"github.com/coder/websocket"
+	"github.com/sethvargo/go-envconfig"
 )
 
 func TestPerUserSessionCap(t *testing.T) {
@@ -78,4 +85,66 @@ func (ul *userLimits) size() int {
 	ul.mu.Lock()
 	defer ul.mu.Unlock()
 	return len(ul.users)
+}
+
+// benchRelay is a relay configured from env, with no listener and no log,
+// for benchmarks of what it does at a session's start and end.
+func benchRelay(b *testing.B, env map[string]string) *relay {
+	b.Helper()
+	vars := map[string]string{"DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true"}
+	for k, v := range env {
+		vars[k] = v
+	}
+	cfg, err := loadConfig(context.Background(), envconfig.MapLookuper(vars))
+	if err != nil {
+		b.Fatal(err)
+	}
+	rl, err := newRelay(cfg, testAPIKey, nil, newLogger(io.Discard, slog.LevelError))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(rl.close)
+	return rl
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkAdmission: one session's admission and release, every per-user
+// limit and a quota on, counted on the instance or in a loopback
+// redis-server (a script each way). cpu-ns/op is the relay's own CPU (the
+// server's is another process's); ns/op includes waiting for Redis.
+func BenchmarkAdmission(b *testing.B) {
+	limits := map[string]string{"MAX_SESSIONS_PER_USER": "1000000", "SESSION_RATE_PER_MINUTE": "10000000",
+		"MAX_USER_SECONDS_PER_DAY": "1000000000"}
+	for _, where := range []string{"instance", "redis"} {
+		b.Run(where, func(b *testing.B) {
+			env := maps.Clone(limits)
+			if where == "redis" {
+				env["REDIS_URL"] = startRedis(b).url()
+			}
+			rl := benchRelay(b, env)
+			b.ReportAllocs()
+			cpu := cpuTime()
+			b.ResetTimer()
+			for i := range b.N {
+				s := &session{relay: rl, id: strconv.Itoa(i), identity: "ip:127.0.0.1", started: time.Now()}
+				s.userKey = userKey(rl.userHashKey, s.identity)
+				a, refused, _ := rl.admit(s)
+				if a == nil {
+					b.Fatalf("refused: %s", refused.cause)
+				}
+				a.release()
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N), "cpu-ns/op")
+			if rl.shared != nil && rl.shared.down.Load() {
+				b.Fatal("Redis failed during the benchmark")
+			}
+		})
+	}
 }

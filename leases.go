@@ -19,6 +19,8 @@ import (
 type leaseSet struct {
 	mu sync.Mutex
 	m  map[*admission]struct{}
+	// round is held by a renewal round.
+	round sync.Mutex
 }
 
 func (ls *leaseSet) add(a *admission) {
@@ -98,6 +100,10 @@ func (a *admission) setDeadline(now time.Time, used time.Duration) {
 // locked across the Redis call, so a release waits for the round (at most
 // REDIS_TIMEOUT) rather than cross it.
 func (rl *relay) renewLeases(now time.Time) {
+	// Rounds never overlap: two would lock the admissions in different
+	// orders, and each wait for the other.
+	rl.leases.round.Lock()
+	defer rl.leases.round.Unlock()
 	all := rl.leases.snapshot()
 	held := make([]*admission, 0, len(all))
 	local := make([]time.Duration, 0, len(all))

@@ -24,7 +24,7 @@ import (
 // redisServer is Debian's redis-server on a free loopback port, with no
 // persistence, started and stopped by the test that needs it.
 type redisServer struct {
-	t    *testing.T
+	t    testing.TB
 	bin  string
 	port string
 	args []string
@@ -34,7 +34,7 @@ type redisServer struct {
 
 // startRedis starts a redis-server for t; extra are more of its arguments
 // (--requirepass ...). Cleanup stops it.
-func startRedis(t *testing.T, extra ...string) *redisServer {
+func startRedis(t testing.TB, extra ...string) *redisServer {
 	t.Helper()
 	rs := &redisServer{t: t, bin: requireTool(t, "redis-server"), port: freePort(t), args: extra}
 	rs.start()
@@ -85,7 +85,7 @@ func (rs *redisServer) stop() {
 
 // redisClient is a client of rs for the test to look inside; closed at
 // cleanup (its pool has goroutines).
-func redisClient(t *testing.T, url string) *redis.Client {
+func redisClient(t testing.TB, url string) *redis.Client {
 	t.Helper()
 	opts, err := redis.ParseURL(url)
 	if err != nil {

@@ -25,7 +25,7 @@ var toolInstall = map[string]string{
 // requireTool finds a program the end-to-end tests need. Locally a missing
 // one skips the test and says so on the terminal; in CI (CI=true) it fails,
 // so CI cannot pass by skipping.
-func requireTool(t *testing.T, name string) string {
+func requireTool(t testing.TB, name string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err == nil {
@@ -48,7 +48,7 @@ func requireTool(t *testing.T, name string) string {
 // the go command that started this binary (its parent), which is the
 // user's terminal or CI log. A skipped run is kept out of go's test cache,
 // or the next run would print "(cached)" and nothing else.
-func skipLoudly(t *testing.T, why string) {
+func skipLoudly(t testing.TB, why string) {
 	t.Helper()
 	line := fmt.Sprintf("SKIP %s: %s\n", t.Name(), why)
 	if w, err := goCommandStderr(); err == nil {

@@ -263,16 +263,34 @@ type leaseUpdate struct {
 	live int64
 }
 
-// renew sends updates in one pipeline (one round trip for every live session
-// of the instance) and fills in their answers. With none, it pings: the
+// renewBatch is the most leases one pipeline carries: a round over
+// thousands of sessions goes in a few round trips, without building every
+// command at once.
+const renewBatch = 256
+
+// renew sends updates in pipelines of renewBatch (a round trip for up to
+// that many live sessions), all within one REDIS_TIMEOUT (a release waits
+// for a round), and fills in their answers. With none, it pings: the
 // renewal loop is also what finds Redis back after an outage.
 func (sl *sharedLimits) renew(updates []leaseUpdate, end bool) error {
-	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
-	defer cancel()
 	op := "renew"
 	if end {
 		op = "release"
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
+	defer cancel()
+	for start := 0; start == 0 || start < len(updates); start += renewBatch {
+		if err := sl.renewBatch(ctx, updates[start:min(start+renewBatch, len(updates))], end); err != nil {
+			sl.failed(op, err)
+			return err
+		}
+	}
+	sl.answered()
+	return nil
+}
+
+// renewBatch runs one pipeline of renew.
+func (sl *sharedLimits) renewBatch(ctx context.Context, updates []leaseUpdate, end bool) error {
 	err := sl.exec(ctx, updates, end)
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		// Redis restarted and forgot its scripts.
@@ -280,12 +298,7 @@ func (sl *sharedLimits) renew(updates []leaseUpdate, end bool) error {
 			err = sl.exec(ctx, updates, end)
 		}
 	}
-	if err != nil {
-		sl.failed(op, err)
-		return err
-	}
-	sl.answered()
-	return nil
+	return err
 }
 
 // exec runs the lease script for each update in one pipeline.

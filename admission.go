@@ -52,31 +52,33 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 		return nil, refuseFull, false
 	}
 	a = &admission{rl: rl, identity: s.identity, user: s.userKey, id: s.id}
-	// Redis decides when it answers; the instance's own counters count the
-	// session all the same (forced), so that they hold this instance's
-	// share when Redis is away and they decide.
-	decided := false
-	var used time.Duration
-	if sl := rl.shared; sl != nil {
-		refused, sharedUsed, err := sl.admit(a.user, a.id)
-		switch {
-		case err == nil && refused.cause != "":
-			rl.sessions.done()
-			return nil, refused, false
-		case err == nil:
-			decided, used = true, sharedUsed
-		case sl.refuse:
-			rl.sessions.done()
-			return nil, refuseLimitsUnavailable, false
-		}
-	}
-	user, localUsed, refused := rl.users.acquire(s.identity, s.started, decided)
+	// The instance's own counters first, and they take the session: they
+	// hold this instance's share of what Redis counts (never more), so
+	// what they refuse Redis would refuse too. A user hammering the relay
+	// past its limits then costs Redis nothing, and its requests at once
+	// reach Redis only as many as its limits leave: they cannot queue
+	// enough calls to time out, which would be an outage for every user
+	// (LIMITS_UNAVAILABLE under REDIS_FAILURE=refuse).
+	user, used, taken, refused := rl.users.acquire(s.identity, s.started)
 	if user == nil {
 		rl.sessions.done()
 		return nil, refused, false
 	}
-	if !decided {
-		used = localUsed
+	// Then Redis decides when it answers; when it cannot, the instance's
+	// counters have (REDIS_FAILURE=local).
+	if sl := rl.shared; sl != nil {
+		refused, sharedUsed, err := sl.admit(a.user, a.id)
+		if err != nil && sl.refuse {
+			refused = refuseLimitsUnavailable
+		}
+		if refused.cause != "" {
+			rl.users.giveBack(s.identity, taken, s.started)
+			rl.sessions.done()
+			return nil, refused, false
+		}
+		if err == nil {
+			used = sharedUsed
+		}
 	}
 	a.remaining = rl.quota - used
 	rl.leases.add(a)
@@ -270,10 +272,10 @@ func (u *userState) usedOn(now time.Time) time.Duration {
 	return u.used
 }
 
-// acquire admits one more session for identity and returns its state and
-// the day's session time so far, or the ending of the limit that refused
-// it. force counts the session without a check: Redis admitted it.
-func (ul *userLimits) acquire(identity string, now time.Time, force bool) (*userState, time.Duration, ending) {
+// acquire admits one more session for identity and returns its state, the
+// day's session time so far and the rate token it took (nil without a rate
+// limit), for giveBack; or the ending of the limit that refused it.
+func (ul *userLimits) acquire(identity string, now time.Time) (*userState, time.Duration, *rate.Reservation, ending) {
 	ul.mu.Lock()
 	defer ul.mu.Unlock()
 	u := ul.users[identity]
@@ -288,19 +290,33 @@ func (ul *userLimits) acquire(identity string, now time.Time, force bool) (*user
 	}
 	used := u.usedOn(now)
 	switch {
-	case force:
-		if u.limiter != nil {
-			u.limiter.ReserveN(now, 1) // taken even past the burst: it was opened
-		}
 	case ul.quota > 0 && used >= ul.quota:
-		return nil, 0, refuseQuota
+		return nil, 0, nil, refuseQuota
 	case ul.maxSessions > 0 && u.sessions >= ul.maxSessions:
-		return nil, 0, refuseUserSessions
-	case u.limiter != nil && !u.limiter.AllowN(now, 1):
-		return nil, 0, refuseUserRate
+		return nil, 0, nil, refuseUserSessions
+	}
+	var taken *rate.Reservation
+	if u.limiter != nil {
+		if taken = u.limiter.ReserveN(now, 1); taken.DelayFrom(now) > 0 {
+			taken.CancelAt(now)
+			return nil, 0, nil, refuseUserRate
+		}
 	}
 	u.sessions++
-	return u, used, ending{}
+	return u, used, taken, ending{}
+}
+
+// giveBack undoes an acquire that Redis refused: the session was never
+// opened, so it holds no place and spent no rate here.
+func (ul *userLimits) giveBack(identity string, taken *rate.Reservation, now time.Time) {
+	ul.mu.Lock()
+	defer ul.mu.Unlock()
+	if u := ul.users[identity]; u != nil {
+		u.sessions--
+	}
+	if taken != nil {
+		taken.CancelAt(now)
+	}
 }
 
 // spend adds d of session time to identity's day (now's) and returns the

@@ -71,8 +71,8 @@ func TestInstanceFull(t *testing.T) {
 func TestUserLimitsForget(t *testing.T) {
 	ul := newUserLimits(5, 60, 0, 1<<20)
 	now := time.Now()
-	ul.acquire("a", now, false)
-	ul.acquire("b", now, false)
+	ul.acquire("a", now)
+	ul.acquire("b", now)
 	ul.release("a")
 	ul.forget(now.Add(2 * time.Minute))
 	if ul.size() != 1 {
@@ -147,4 +147,55 @@ func BenchmarkAdmission(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestLocalRefusalSparesRedis: a user already over a limit on this
+// instance's own counters (its rate here, its time here, its live sessions
+// here) is refused without a Redis call: those counters hold this
+// instance's share of what Redis counts, so Redis would refuse too. A user
+// hammering the relay past its limits then costs Redis nothing, and cannot
+// fill the Redis pool until admissions time out (an outage for every user:
+// LIMITS_UNAVAILABLE under REDIS_FAILURE=refuse).
+func TestLocalRefusalSparesRedis(t *testing.T) {
+	shortLeases(t, 100*time.Millisecond, 300*time.Millisecond)
+	rs := startRedis(t)
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.url(), "REDIS_FAILURE": "refuse",
+		"MAX_SESSIONS_PER_USER": "1", "SESSION_RATE_PER_MINUTE": "2", "MAX_USER_SECONDS_PER_DAY": "1"}), fakedeepgram.Options{})
+	const tries = 10
+	expectAsked := func(n int) {
+		t.Helper()
+		got := grepLines(scrapeHandler(t, h), "dgrelay_redis_admission_seconds_count")
+		if strings.TrimSpace(got) != `dgrelay_redis_admission_seconds_count{result="ok"} `+strconv.Itoa(n) {
+			t.Errorf("Redis was asked about refusals the instance could make alone; want %d admissions asked:\n%s", n, got)
+		}
+	}
+
+	rated := "token=" + userToken(t, "rated")
+	for range 2 {
+		c := h.dial(rated)
+		expectType(t, c, "Welcome")
+		c.Close(websocket.StatusNormalClosure, "")
+		h.upstreamClosed()
+		h.settled()
+	}
+	for range tries {
+		expectErrorThenClose(t, h.dialOK(rated), refuseUserRate)
+	}
+	expectAsked(2)
+
+	spent := "token=" + userToken(t, "spent")
+	c := h.dial(spent)
+	expectType(t, c, "Welcome")
+	expectQuotaCut(t, h, c)
+	for range tries {
+		expectErrorThenClose(t, h.dialOK(spent), refuseQuota)
+	}
+	expectAsked(3)
+
+	held := "token=" + userToken(t, "holder")
+	expectType(t, h.dial(held), "Welcome")
+	for range tries {
+		expectErrorThenClose(t, h.dialOK(held), refuseUserSessions)
+	}
+	expectAsked(4)
 }

@@ -63,14 +63,17 @@ func addUsageTag(settings map[string]any, tag string) {
 // on unread). A first message that is not one JSON object with a string
 // type, read one way only (as a policy reads, so that duplicate keys
 // cannot hide a tags list from the relay and show it to Deepgram), is
-// refused: SETTINGS_REFUSED.
+// refused: SETTINGS_REFUSED. So is one that is not the Settings: passed
+// on, it would leave the Settings after it unread, untagged and free to
+// carry a tag of the relay's kind (Deepgram refuses such a session anyway:
+// NON_SETTINGS_MESSAGE_BEFORE_SETTINGS).
 func (s *session) tagFirstSettings(msg []byte) wspipe.Verdict {
 	m, typ, err := parseClientMessage(msg)
 	if err != nil {
 		return wspipe.Verdict{Refused: "message refused: " + err.Error(), Last: true}
 	}
 	if typ != "Settings" {
-		return wspipe.Verdict{Out: msg, Last: true}
+		return wspipe.Verdict{Refused: "message refused: the first message must be Settings", Last: true}
 	}
 	addUsageTag(m, s.usageTag)
 	out, err := encodeJSON(m)

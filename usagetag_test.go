@@ -132,3 +132,28 @@ func TestUsageTagUnreadableSettings(t *testing.T) {
 		t.Errorf("Deepgram received %q", h.fake.Texts())
 	}
 }
+
+// TestUsageTagSettingsFirst: without a policy the relay reads the first
+// text message only, so a first message that is not the Settings is
+// refused (Deepgram refuses it too: NON_SETTINGS_MESSAGE_BEFORE_SETTINGS);
+// passed on, it would let the Settings after it go unread, untagged and
+// carrying a tag of the relay's kind the client chose.
+func TestUsageTagSettingsFirst(t *testing.T) {
+	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user"}), fakedeepgram.Options{})
+	c := h.dial("token=" + userToken(t, "sam"))
+	expectType(t, c, "Welcome")
+	write(t, c, websocket.MessageBinary, []byte("audio, not read"))
+	if typ, data := read(t, c); typ != websocket.MessageBinary || string(data) != "audio, not read" {
+		t.Fatalf("the fake echoed %v %q", typ, data)
+	}
+	write(t, c, websocket.MessageText, []byte(`{"type":"KeepAlive"}`))
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","tags":["dgrelay-user-0123456789abcdef0123456789abcdef"]}`))
+	if e := expectType(t, c, "Error"); e["code"] != "SETTINGS_REFUSED" || e["description"] != "message refused: the first message must be Settings" {
+		t.Errorf("Error frame %v", e)
+	}
+	expectClose(t, c, websocket.StatusPolicyViolation)
+	h.upstreamClosed()
+	if texts := h.fake.Texts(); len(texts) != 0 {
+		t.Errorf("Deepgram received %q", texts)
+	}
+}

@@ -248,3 +248,34 @@ func BenchmarkLeaseRenewal(b *testing.B) {
 		})
 	}
 }
+
+// TestOutageNotEndedByLateAnswer: an answer to a call that was in flight
+// when the outage began does not end it (a slow Redis answers some calls in
+// time and not others): the outage is logged once, and admission does not
+// go back to a Redis that fails every new call.
+func TestOutageNotEndedByLateAnswer(t *testing.T) {
+	shortLeases(t, time.Hour, 3*time.Hour) // no renewal round: only admissions call Redis
+	rs := startRedis(t)
+	proxy := startSlowProxy(t, "127.0.0.1:"+rs.port)
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": proxy.url(), "REDIS_TIMEOUT": "2s",
+		"MAX_SESSIONS_PER_USER": "0", "SESSION_RATE_PER_MINUTE": "0"}), fakedeepgram.Options{})
+	expectType(t, h.dial("token="+userToken(t, "warm")), "Welcome") // a pooled connection
+
+	// A call on the pooled connection, answered late but in time...
+	proxy.delay.Store(int64(300 * time.Millisecond))
+	late := make(chan *websocket.Conn)
+	go func() { late <- h.dial("token=" + userToken(t, "late")) }()
+	waitFor(t, func() bool { return proxy.holding.Load() > 0 })
+	// ... while a new connection fails: the outage begins.
+	proxy.refuseNew.Store(true)
+	expectType(t, h.dial("token="+userToken(t, "first")), "Welcome") // local counters
+	waitForLog(t, h.logs, "Redis unreachable")
+	expectType(t, <-late, "Welcome")
+
+	// The outage goes on: admission does not wait on Redis, nor log it again.
+	expectType(t, h.dial("token="+userToken(t, "after")), "Welcome")
+	logs := h.logs.String()
+	if n := strings.Count(logs, "Redis unreachable"); n != 1 || strings.Contains(logs, "Redis reachable again") {
+		t.Errorf("%d outage warnings, want one and no end:\n%s", n, grepLines(logs, "Redis"))
+	}
+}

@@ -127,9 +127,14 @@ type sharedLimits struct {
 	// knows the Redis password too).
 	redact func(string) string
 	// down is set by the first failed call of an outage and cleared by the
-	// next call that succeeds. While it is set, admission does not wait on
-	// Redis (the renewal loop probes it every leaseRenewEvery).
+	// next call begun since that succeeds. While it is set, admission does
+	// not wait on Redis (the renewal loop probes it every leaseRenewEvery).
 	down atomic.Bool
+	// outages counts the outages begun. A call notes it when it starts, so
+	// that one already in flight when an outage began cannot end it: a
+	// slow Redis answers some calls in time and not others, and each late
+	// answer would end the outage, and the next failure log it again.
+	outages atomic.Uint64
 }
 
 // redisOptions parses REDIS_URL. Errors never quote it: it may hold a
@@ -222,6 +227,7 @@ var errRedisDown = errors.New("redis is unreachable")
 // and the day's session time so far, or an error when Redis could not
 // answer within REDIS_TIMEOUT (or is known to be away).
 func (sl *sharedLimits) admit(user, id string) (refused ending, used time.Duration, err error) {
+	began := sl.outages.Load()
 	if sl.down.Load() {
 		return ending{}, 0, errRedisDown
 	}
@@ -240,7 +246,7 @@ func (sl *sharedLimits) admit(user, id string) (refused ending, used time.Durati
 		return ending{}, 0, err
 	}
 	sl.metrics.redisAdmission.WithLabelValues("ok").Observe(time.Since(start).Seconds())
-	sl.answered()
+	sl.answered(began)
 	used = time.Duration(res[1]) * time.Millisecond
 	switch res[0] {
 	case 1:
@@ -277,6 +283,7 @@ func (sl *sharedLimits) renew(updates []leaseUpdate, end bool) error {
 	if end {
 		op = "release"
 	}
+	began := sl.outages.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
 	defer cancel()
 	for start := 0; start == 0 || start < len(updates); start += renewBatch {
@@ -285,7 +292,7 @@ func (sl *sharedLimits) renew(updates []leaseUpdate, end bool) error {
 			return err
 		}
 	}
-	sl.answered()
+	sl.answered(began)
 	return nil
 }
 
@@ -342,6 +349,7 @@ func (sl *sharedLimits) failed(op string, err error) {
 	if !sl.down.CompareAndSwap(false, true) {
 		return
 	}
+	sl.outages.Add(1)
 	sl.metrics.redisFallback.Set(1)
 	what := "per-user limits count on this instance only until it answers"
 	if sl.refuse {
@@ -350,9 +358,10 @@ func (sl *sharedLimits) failed(op string, err error) {
 	sl.log.Warn("Redis unreachable: "+what, "redis_host", sl.host, "redis_op", op, "error", sl.redact(err.Error()))
 }
 
-// answered records a call that Redis answered, which ends an outage.
-func (sl *sharedLimits) answered() {
-	if sl.down.CompareAndSwap(true, false) {
+// answered records a call that Redis answered, which ends an outage begun
+// before the call was (began: outages when it started).
+func (sl *sharedLimits) answered(began uint64) {
+	if sl.outages.Load() == began && sl.down.CompareAndSwap(true, false) {
 		sl.metrics.redisFallback.Set(0)
 		sl.log.Info("Redis reachable again: per-user limits count across instances", "redis_host", sl.host)
 	}

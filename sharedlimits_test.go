@@ -265,8 +265,12 @@ type slowProxy struct {
 	ln     net.Listener
 	target string
 	delay  atomic.Int64
-	done   chan struct{}
-	wg     sync.WaitGroup
+	// refuseNew closes new connections at once (live ones go on);
+	// holding counts the reads being held for the delay.
+	refuseNew atomic.Bool
+	holding   atomic.Int32
+	done      chan struct{}
+	wg        sync.WaitGroup
 }
 
 func startSlowProxy(t *testing.T, target string) *slowProxy {
@@ -295,6 +299,10 @@ func (p *slowProxy) accept() {
 		if err != nil {
 			return
 		}
+		if p.refuseNew.Load() {
+			c.Close()
+			continue
+		}
 		up, err := net.Dial("tcp", p.target)
 		if err != nil {
 			c.Close()
@@ -322,11 +330,13 @@ func (p *slowProxy) pipe(src, dst net.Conn) {
 		if err != nil {
 			return
 		}
+		p.holding.Add(1)
 		select {
 		case <-time.After(time.Duration(p.delay.Load())):
 		case <-p.done:
 			return
 		}
+		p.holding.Add(-1)
 		if _, err := dst.Write(buf[:n]); err != nil {
 			return
 		}

@@ -27,17 +27,20 @@ type admission struct {
 
 	// mu is held across the lease's Redis calls, so that a renewal and the
 	// release never cross (a renewal landing after the release would bring
-	// the lease back); it guards ended.
-	mu    sync.Mutex
-	ended bool
-	// clock guards the session's time, for the quota: never held across a
-	// Redis call, so a session's start does not wait for a round.
+	// the lease back); it guards acked.
+	mu sync.Mutex
+	// acked is the session's total (ms) that Redis last said it counted.
+	acked int64
+	// clock guards the session's time, for the quota, and ended: never
+	// held across a Redis call, so a session's start does not wait for a
+	// round.
 	clock sync.Mutex
+	ended bool
 	// session is set when the session starts relaying: its time counts
 	// from then, not while Deepgram is dialled.
 	session *session
 	since   time.Time     // when its time was last counted
-	unsent  time.Duration // time counted here and not yet in Redis
+	total   time.Duration // its time so far
 }
 
 // admit takes s's place, or says why not: draining (the drain deadline
@@ -90,12 +93,11 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 // last time, before the user's place here does.
 func (a *admission) release() {
 	a.mu.Lock()
-	a.ended = true
-	_, unsent := a.count(time.Now())
+	total := a.finish(time.Now())
 	if sl := a.rl.shared; sl != nil {
 		// Tried during an outage too: the end of a lease frees the user's
 		// place at once rather than at its expiry, and carries its time.
-		_ = sl.renew([]leaseUpdate{{user: a.user, id: a.id, add: unsent}}, true)
+		_ = sl.end(a.user, a.id, total.Milliseconds(), a.acked)
 	}
 	a.mu.Unlock()
 	a.rl.leases.remove(a)

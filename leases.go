@@ -58,28 +58,44 @@ func (a *admission) relaying(s *session, now time.Time) {
 }
 
 // count adds the session's time since it was last counted to its user's day
-// here, and to what Redis has yet to hear; it returns the day's total here
-// and what Redis has yet to hear.
-func (a *admission) count(now time.Time) (used, unsent time.Duration) {
+// here and to its total; it returns the day's total here and the session's,
+// or false once the session has ended (its lease is no longer renewed).
+func (a *admission) count(now time.Time) (used, total time.Duration, held bool) {
 	a.clock.Lock()
 	defer a.clock.Unlock()
+	if a.ended {
+		return 0, 0, false
+	}
+	return a.advance(now), a.total, true
+}
+
+// finish counts the session's last time and ends its lease's renewals; it
+// returns the session's total.
+func (a *admission) finish(now time.Time) time.Duration {
+	a.clock.Lock()
+	defer a.clock.Unlock()
+	a.advance(now)
+	a.ended = true
+	return a.total
+}
+
+// advance counts the session's time up to now, here; it returns the day's
+// total here. a.clock is held.
+func (a *admission) advance(now time.Time) time.Duration {
 	if a.session == nil || a.rl.quota == 0 {
-		return 0, 0
+		return 0
 	}
 	d := now.Sub(a.since)
 	a.since = now
-	a.unsent += d
-	return a.rl.users.spend(a.identity, d, now), a.unsent
+	a.total += d
+	return a.rl.users.spend(a.identity, d, now)
 }
 
-// counted settles a round: what Redis added leaves unsent (it counts whole
-// milliseconds: the rest waits for the next round), and the deadline
-// follows the day's time so far (Redis's when it answered, else this
-// instance's).
-func (a *admission) counted(now time.Time, sent, used time.Duration) {
+// counted settles a round: the deadline follows the day's time so far
+// (Redis's when it answered, else this instance's).
+func (a *admission) counted(now time.Time, used time.Duration) {
 	a.clock.Lock()
 	defer a.clock.Unlock()
-	a.unsent -= sent.Truncate(time.Millisecond)
 	a.setDeadline(now, used)
 }
 
@@ -110,23 +126,24 @@ func (rl *relay) renewLeases(now time.Time) {
 	updates := make([]leaseUpdate, 0, len(all))
 	for _, a := range all {
 		a.mu.Lock()
-		if a.ended {
+		used, total, live := a.count(now)
+		if !live {
 			a.mu.Unlock()
 			continue
 		}
-		used, unsent := a.count(now)
 		held, local = append(held, a), append(local, used)
-		updates = append(updates, leaseUpdate{user: a.user, id: a.id, add: unsent})
+		updates = append(updates, leaseUpdate{user: a.user, id: a.id, total: total.Milliseconds(), base: a.acked})
 	}
 	shared := false
 	if rl.shared != nil {
-		shared = rl.shared.renew(updates, false) == nil
+		shared = rl.shared.renew(updates) == nil
 	}
 	for i, a := range held {
 		if shared {
-			a.counted(now, updates[i].add, updates[i].used)
+			a.acked = updates[i].total
+			a.counted(now, updates[i].used)
 		} else {
-			a.counted(now, 0, local[i])
+			a.counted(now, local[i])
 		}
 		a.mu.Unlock()
 	}

@@ -36,8 +36,10 @@ import (
 //	PREFIX{user}:s  sorted set: live sessions' leases, scored by expiry (ms)
 //	PREFIX{user}:r  the rate: the theoretical arrival time of the next session (GCRA)
 //	PREFIX{user}:d  hash: the UTC day (days since 1970) and its session time (ms)
+//	PREFIX{user}:t:<session id>  the session's time Redis has counted (ms), or "end"
 //
 // user is the identity hashed (userKey): no sub, IP or token goes to Redis.
+// The scripts are in redisscripts.go.
 
 // The lease periods: a live session's lease is renewed every leaseRenewEvery
 // and lapses leaseTTL after its last renewal, so the sessions of an instance
@@ -48,67 +50,6 @@ var (
 	leaseTTL        = 15 * time.Second
 )
 
-// admitScript admits one session of a user, or says which limit refuses it:
-// {0, used} admitted, {1, used} the day's quota, {2, used} the live-session
-// cap, {3, used} the rate; used is the day's session time so far (ms).
-var admitScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local day = math.floor(tonumber(t[1]) / 86400)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local used = 0
-local quota = tonumber(ARGV[6])
-if quota > 0 then
-  local u = redis.call('HMGET', KEYS[3], 'day', 'ms')
-  if tonumber(u[1]) == day then used = tonumber(u[2]) or 0 end
-  if used >= quota then return {1, used} end
-end
-local max = tonumber(ARGV[3])
-if max > 0 and redis.call('ZCARD', KEYS[1]) >= max then return {2, used} end
-local interval = tonumber(ARGV[4])
-if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[2])) or now
-  if tat < now then tat = now end
-  tat = tat + interval
-  if tat - now > tonumber(ARGV[5]) then return {3, used} end
-  redis.call('SET', KEYS[2], tat, 'PX', tat - now)
-end
-local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ttl)
-return {0, used}
-`)
-
-// leaseScript renews a session's lease (ARGV[2] the TTL in ms) or ends it
-// (0), adds ARGV[3] ms to the user's day when the quota is on (ARGV[4] "1"),
-// and returns {the day's session time (ms), the user's live leases}. A lease
-// that lapsed while Redis was away is added again: counting resumes.
-var leaseScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local day = math.floor(tonumber(t[1]) / 86400)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ttl)
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-local used = 0
-if ARGV[4] == '1' then
-  local u = redis.call('HMGET', KEYS[2], 'day', 'ms')
-  if tonumber(u[1]) == day then used = tonumber(u[2]) or 0 end
-  local add = tonumber(ARGV[3])
-  if add > 0 then
-    used = used + add
-    redis.call('HSET', KEYS[2], 'day', day, 'ms', used)
-    redis.call('PEXPIREAT', KEYS[2], (day + 2) * 86400000)
-  end
-end
-return {used, redis.call('ZCARD', KEYS[1])}
-`)
-
 // sharedLimits is the relay's side of the limits in Redis.
 type sharedLimits struct {
 	client  *redis.Client
@@ -116,6 +57,7 @@ type sharedLimits struct {
 	prefix  string
 	timeout time.Duration
 	ttl     time.Duration // leaseTTL
+	endKeep time.Duration // how long a session's end is remembered
 	refuse  bool          // REDIS_FAILURE=refuse
 	// The limits, as the scripts take them (0: off).
 	maxSessions           int
@@ -193,6 +135,7 @@ func newSharedLimits(cfg *Config, log *slog.Logger, m *metrics) (*sharedLimits, 
 		prefix:      cfg.RedisKeyPrefix,
 		timeout:     cfg.RedisTimeout,
 		ttl:         leaseTTL,
+		endKeep:     endKeepLeases * leaseTTL,
 		refuse:      cfg.RedisFailure == redisFailureRefuse,
 		maxSessions: cfg.MaxSessionsPerUser,
 		quotaMs:     int64(cfg.MaxUserSecondsPerDay) * 1000,
@@ -217,6 +160,12 @@ func (sl *sharedLimits) close() { _ = sl.client.Close() }
 func (sl *sharedLimits) keys(user string) (leases, rate, day string) {
 	base := sl.prefix + "{" + user + "}:"
 	return base + "s", base + "r", base + "d"
+}
+
+// totalKey is the key of a session's time as Redis has counted it: in its
+// user's hash slot.
+func (sl *sharedLimits) totalKey(user, id string) string {
+	return sl.prefix + "{" + user + "}:t:" + id
 }
 
 // errRedisDown is admit's answer during an outage: it did not wait on Redis.
@@ -259,11 +208,12 @@ func (sl *sharedLimits) admit(user, id string) (refused ending, used time.Durati
 	return ending{}, used, nil
 }
 
-// leaseUpdate is one lease's renewal, or its end, with the session time to
-// add to its user's day.
+// leaseUpdate is one lease's renewal, with the session's running total.
 type leaseUpdate struct {
 	user, id string
-	add      time.Duration
+	// total is the session's time so far (ms); base is what Redis last
+	// said it counted of it, which stands in when Redis holds no total.
+	total, base int64
 	// The answer: the user's day so far and its live leases.
 	used time.Duration
 	live int64
@@ -275,20 +225,18 @@ type leaseUpdate struct {
 const renewBatch = 256
 
 // renew sends updates in pipelines of renewBatch (a round trip for up to
-// that many live sessions), all within one REDIS_TIMEOUT (a release waits
-// for a round), and fills in their answers. With none, it pings: the
-// renewal loop is also what finds Redis back after an outage.
-func (sl *sharedLimits) renew(updates []leaseUpdate, end bool) error {
-	op := "renew"
-	if end {
-		op = "release"
-	}
+// that many live sessions), all within one REDIS_TIMEOUT, and fills in
+// their answers. With none, it pings: the renewal loop is also what finds
+// Redis back after an outage. A batch that failed may have been run all
+// the same (its answer lost): sent again next round, its totals add
+// nothing twice.
+func (sl *sharedLimits) renew(updates []leaseUpdate) error {
 	began := sl.outages.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
 	defer cancel()
 	for start := 0; start == 0 || start < len(updates); start += renewBatch {
-		if err := sl.renewBatch(ctx, updates[start:min(start+renewBatch, len(updates))], end); err != nil {
-			sl.failed(op, err)
+		if err := sl.renewBatch(ctx, updates[start:min(start+renewBatch, len(updates))]); err != nil {
+			sl.failed("renew", err)
 			return err
 		}
 	}
@@ -297,34 +245,27 @@ func (sl *sharedLimits) renew(updates []leaseUpdate, end bool) error {
 }
 
 // renewBatch runs one pipeline of renew.
-func (sl *sharedLimits) renewBatch(ctx context.Context, updates []leaseUpdate, end bool) error {
-	err := sl.exec(ctx, updates, end)
+func (sl *sharedLimits) renewBatch(ctx context.Context, updates []leaseUpdate) error {
+	err := sl.exec(ctx, updates)
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		// Redis restarted and forgot its scripts.
 		if err = leaseScript.Load(ctx, sl.client).Err(); err == nil {
-			err = sl.exec(ctx, updates, end)
+			err = sl.exec(ctx, updates)
 		}
 	}
 	return err
 }
 
 // exec runs the lease script for each update in one pipeline.
-func (sl *sharedLimits) exec(ctx context.Context, updates []leaseUpdate, end bool) error {
+func (sl *sharedLimits) exec(ctx context.Context, updates []leaseUpdate) error {
 	if len(updates) == 0 {
 		return sl.client.Ping(ctx).Err()
-	}
-	ttl, quotaOn := sl.ttl.Milliseconds(), "0"
-	if end {
-		ttl = 0
-	}
-	if sl.quotaMs > 0 {
-		quotaOn = "1"
 	}
 	pipe := sl.client.Pipeline()
 	cmds := make([]*redis.Cmd, len(updates))
 	for i, u := range updates {
-		leases, _, day := sl.keys(u.user)
-		cmds[i] = leaseScript.EvalSha(ctx, pipe, []string{leases, day}, u.id, ttl, u.add.Milliseconds(), quotaOn)
+		cmds[i] = leaseScript.EvalSha(ctx, pipe, sl.leaseKeys(u.user, u.id),
+			u.id, sl.ttl.Milliseconds(), u.total, u.base, sl.quotaOn(), recordKeep.Milliseconds())
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
@@ -337,6 +278,36 @@ func (sl *sharedLimits) exec(ctx context.Context, updates []leaseUpdate, end boo
 		updates[i].used, updates[i].live = time.Duration(res[0])*time.Millisecond, res[1]
 	}
 	return nil
+}
+
+// end ends a session's lease, adding what Redis has yet to count of its
+// total (ms; base as in leaseUpdate) to its user's day.
+func (sl *sharedLimits) end(user, id string, total, base int64) error {
+	began := sl.outages.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
+	defer cancel()
+	err := leaseScript.Run(ctx, sl.client, sl.leaseKeys(user, id),
+		id, 0, total, base, sl.quotaOn(), sl.endKeep.Milliseconds()).Err()
+	if err != nil {
+		sl.failed("release", err)
+		return err
+	}
+	sl.answered(began)
+	return nil
+}
+
+// leaseKeys are the lease script's keys for a session of user.
+func (sl *sharedLimits) leaseKeys(user, id string) []string {
+	leases, _, day := sl.keys(user)
+	return []string{leases, day, sl.totalKey(user, id)}
+}
+
+// quotaOn is the lease script's flag: whether sessions' time counts.
+func (sl *sharedLimits) quotaOn() string {
+	if sl.quotaMs > 0 {
+		return "1"
+	}
+	return "0"
 }
 
 // failed records a call that Redis did not answer. The first of an outage is

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -269,8 +270,14 @@ type slowProxy struct {
 	// holding counts the reads being held for the delay.
 	refuseNew atomic.Bool
 	holding   atomic.Int32
-	done      chan struct{}
-	wg        sync.WaitGroup
+	// dropScriptAnswers passes every request on and drops Redis's answers
+	// to the relay's scripts (a connection's handshake is answered): a
+	// call that Redis runs and whose answer never comes. requests counts
+	// the reads passed on to Redis.
+	dropScriptAnswers atomic.Bool
+	requests          atomic.Int32
+	done              chan struct{}
+	wg                sync.WaitGroup
 }
 
 func startSlowProxy(t *testing.T, target string) *slowProxy {
@@ -309,14 +316,15 @@ func (p *slowProxy) accept() {
 			continue
 		}
 		p.wg.Add(2)
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		scripts := new(atomic.Bool) // a script was sent on this connection
+		go p.pipe(c, up, false, scripts)
+		go p.pipe(up, c, true, scripts)
 	}
 }
 
-// pipe copies src to dst, each read held for the delay in force; it ends
-// both when either side does, or the test does.
-func (p *slowProxy) pipe(src, dst net.Conn) {
+// pipe copies src to dst, each read held for the delay in force (replies:
+// Redis's answers); it ends both when either side does, or the test does.
+func (p *slowProxy) pipe(src, dst net.Conn, replies bool, scripts *atomic.Bool) {
 	defer p.wg.Done()
 	defer src.Close()
 	defer dst.Close()
@@ -337,6 +345,15 @@ func (p *slowProxy) pipe(src, dst net.Conn) {
 			return
 		}
 		p.holding.Add(-1)
+		if replies && scripts.Load() && p.dropScriptAnswers.Load() {
+			continue
+		}
+		if !replies {
+			p.requests.Add(1)
+			if bytes.Contains(bytes.ToLower(buf[:n]), []byte("eval")) {
+				scripts.Store(true)
+			}
+		}
 		if _, err := dst.Write(buf[:n]); err != nil {
 			return
 		}

@@ -26,14 +26,14 @@ type admission struct {
 	remaining time.Duration
 
 	// mu is held across the lease's Redis calls, so that a renewal and the
-	// release never cross (a renewal landing after the release would bring
-	// the lease back); it guards acked.
+	// end never cross (a renewal landing after the end would bring the
+	// lease back); it guards acked.
 	mu sync.Mutex
 	// acked is the session's total (ms) that Redis last said it counted.
 	acked int64
 	// clock guards the session's time, for the quota, and ended: never
-	// held across a Redis call, so a session's start does not wait for a
-	// round.
+	// held across a Redis call, so neither a session's start nor its end
+	// waits for a round.
 	clock sync.Mutex
 	ended bool
 	// session is set when the session starts relaying: its time counts
@@ -89,20 +89,27 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 	return a, ending{}, false
 }
 
-// release gives the place back: the lease ends in Redis, with the session's
-// last time, before the user's place here does.
+// release gives the place back: the instance's and the user's here at
+// once, then the lease in Redis, with the session's time, off the
+// session's path. A Redis that hangs would otherwise hold each ending
+// session's place (MAX_SESSIONS) for REDIS_TIMEOUT, and refuse new ones
+// with INSTANCE_FULL. The counters here may count less than Redis for that
+// moment, never more.
 func (a *admission) release() {
-	a.mu.Lock()
 	total := a.finish(time.Now())
-	if sl := a.rl.shared; sl != nil {
-		// Tried during an outage too: the end of a lease frees the user's
-		// place at once rather than at its expiry, and carries its time.
-		_ = sl.end(a.user, a.id, total.Milliseconds(), a.acked)
-	}
-	a.mu.Unlock()
 	a.rl.leases.remove(a)
 	a.rl.users.release(a.identity)
 	a.rl.sessions.done()
+	if sl := a.rl.shared; sl != nil {
+		// Tried during an outage too: the end of a lease frees the user's
+		// place at once rather than at its expiry, and carries its time.
+		a.rl.redisAfter.run(func() {
+			// After a round that renews it, never before.
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			_ = sl.end(a.user, a.id, total.Milliseconds(), a.acked)
+		})
+	}
 }
 
 // sessionSet is the relay's own record of live sessions. http.Server's

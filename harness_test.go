@@ -196,11 +196,12 @@ func expectClose(t *testing.T, c *websocket.Conn, code websocket.StatusCode) web
 	}
 }
 
-// settled waits until the relay holds no session: Deepgram seeing its close
-// comes a moment before the relay lets the session go.
+// settled waits until the relay holds no session, and their leases have
+// ended in Redis: Deepgram seeing its close comes a moment before the relay
+// lets the session go.
 func (h *harness) settled() {
 	h.t.Helper()
-	waitFor(h.t, func() bool { return h.relay.sessions.active() == 0 })
+	waitFor(h.t, func() bool { return h.relay.sessions.active() == 0 && !h.relay.redisAfter.busy() })
 }
 
 // upstreamClosed waits for the fake to report its session's end.

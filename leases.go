@@ -113,8 +113,9 @@ func (a *admission) setDeadline(now time.Time, used time.Duration) {
 }
 
 // renewLeases is one round: count, renew, set deadlines. The admissions stay
-// locked across the Redis call, so a release waits for the round (at most
-// REDIS_TIMEOUT) rather than cross it.
+// locked across the Redis call, so a lease's end in Redis waits for the
+// round (at most REDIS_TIMEOUT) rather than cross it; the session's end
+// here does not.
 func (rl *relay) renewLeases(now time.Time) {
 	// Rounds never overlap: two would lock the admissions in different
 	// orders, and each wait for the other.
@@ -162,4 +163,47 @@ func (rl *relay) renewals(ctx context.Context) {
 			rl.renewLeases(now)
 		}
 	}
+}
+
+// redisAfter runs the Redis calls a session's end hands off (its lease's
+// end), each bounded by REDIS_TIMEOUT, and lets the relay's close wait for
+// them: none outlives the Redis client. Once closed, it starts none (the
+// client is closed: a lease ended then lapses in Redis).
+type redisAfter struct {
+	mu      sync.Mutex
+	closed  bool
+	pending int
+	wg      sync.WaitGroup
+}
+
+func (ra *redisAfter) run(call func()) {
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	if ra.closed {
+		return
+	}
+	ra.pending++
+	ra.wg.Add(1)
+	go func() {
+		defer ra.wg.Done()
+		call()
+		ra.mu.Lock()
+		ra.pending--
+		ra.mu.Unlock()
+	}()
+}
+
+// busy reports whether a call is in flight.
+func (ra *redisAfter) busy() bool {
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	return ra.pending > 0
+}
+
+// close starts no more calls and waits for those in flight.
+func (ra *redisAfter) close() {
+	ra.mu.Lock()
+	ra.closed = true
+	ra.mu.Unlock()
+	ra.wg.Wait()
 }

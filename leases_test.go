@@ -279,3 +279,27 @@ func TestOutageNotEndedByLateAnswer(t *testing.T) {
 		t.Errorf("%d outage warnings, want one and no end:\n%s", n, grepLines(logs, "Redis"))
 	}
 }
+
+// TestEndFreesPlaceWhileRedisHangs: a session that ends while Redis takes
+// calls and never answers gives its instance place (MAX_SESSIONS) and its
+// user's place here back at once, not after its lease's end has waited out
+// REDIS_TIMEOUT: the next session is admitted while that end is still on
+// its way.
+func TestEndFreesPlaceWhileRedisHangs(t *testing.T) {
+	shortLeases(t, time.Hour, 3*time.Hour) // no renewal round: only admissions and ends call Redis
+	rs := startRedis(t)
+	proxy := startSlowProxy(t, "127.0.0.1:"+rs.port)
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": proxy.url(), "REDIS_TIMEOUT": "2s",
+		"MAX_SESSIONS": "1", "MAX_SESSIONS_PER_USER": "1"}), fakedeepgram.Options{})
+	tok := "token=" + userToken(t, "pia")
+	c := h.dial(tok)
+	expectType(t, c, "Welcome")
+
+	proxy.dropScriptAnswers.Store(true)
+	sent := proxy.requests.Load()
+	c.Close(websocket.StatusNormalClosure, "")
+	// The lease's end has reached Redis, which will not answer it.
+	waitFor(t, func() bool { return proxy.requests.Load() > sent })
+	// Admitted on the instance's counters once Redis fails it (local).
+	expectType(t, h.dial(tok), "Welcome")
+}

@@ -33,6 +33,7 @@ type relay struct {
 	// MAX_USER_SECONDS_PER_DAY.
 	shared     *sharedLimits
 	leases     leaseSet
+	redisAfter redisAfter
 	quota      time.Duration
 	renewEvery time.Duration
 	// userHashKey keys userKey, the identity's name in Redis and at Deepgram.
@@ -138,12 +139,14 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 }
 
 // close stops the relay's background work: the watchdog, the lease
-// renewals, the JWKS refresher and the Redis client. Sessions are the
-// drain's business.
+// renewals, the JWKS refresher, the Redis calls of sessions' ends (waited
+// for: each bounded by REDIS_TIMEOUT) and the Redis client. Sessions are
+// the drain's business.
 func (rl *relay) close() {
 	rl.stop()
 	<-rl.stopped
 	rl.background.Wait()
+	rl.redisAfter.close()
 	if rl.shared != nil {
 		rl.shared.close()
 	}

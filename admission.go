@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,6 +74,12 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 		refused, sharedUsed, err := sl.admit(a.user, a.id)
 		if err != nil && sl.refuse {
 			refused = refuseLimitsUnavailable
+			if !errors.Is(err, errRedisDown) {
+				// Redis may have run it and lost the answer: the
+				// refused user would hold a lease and a rate token.
+				user, id := a.user, a.id
+				rl.redisAfter.run(func() { _ = sl.end(user, id, 0, 0, true) })
+			}
 		}
 		if refused.cause != "" {
 			rl.users.giveBack(s.identity, taken, s.started)
@@ -107,7 +114,7 @@ func (a *admission) release() {
 			// After a round that renews it, never before.
 			a.mu.Lock()
 			defer a.mu.Unlock()
-			_ = sl.end(a.user, a.id, total.Milliseconds(), a.acked)
+			_ = sl.end(a.user, a.id, total.Milliseconds(), a.acked, false)
 		})
 	}
 }

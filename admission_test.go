@@ -199,3 +199,30 @@ func TestLocalRefusalSparesRedis(t *testing.T) {
 	}
 	expectAsked(4)
 }
+
+// TestTimedOutAdmissionWithdrawn: under REDIS_FAILURE=refuse, an admission
+// that Redis ran but whose answer never came (the call timed out, the user
+// was refused) does not leave the refused user a lease or a spent rate
+// token in Redis.
+func TestTimedOutAdmissionWithdrawn(t *testing.T) {
+	shortLeases(t, time.Hour, 3*time.Hour) // a leftover lease would stay
+	rs := startRedis(t)
+	proxy := startSlowProxy(t, "127.0.0.1:"+rs.port)
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": proxy.url(), "REDIS_TIMEOUT": "200ms",
+		"REDIS_FAILURE": "refuse", "MAX_SESSIONS_PER_USER": "1", "SESSION_RATE_PER_MINUTE": "1"}), fakedeepgram.Options{})
+	// A session begun and ended: both scripts are loaded, a connection pooled.
+	warm := h.dial("token=" + userToken(t, "warm"))
+	expectType(t, warm, "Welcome")
+	warm.Close(websocket.StatusNormalClosure, "")
+	h.settled()
+
+	proxy.dropScriptAnswers.Store(true)
+	sent := proxy.requests.Load()
+	expectErrorThenClose(t, h.dialOK("token="+userToken(t, "quin")), refuseLimitsUnavailable)
+	if proxy.requests.Load() == sent {
+		t.Fatal("the admission did not reach Redis")
+	}
+	rc := redisClient(t, rs.url())
+	leases, rate, _ := h.relay.shared.keys(userKey(h.relay.userHashKey, "sub:quin"))
+	waitFor(t, func() bool { return rc.Exists(context.Background(), leases, rate).Val() == 0 })
+}

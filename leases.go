@@ -166,9 +166,10 @@ func (rl *relay) renewals(ctx context.Context) {
 }
 
 // redisAfter runs the Redis calls a session's end hands off (its lease's
-// end), each bounded by REDIS_TIMEOUT, and lets the relay's close wait for
-// them: none outlives the Redis client. Once closed, it starts none (the
-// client is closed: a lease ended then lapses in Redis).
+// end, the withdrawal of an admission whose answer never came), each
+// bounded by REDIS_TIMEOUT, and lets the relay's close wait for them: none
+// outlives the Redis client. Once closed, it starts none (the client is
+// closed: a lease ended then lapses in Redis).
 type redisAfter struct {
 	mu      sync.Mutex
 	closed  bool

@@ -27,8 +27,9 @@ import (
 // Redis last said it counted.
 //
 // A session's end leaves the mark "end" in place of its total for a minute:
-// a renewal of that session landing after its end (held in the network)
-// neither brings its lease back nor adds time.
+// a renewal or an admission of that session landing after its end (held in
+// the network) neither brings its lease back, nor adds time, nor takes a
+// rate token.
 
 // recordKeep is how long Redis keeps a live session's total after its last
 // renewal: a session whose renewals stop for an outage and resume within
@@ -43,7 +44,10 @@ const (
 // admitScript admits one session of a user, or says which limit refuses it:
 // {0, used} admitted, {1, used} the day's quota, {2, used} the live-session
 // cap, {3, used} the rate; used is the day's session time so far (ms).
+// {4, 0}: the session was withdrawn before its admission landed (the relay
+// gave up on it, see leaseScript), and nothing is taken.
 var admitScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[4]) == 1 then return {4, 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local day = math.floor(tonumber(t[1]) / 86400)
@@ -72,11 +76,14 @@ return {0, used}
 `)
 
 // leaseScript renews a session's lease (ARGV[2] the TTL in ms) or ends it
-// (0). KEYS: the user's leases, its day, the session's total. ARGV[3] is
-// the session's running total (ms) and ARGV[4] the base that stands in for
-// a total Redis does not hold; the difference is added to the user's day
-// when the quota is on (ARGV[5] "1"). ARGV[6] is how long the total
-// (recordKeep), or the end's mark, is kept. It returns {the day's session
+// (0). KEYS: the user's leases, its day, the session's total, the user's
+// rate. ARGV[3] is the session's running total (ms) and ARGV[4] the base
+// that stands in for a total Redis does not hold; the difference is added
+// to the user's day when the quota is on (ARGV[5] "1"). ARGV[6] is how long
+// the total (recordKeep), or the end's mark, is kept. ARGV[7],
+// at an end, is the rate's interval when the relay withdraws an admission
+// whose answer it never had: if the admission had landed (its lease is
+// there), its rate token is given back too. It returns {the day's session
 // time (ms), the user's live leases}. A lease that lapsed while Redis was
 // away is added again: counting resumes.
 var leaseScript = redis.NewScript(`
@@ -105,8 +112,20 @@ if rec ~= 'end' then
     redis.call('PEXPIRE', KEYS[1], ttl)
     redis.call('SET', KEYS[3], math.max(total, last), 'PX', ARGV[6])
   else
-    redis.call('ZREM', KEYS[1], ARGV[1])
+    local removed = redis.call('ZREM', KEYS[1], ARGV[1])
     redis.call('SET', KEYS[3], 'end', 'PX', ARGV[6])
+    local interval = tonumber(ARGV[7])
+    if removed == 1 and interval > 0 then
+      local tat = tonumber(redis.call('GET', KEYS[4]))
+      if tat then
+        tat = tat - interval
+        if tat > now then
+          redis.call('SET', KEYS[4], tat, 'PX', tat - now)
+        else
+          redis.call('DEL', KEYS[4])
+        end
+      end
+    end
   end
 end
 return {used, redis.call('ZCARD', KEYS[1])}

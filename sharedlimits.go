@@ -184,7 +184,7 @@ func (sl *sharedLimits) admit(user, id string) (refused ending, used time.Durati
 	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
 	defer cancel()
 	start := time.Now()
-	res, err := admitScript.Run(ctx, sl.client, []string{leases, rate, day},
+	res, err := admitScript.Run(ctx, sl.client, []string{leases, rate, day, sl.totalKey(user, id)},
 		id, sl.ttl.Milliseconds(), sl.maxSessions, sl.rateInterval, sl.burstMs, sl.quotaMs).Int64Slice()
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("admission script answered %d values", len(res))
@@ -204,6 +204,10 @@ func (sl *sharedLimits) admit(user, id string) (refused ending, used time.Durati
 		return refuseUserSessions, used, nil
 	case 3:
 		return refuseUserRate, used, nil
+	case 4:
+		// Withdrawn before it landed: only an admission the relay had
+		// given up on (its call timed out) hears this.
+		return refuseLimitsUnavailable, used, nil
 	}
 	return ending{}, used, nil
 }
@@ -265,7 +269,7 @@ func (sl *sharedLimits) exec(ctx context.Context, updates []leaseUpdate) error {
 	cmds := make([]*redis.Cmd, len(updates))
 	for i, u := range updates {
 		cmds[i] = leaseScript.EvalSha(ctx, pipe, sl.leaseKeys(u.user, u.id),
-			u.id, sl.ttl.Milliseconds(), u.total, u.base, sl.quotaOn(), recordKeep.Milliseconds())
+			u.id, sl.ttl.Milliseconds(), u.total, u.base, sl.quotaOn(), recordKeep.Milliseconds(), 0)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
@@ -281,13 +285,20 @@ func (sl *sharedLimits) exec(ctx context.Context, updates []leaseUpdate) error {
 }
 
 // end ends a session's lease, adding what Redis has yet to count of its
-// total (ms; base as in leaseUpdate) to its user's day.
-func (sl *sharedLimits) end(user, id string, total, base int64) error {
+// total (ms; base as in leaseUpdate) to its user's day. withdraw ends one
+// whose admission the relay gave up on (the call timed out, and the user
+// was refused): Redis may have run it, and then gives its rate token back
+// too; if the admission lands after the end, it admits nothing.
+func (sl *sharedLimits) end(user, id string, total, base int64, withdraw bool) error {
 	began := sl.outages.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
 	defer cancel()
+	var interval int64
+	if withdraw {
+		interval = sl.rateInterval
+	}
 	err := leaseScript.Run(ctx, sl.client, sl.leaseKeys(user, id),
-		id, 0, total, base, sl.quotaOn(), sl.endKeep.Milliseconds()).Err()
+		id, 0, total, base, sl.quotaOn(), sl.endKeep.Milliseconds(), interval).Err()
 	if err != nil {
 		sl.failed("release", err)
 		return err
@@ -298,8 +309,8 @@ func (sl *sharedLimits) end(user, id string, total, base int64) error {
 
 // leaseKeys are the lease script's keys for a session of user.
 func (sl *sharedLimits) leaseKeys(user, id string) []string {
-	leases, _, day := sl.keys(user)
-	return []string{leases, day, sl.totalKey(user, id)}
+	leases, rate, day := sl.keys(user)
+	return []string{leases, day, sl.totalKey(user, id), rate}
 }
 
 // quotaOn is the lease script's flag: whether sessions' time counts.

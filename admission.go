@@ -21,8 +21,9 @@ import (
 type admission struct {
 	rl       *relay
 	identity string
-	user     string // the identity hashed (userKey): its name in Redis and at Deepgram
-	id       string // the lease's name in Redis: the session's id
+	user     string   // the identity hashed (userKey): its name in Redis and at Deepgram
+	id       string   // the lease's name in Redis: the session's id
+	keys     []string // the lease's keys in Redis (leaseKeys; nil without Redis)
 	// remaining is the user's quota left when it was admitted.
 	remaining time.Duration
 
@@ -77,8 +78,8 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 			if !errors.Is(err, errRedisDown) {
 				// Redis may have run it and lost the answer: the
 				// refused user would hold a lease and a rate token.
-				user, id := a.user, a.id
-				rl.redisAfter.run(func() { _ = sl.end(user, id, 0, 0, true) })
+				keys, id := sl.leaseKeys(a.user, a.id), a.id
+				rl.redisAfter.run(func() { _ = sl.end(keys, id, 0, 0, true) })
 			}
 		}
 		if refused.cause != "" {
@@ -89,6 +90,7 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 		if err == nil {
 			used = sharedUsed
 		}
+		a.keys = sl.leaseKeys(a.user, a.id)
 	}
 	a.remaining = rl.quota - used
 	rl.leases.add(a)
@@ -114,7 +116,7 @@ func (a *admission) release() {
 			// After a round that renews it, never before.
 			a.mu.Lock()
 			defer a.mu.Unlock()
-			_ = sl.end(a.user, a.id, total.Milliseconds(), a.acked, false)
+			_ = sl.end(a.keys, a.id, total.Milliseconds(), a.acked, false)
 		})
 	}
 }

@@ -133,7 +133,7 @@ func (rl *relay) renewLeases(now time.Time) {
 			continue
 		}
 		held, local = append(held, a), append(local, used)
-		updates = append(updates, leaseUpdate{user: a.user, id: a.id, total: total.Milliseconds(), base: a.acked})
+		updates = append(updates, leaseUpdate{keys: a.keys, id: a.id, total: total.Milliseconds(), base: a.acked})
 	}
 	shared := false
 	if rl.shared != nil {

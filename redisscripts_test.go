@@ -84,7 +84,7 @@ func TestLateCallsChangeNothing(t *testing.T) {
 	}
 	renew := func(total, base int64) {
 		t.Helper()
-		if err := sl.renew([]leaseUpdate{{user: user, id: "s1", total: total, base: base}}); err != nil {
+		if err := sl.renew([]leaseUpdate{{keys: sl.leaseKeys(user, "s1"), id: "s1", total: total, base: base}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -97,7 +97,7 @@ func TestLateCallsChangeNothing(t *testing.T) {
 	renew(2500, 0)
 	renew(2000, 0) // an older renewal landing after a newer one
 	expect("renewals out of order", 2500, 1)
-	if err := sl.end(user, "s1", 3000, 2500, false); err != nil {
+	if err := sl.end(sl.leaseKeys(user, "s1"), "s1", 3000, 2500, false); err != nil {
 		t.Fatal(err)
 	}
 	expect("the end", 3000, 0)
@@ -106,7 +106,7 @@ func TestLateCallsChangeNothing(t *testing.T) {
 
 	// A withdrawal that lands before the admission it withdraws.
 	tat := rc.Get(ctx, rate).Val()
-	if err := sl.end(user, "s2", 0, 0, true); err != nil {
+	if err := sl.end(sl.leaseKeys(user, "s2"), "s2", 0, 0, true); err != nil {
 		t.Fatal(err)
 	}
 	if refused, _, err := sl.admit(user, "s2"); err != nil || refused.cause != refuseLimitsUnavailable.cause {

@@ -58,7 +58,10 @@ type sharedLimits struct {
 	timeout time.Duration
 	ttl     time.Duration // leaseTTL
 	endKeep time.Duration // how long a session's end is remembered
-	refuse  bool          // REDIS_FAILURE=refuse
+	// renewArgs are the lease script's arguments that every renewal
+	// shares, boxed once: a round does not allocate them per session.
+	renewArgs struct{ ttl, quotaOn, keep any }
+	refuse    bool // REDIS_FAILURE=refuse
 	// The limits, as the scripts take them (0: off).
 	maxSessions           int
 	rateInterval, burstMs int64
@@ -143,6 +146,10 @@ func newSharedLimits(cfg *Config, log *slog.Logger, m *metrics) (*sharedLimits, 
 		metrics:     m,
 		redact:      func(s string) string { return s },
 	}
+	sl.renewArgs.ttl, sl.renewArgs.quotaOn, sl.renewArgs.keep = sl.ttl.Milliseconds(), "0", recordKeep.Milliseconds()
+	if sl.quotaMs > 0 {
+		sl.renewArgs.quotaOn = "1"
+	}
 	if cfg.SessionRatePerMinute > 0 {
 		// The burst is a minute's worth, as the instance's own limiter:
 		// a user may open them at once but not more in any minute on
@@ -214,7 +221,8 @@ func (sl *sharedLimits) admit(user, id string) (refused ending, used time.Durati
 
 // leaseUpdate is one lease's renewal, with the session's running total.
 type leaseUpdate struct {
-	user, id string
+	keys []string // leaseKeys
+	id   string
 	// total is the session's time so far (ms); base is what Redis last
 	// said it counted of it, which stands in when Redis holds no total.
 	total, base int64
@@ -268,8 +276,8 @@ func (sl *sharedLimits) exec(ctx context.Context, updates []leaseUpdate) error {
 	pipe := sl.client.Pipeline()
 	cmds := make([]*redis.Cmd, len(updates))
 	for i, u := range updates {
-		cmds[i] = leaseScript.EvalSha(ctx, pipe, sl.leaseKeys(u.user, u.id),
-			u.id, sl.ttl.Milliseconds(), u.total, u.base, sl.quotaOn(), recordKeep.Milliseconds(), 0)
+		cmds[i] = leaseScript.EvalSha(ctx, pipe, u.keys, u.id, sl.renewArgs.ttl, u.total, u.base,
+			sl.renewArgs.quotaOn, sl.renewArgs.keep, 0)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
@@ -284,12 +292,13 @@ func (sl *sharedLimits) exec(ctx context.Context, updates []leaseUpdate) error {
 	return nil
 }
 
-// end ends a session's lease, adding what Redis has yet to count of its
-// total (ms; base as in leaseUpdate) to its user's day. withdraw ends one
+// end ends a session's lease (keys: leaseKeys), adding what Redis has yet
+// to count of its total (ms; base as in leaseUpdate) to its user's day.
+// withdraw ends one
 // whose admission the relay gave up on (the call timed out, and the user
 // was refused): Redis may have run it, and then gives its rate token back
 // too; if the admission lands after the end, it admits nothing.
-func (sl *sharedLimits) end(user, id string, total, base int64, withdraw bool) error {
+func (sl *sharedLimits) end(keys []string, id string, total, base int64, withdraw bool) error {
 	began := sl.outages.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
 	defer cancel()
@@ -297,8 +306,8 @@ func (sl *sharedLimits) end(user, id string, total, base int64, withdraw bool) e
 	if withdraw {
 		interval = sl.rateInterval
 	}
-	err := leaseScript.Run(ctx, sl.client, sl.leaseKeys(user, id),
-		id, 0, total, base, sl.quotaOn(), sl.endKeep.Milliseconds(), interval).Err()
+	err := leaseScript.Run(ctx, sl.client, keys,
+		id, 0, total, base, sl.renewArgs.quotaOn, sl.endKeep.Milliseconds(), interval).Err()
 	if err != nil {
 		sl.failed("release", err)
 		return err
@@ -307,18 +316,11 @@ func (sl *sharedLimits) end(user, id string, total, base int64, withdraw bool) e
 	return nil
 }
 
-// leaseKeys are the lease script's keys for a session of user.
+// leaseKeys are the lease script's keys for a session of user: made once
+// per session, for every round.
 func (sl *sharedLimits) leaseKeys(user, id string) []string {
 	leases, rate, day := sl.keys(user)
 	return []string{leases, day, sl.totalKey(user, id), rate}
-}
-
-// quotaOn is the lease script's flag: whether sessions' time counts.
-func (sl *sharedLimits) quotaOn() string {
-	if sl.quotaMs > 0 {
-		return "1"
-	}
-	return "0"
 }
 
 // failed records a call that Redis did not answer. The first of an outage is

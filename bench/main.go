@@ -6,6 +6,10 @@
 //	go run ./bench            # the full run: a few minutes
 //	go run ./bench -smoke     # seconds; CI runs it so the tool cannot rot
 //
+// dgrelay is measured twice: built and run as the image does (path
+// "dgrelay"), and from a plain `go build` run with no GODEBUG at all
+// ("dgrelay-plain"), as `go run .`, ko or a user's own Dockerfile would run it.
+//
 // It prints one table: each figure per path and its ratio to nginx's (or
 // -base's). The
 // smoke run checks that every path relays correctly and asserts nothing
@@ -93,7 +97,7 @@ var (
 func main() {
 	smokeRun := flag.Bool("smoke", false, "a short run that checks the tool and every path, and asserts nothing about speed")
 	quickRun := flag.Bool("quick", false, "a shorter run for iterating (500 voice sessions for 10 s)")
-	only := flag.String("paths", "direct,dgrelay,nginx,node", "paths to measure (also dgrelay-limits, dgrelay-redis)")
+	only := flag.String("paths", "direct,dgrelay,dgrelay-plain,nginx,node", "paths to measure (also dgrelay-limits, dgrelay-redis)")
 	flag.Parse()
 	if *smokeRun && !flagSet("paths") {
 		// The smoke run takes every path, so that none can rot.
@@ -174,10 +178,12 @@ func run(sz sizes, names []string) error {
 			// The floor: the load tool straight to the fake.
 			p = &proxyPath{name: "direct", url: fake.URL + "/v1/agent/converse", stop: func() {}}
 		case "dgrelay":
-			p, err = startDgrelay(dir, up, name)
+			p, err = startDgrelay(dir, up, name, imageBuild)
+		case "dgrelay-plain":
+			p, err = startDgrelay(dir, up, name, plainBuild)
 		case "dgrelay-limits":
 			// The per-user limits and a quota, counted on the instance.
-			p, err = startDgrelay(dir, up, name, limitsEnv...)
+			p, err = startDgrelay(dir, up, name, imageBuild, limitsEnv...)
 		case "dgrelay-redis":
 			// The same limits counted in Redis.
 			p, err = startDgrelayRedis(dir, up)

@@ -118,13 +118,48 @@ func tcpProbe(port int) func() error {
 	}
 }
 
-// startDgrelay builds the relay as the Dockerfile does (once per run) and
-// runs it as the path name, with extra variables after the benchmark's own.
-func startDgrelay(dir string, up upstreamTarget, name string, extra ...string) (*proxyPath, error) {
-	bin := filepath.Join(dir, "dgrelay")
+// dgrelayBuild is one way dgrelay gets built and run: as the image does, or
+// as `go build` and `go run` do, which is how most people who do not use the
+// image will run it (a Kubernetes manifest, ko, their own Dockerfile, a
+// buildpack). Both are measured, so that the speed cannot hang on the image.
+type dgrelayBuild struct {
+	// bin is the binary's name in the run's directory.
+	bin string
+	// flags and env are the build's arguments and environment.
+	flags, env []string
+	// godebug is the GODEBUG the binary runs with; "" for none.
+	godebug string
+}
+
+var (
+	imageBuild = dgrelayBuild{
+		bin:     "dgrelay",
+		flags:   []string{"-trimpath", "-ldflags", "-s -w"},
+		env:     []string{"CGO_ENABLED=0"},
+		godebug: shippedGODEBUG,
+	}
+	plainBuild = dgrelayBuild{bin: "dgrelay-plain"}
+)
+
+// withoutGODEBUG is env with no GODEBUG in it: a shell's own must not reach
+// a path's process and pass for the image's, or hide its absence.
+func withoutGODEBUG(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// startDgrelay builds the relay as b says (once per run) and runs it as the
+// path name, with extra variables after the benchmark's own.
+func startDgrelay(dir string, up upstreamTarget, name string, b dgrelayBuild, extra ...string) (*proxyPath, error) {
+	bin := filepath.Join(dir, b.bin)
 	if _, err := os.Stat(bin); err != nil {
-		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		build := exec.Command("go", append(append([]string{"build"}, b.flags...), "-o", bin, ".")...)
+		build.Env = append(withoutGODEBUG(os.Environ()), b.env...)
 		if out, err := build.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -138,9 +173,7 @@ func startDgrelay(dir string, up upstreamTarget, name string, extra ...string) (
 		return nil, err
 	}
 	cmd := pinned(bin)
-	cmd.Env = append(os.Environ(),
-		// What the Dockerfile sets: dgrelay is measured as it ships.
-		"GODEBUG="+shippedGODEBUG,
+	cmd.Env = append(withoutGODEBUG(os.Environ()),
 		"PORT="+strconv.Itoa(port),
 		"METRICS_PORT="+strconv.Itoa(mport),
 		"DEEPGRAM_API_KEY="+benchKey,
@@ -158,6 +191,9 @@ func startDgrelay(dir string, up upstreamTarget, name string, extra ...string) (
 	if up.caFile != "" {
 		// Go's roots on Linux: the file replaces the system bundle.
 		cmd.Env = append(cmd.Env, "SSL_CERT_FILE="+up.caFile)
+	}
+	if b.godebug != "" {
+		cmd.Env = append(cmd.Env, "GODEBUG="+b.godebug)
 	}
 	stop, err := startProcess(cmd, dir, name, tcpProbe(port))
 	if err != nil {

@@ -34,7 +34,7 @@ func startDgrelayRedis(dir string, up upstreamTarget) (*proxyPath, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := startDgrelay(dir, up, "dgrelay-redis", append([]string{"REDIS_URL=redis://127.0.0.1:" + strconv.Itoa(port)}, limitsEnv...)...)
+	p, err := startDgrelay(dir, up, "dgrelay-redis", imageBuild, append([]string{"REDIS_URL=redis://127.0.0.1:" + strconv.Itoa(port)}, limitsEnv...)...)
 	if err != nil {
 		stopRedis()
 		return nil, err

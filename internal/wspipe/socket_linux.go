@@ -150,10 +150,23 @@ func (p *Pipe) writeSocket(fd uintptr) bool {
 // calls them: socket calls go straight to the socket layer, where read(2) and
 // write(2) pass through the VFS first (measured: 5% of the relay's CPU under
 // voice load). x/sys's Recvfrom would allocate the address it returns.
+//
+// They are raw system calls: the scheduler is not told. Every socket they
+// are called on is non-blocking (the net package makes it so, and the pipe
+// waits for readiness on the runtime's poller instead), so they return at
+// once, with EAGAIN when the socket has nothing or takes nothing: there is no
+// blocked thread whose P the runtime would need to hand to another. Telling
+// it costs more than the call saves: entersyscall wakes the runtime's
+// monitor thread (sysmon) from the deep sleep it enters whenever every P is
+// idle (entersyscallWakeSysmon, runtime/proc.go), and sysmon then polls every
+// 20 us for a millisecond and more before it backs off and sleeps again. At
+// voice rates the relay goes idle and busy again thousands of times a
+// second, so sysmon polled most of the time: a third more CPU per voice call
+// in a plain build (BENCHMARKS.md), which only GODEBUG=schedtrace hid.
 func recv(fd uintptr, b []byte) (int, error) { return recvFlags(fd, b, 0) }
 
 func recvFlags(fd uintptr, b []byte, flags int) (int, error) {
-	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), uintptr(flags), 0, 0)
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), uintptr(flags), 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}
@@ -161,7 +174,7 @@ func recvFlags(fd uintptr, b []byte, flags int) (int, error) {
 }
 
 func send(fd uintptr, b []byte) (int, error) {
-	n, _, errno := unix.Syscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), unix.MSG_NOSIGNAL, 0, 0)
+	n, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), unix.MSG_NOSIGNAL, 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +31,15 @@ type tlsSocket struct {
 	records, hdrN, bodyLeft int
 	hdr                     [5]byte
 	exact                   bool
+
+	// The write in progress: what is left of it and how it ended, for
+	// onWritable, which is made once so that a write allocates nothing.
+	// crypto/tls writes from more than one goroutine (the pipe toward
+	// Deepgram; a close from the other); writeMu keeps them apart.
+	writeMu    sync.Mutex
+	pending    []byte
+	writeErr   error
+	onWritable func(fd uintptr) bool
 }
 
 // NewTLSSocket is what crypto/tls is to be given to run over conn, for a
@@ -40,7 +50,46 @@ func NewTLSSocket(conn net.Conn) net.Conn {
 	if raw == nil {
 		return conn
 	}
-	return &tlsSocket{Conn: conn, raw: raw}
+	s := &tlsSocket{Conn: conn, raw: raw}
+	s.onWritable = s.writable
+	return s
+}
+
+// Write sends what crypto/tls has sealed with sendto(2), raw as the pipe's
+// own sends are (see send), waiting on the poller while the socket is full.
+// net.Conn's Write would make a write(2) through the scheduler: a TLS
+// upstream is written once per message toward Deepgram, and each would wake
+// the runtime's monitor thread.
+func (s *tlsSocket) Write(b []byte) (int, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.pending, s.writeErr = b, nil
+	err := s.raw.Write(s.onWritable)
+	n := len(b) - len(s.pending)
+	s.pending = nil
+	if s.writeErr != nil {
+		err = s.writeErr
+	}
+	return n, err
+}
+
+// writable is the callback Write sends s.pending with; it reports false to
+// wait until the socket takes more.
+func (s *tlsSocket) writable(fd uintptr) bool {
+	for len(s.pending) > 0 {
+		n, err := send(fd, s.pending)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return false
+		case err != nil:
+			s.writeErr = os.NewSyscallError("sendto", err)
+			return true
+		}
+		s.pending = s.pending[n:]
+	}
+	return true
 }
 
 // Read counts the records in every byte crypto/tls reads, from the first

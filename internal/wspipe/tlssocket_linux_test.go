@@ -7,6 +7,7 @@ import (
 	crand "crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -237,5 +238,67 @@ func TestTLSFINAfterLastRecord(t *testing.T) {
 	r.expect(t, AppendFrame(nil, OpClose, ClosePayload(1000, "upstream ended"), false))
 	if e := r.s.owner.result(); e.Cause != Vanished || e.Src != Upstream {
 		t.Fatalf("ended %+v", e)
+	}
+}
+
+// TestTLSSocketWriteWaitsWhileFull: one write many times the two sockets'
+// buffers arrives whole and in order: the socket's raw sends wait on the
+// poller whenever it is full.
+func TestTLSSocketWriteWaitsWhileFull(t *testing.T) {
+	a, b := loopbackPair(t)
+	defer a.Close()
+	defer b.Close()
+	s := NewTLSSocket(a)
+	if _, ok := s.(*tlsSocket); !ok {
+		t.Fatal("a TCP socket is not written raw")
+	}
+	msg := make([]byte, 32<<20)
+	rand.New(rand.NewSource(1)).Read(msg)
+	wrote := make(chan error, 1)
+	go func() {
+		n, err := s.Write(msg)
+		if err == nil && n != len(msg) {
+			err = fmt.Errorf("wrote %d of %d bytes", n, len(msg))
+		}
+		wrote <- err
+	}()
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(b, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatal("the bytes arrived changed")
+	}
+}
+
+// TestTLSSocketWriteDeadline: a write to a peer that never reads ends at the
+// write deadline with a timeout, as net.Conn's does: the session's stuck-write
+// check and its close rely on it.
+func TestTLSSocketWriteDeadline(t *testing.T) {
+	a, b := loopbackPair(t)
+	defer a.Close()
+	defer b.Close()
+	s := NewTLSSocket(a)
+	if err := s.SetWriteDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.Write(make([]byte, 64<<20))
+	if !isTimeout(err) || n >= 64<<20 {
+		t.Fatalf("wrote %d bytes, err %v; want a timeout", n, err)
+	}
+}
+
+// TestTLSSocketWriteClosed: a write on a socket closed under it fails as
+// net.Conn's does, with net.ErrClosed.
+func TestTLSSocketWriteClosed(t *testing.T) {
+	a, b := loopbackPair(t)
+	defer b.Close()
+	s := NewTLSSocket(a)
+	a.Close()
+	if _, err := s.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("err %v; want net.ErrClosed", err)
 	}
 }

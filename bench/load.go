@@ -234,9 +234,13 @@ func talkAll(conns []*websocket.Conn, size int) error {
 // voiceResult is the proxy's cost under a realistic voice load.
 type voiceResult struct {
 	cpuPerSessionSecond time.Duration // proxy CPU (user+sys) per session-second
-	probeP50, probeP99  time.Duration // a 640 B echo round trip under the load
-	upRate, downRate    float64       // messages per second the load achieved
-	loadBusy            float64       // share of the load core this tool used meanwhile
+	// cpuPerMessage is the proxy's CPU per message it relayed (both ways):
+	// unlike the per-session figure, it does not fall when the load core
+	// falls short of the load it was asked for.
+	cpuPerMessage      time.Duration
+	probeP50, probeP99 time.Duration // a 640 B echo round trip under the load
+	upRate, downRate   float64       // messages per second the load achieved
+	loadBusy           float64       // share of the load core this tool used meanwhile
 }
 
 // voice runs n sessions of the voice profile for dur: up, 640 B of audio
@@ -377,6 +381,9 @@ func voice(p *proxyPath, n int, dur time.Duration) (voiceResult, error) {
 		return res, fmt.Errorf("%d voice sessions failed, the first with: %v", f, firstFailure.Load())
 	}
 	res.cpuPerSessionSecond = time.Duration(cpu / (float64(n) * elapsed) * float64(time.Second))
+	if msgs := (res.upRate + res.downRate) * elapsed; msgs > 0 {
+		res.cpuPerMessage = time.Duration(cpu / msgs * float64(time.Second))
+	}
 	res.probeP50, res.probeP99 = percentiles(ds)
 	return res, nil
 }

@@ -78,6 +78,11 @@ const soakWorkers = 16
 // proxyCores can widen the proxies' cores for experiments (-proxy-cores 0,1).
 var proxyCores = flag.String("proxy-cores", proxyCore, "cores the proxies may use (taskset -c)")
 
+// voiceSessions overrides the run's number of voice sessions: fewer leave
+// the proxy idle between messages more often, which is where a runtime's
+// idle-to-busy costs show.
+var voiceSessions = flag.Int("voice", 0, "voice sessions (0: the run's own, 500 except in the smoke run)")
+
 type sizes struct {
 	latencyTrips int
 	idle         int
@@ -122,6 +127,9 @@ func main() {
 	}
 	if *smokeRun {
 		sz = smoke
+	}
+	if *voiceSessions > 0 {
+		sz.voice = *voiceSessions
 	}
 	if err := run(sz, strings.Split(*only, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -243,6 +251,7 @@ func measure(p *proxyPath, sz sizes, res results) error {
 	if p.procs != nil {
 		cpu := us(v.cpuPerSessionSecond)
 		res.set("voice_cpu_us", p.name, cpu)
+		res.set("voice_cpu_msg_us", p.name, float64(v.cpuPerMessage)/float64(time.Microsecond))
 		if cpu > 0 {
 			res.set("sessions_per_core", p.name, 1e6/cpu)
 		}
@@ -350,6 +359,7 @@ func printTable(w *os.File, sz sizes, paths []*proxyPath, res results) {
 		{"idle_talk_kb", "idle memory per session after a 16 KiB message each way (KiB)", false, true},
 		{"idle_talk_heap_kb", "of which Go heap in use (KiB)", false, true},
 		{"voice_cpu_us", "CPU per voice session-second (µs)", false, true},
+		{"voice_cpu_msg_us", "CPU per message relayed under the voice load (µs)", false, true},
 		{"sessions_per_core", "voice sessions per core", false, false},
 		{"voice_probe_p99", "added round trip under voice load, p99 (µs)", true, true},
 		{"voice_up_rate", "voice load achieved, up (msg/s)", false, false},

@@ -20,14 +20,6 @@ COPY --from=build /out/dgrelay /dgrelay
 # Numeric, as distroless's nonroot user is: Kubernetes' runAsNonRoot can
 # check a number, not a name.
 USER 65532:65532
-# Keeps the Go runtime's sysmon thread from its deep sleep, from which every
-# idle-to-busy turn of the scheduler (thousands a second at voice rates)
-# wakes it and restarts its 20 us polling: measured, a fifth of the relay's
-# CPU under voice load (BENCHMARKS.md). The price is a scheduler summary line
-# on stderr every 24.8 days of host uptime (the largest period the variable
-# takes; the runtime counts from boot, so a long-running host prints one at
-# start).
-ENV GODEBUG=schedtrace=2147483647
 # 8080: the WebSocket route and probes (PORT); 9091: /metrics (METRICS_PORT).
 EXPOSE 8080 9091
 ENTRYPOINT ["/dgrelay"]

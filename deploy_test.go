@@ -308,16 +308,11 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("the Dockerfile lacks %s", want)
 		}
 	}
-	// The benchmark runs dgrelay with the image's GODEBUG, or its figures
-	// would not be the shipped relay's.
-	bench, err := os.ReadFile("bench/paths.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	imageDebug := regexp.MustCompile(`(?m)^ENV GODEBUG=(\S+)$`).FindStringSubmatch(df)
-	benchDebug := regexp.MustCompile(`const shippedGODEBUG = "([^"]+)"`).FindStringSubmatch(string(bench))
-	if imageDebug == nil || benchDebug == nil || imageDebug[1] != benchDebug[1] {
-		t.Errorf("the image's GODEBUG %v and the benchmark's %v differ", imageDebug, benchDebug)
+	// The relay is as fast however it is built: the image sets no GODEBUG
+	// (the benchmark's image path runs without one, beside a plain go
+	// build), so that no packaging carries a speed the others lack.
+	if regexp.MustCompile(`(?m)^ENV\b.*\bGODEBUG\b`).MatchString(df) {
+		t.Error("the Dockerfile sets GODEBUG; the benchmark measures the image without one")
 	}
 	cfg := configFrom(t, nil)
 	if !regexp.MustCompile(`(?m)^EXPOSE .*\b` + strconv.Itoa(cfg.Port) + `\b.*\b` + strconv.Itoa(cfg.MetricsPort) + `\b`).MatchString(df) {

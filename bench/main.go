@@ -6,9 +6,9 @@
 //	go run ./bench            # the full run: a few minutes
 //	go run ./bench -smoke     # seconds; CI runs it so the tool cannot rot
 //
-// dgrelay is measured twice: built and run as the image does (path
-// "dgrelay"), and from a plain `go build` run with no GODEBUG at all
-// ("dgrelay-plain"), as `go run .`, ko or a user's own Dockerfile would run it.
+// dgrelay is measured twice: built as the image does (path "dgrelay"), and
+// from a plain `go build` ("dgrelay-plain"), as `go run .`, ko or a user's
+// own Dockerfile would build it; neither runs with a GODEBUG.
 //
 // It prints one table: each figure per path and its ratio to nginx's (or
 // -base's). The

@@ -18,10 +18,6 @@ import (
 // benchKey is the "Deepgram key" every proxy sends to the fake upstream.
 const benchKey = "bench-key-not-a-secret"
 
-// shippedGODEBUG is the Dockerfile's GODEBUG (deploy_test.go holds them
-// together).
-const shippedGODEBUG = "schedtrace=2147483647"
-
 // upstreamTarget is the fake Deepgram every path leads to.
 type upstreamTarget struct {
 	url string // ws:// or wss://, with no path
@@ -127,22 +123,23 @@ type dgrelayBuild struct {
 	bin string
 	// flags and env are the build's arguments and environment.
 	flags, env []string
-	// godebug is the GODEBUG the binary runs with; "" for none.
-	godebug string
 }
 
 var (
+	// imageBuild is the Dockerfile's build: static, no cgo, stripped.
 	imageBuild = dgrelayBuild{
-		bin:     "dgrelay",
-		flags:   []string{"-trimpath", "-ldflags", "-s -w"},
-		env:     []string{"CGO_ENABLED=0"},
-		godebug: shippedGODEBUG,
+		bin:   "dgrelay",
+		flags: []string{"-trimpath", "-ldflags", "-s -w"},
+		env:   []string{"CGO_ENABLED=0"},
 	}
+	// plainBuild is `go build` with the machine's defaults (cgo where a C
+	// compiler is installed, symbols kept).
 	plainBuild = dgrelayBuild{bin: "dgrelay-plain"}
 )
 
-// withoutGODEBUG is env with no GODEBUG in it: a shell's own must not reach
-// a path's process and pass for the image's, or hide its absence.
+// withoutGODEBUG is env with no GODEBUG in it: neither build runs with one
+// (the image sets none), and a shell's own must not reach them and change
+// what is measured.
 func withoutGODEBUG(env []string) []string {
 	out := make([]string, 0, len(env))
 	for _, kv := range env {
@@ -191,9 +188,6 @@ func startDgrelay(dir string, up upstreamTarget, name string, b dgrelayBuild, ex
 	if up.caFile != "" {
 		// Go's roots on Linux: the file replaces the system bundle.
 		cmd.Env = append(cmd.Env, "SSL_CERT_FILE="+up.caFile)
-	}
-	if b.godebug != "" {
-		cmd.Env = append(cmd.Env, "GODEBUG="+b.godebug)
 	}
 	stop, err := startProcess(cmd, dir, name, tcpProbe(port))
 	if err != nil {

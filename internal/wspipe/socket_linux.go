@@ -155,14 +155,17 @@ func (p *Pipe) writeSocket(fd uintptr) bool {
 // are called on is non-blocking (the net package makes it so, and the pipe
 // waits for readiness on the runtime's poller instead), so they return at
 // once, with EAGAIN when the socket has nothing or takes nothing: there is no
-// blocked thread whose P the runtime would need to hand to another. Telling
-// it costs more than the call saves: entersyscall wakes the runtime's
-// monitor thread (sysmon) from the deep sleep it enters whenever every P is
-// idle (entersyscallWakeSysmon, runtime/proc.go), and sysmon then polls every
-// 20 us for a millisecond and more before it backs off and sleeps again. At
-// voice rates the relay goes idle and busy again thousands of times a
-// second, so sysmon polled most of the time: a third more CPU per voice call
-// in a plain build (BENCHMARKS.md), which only GODEBUG=schedtrace hid.
+// blocked thread whose P the runtime would need to hand to another. (A long
+// send, such as 64 KiB over loopback, which also runs the receiver's TCP
+// input, holds its P for those microseconds as any Go code would: it is CPU
+// work, not waiting.) Telling the scheduler is not free: entersyscall wakes
+// the runtime's monitor thread (sysmon) from the deep sleep it enters
+// whenever every P is idle (entersyscallWakeSysmon, runtime/proc.go), and
+// sysmon then polls every 20 us for a millisecond and more before it backs
+// off and sleeps again. At voice rates the relay goes idle and busy again
+// thousands of times a second, so sysmon polled most of the time: a plain
+// build took about half again the CPU per voice call of the image, which hid
+// it with GODEBUG=schedtrace (BENCHMARKS.md).
 func recv(fd uintptr, b []byte) (int, error) { return recvFlags(fd, b, 0) }
 
 func recvFlags(fd uintptr, b []byte, flags int) (int, error) {

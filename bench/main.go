@@ -5,6 +5,8 @@
 //
 //	go run ./bench            # the full run: a few minutes
 //	go run ./bench -smoke     # seconds; CI runs it so the tool cannot rot
+//	go run ./bench -quick -together 150 -paths dgrelay,dgrelay-plain,nginx
+//	                          # CPU per message, every proxy loaded at once
 //
 // dgrelay is measured twice: built as the image does (path "dgrelay"), and
 // from a plain `go build` ("dgrelay-plain"), as `go run .`, ko or a user's
@@ -207,6 +209,9 @@ func run(sz sizes, names []string) error {
 		}
 		defer p.stop()
 		paths = append(paths, p)
+	}
+	if *together > 0 {
+		return voiceTogether(os.Stdout, paths, *together, sz.voiceFor, togetherRounds)
 	}
 	res := results{}
 	for _, p := range paths {

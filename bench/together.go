@@ -20,7 +20,7 @@ const togetherRounds = 4
 
 // voiceTogether runs the voice load on every proxy of paths at once, rounds
 // times, and writes each round's CPU per message relayed, per proxy, with
-// its ratio to nginx's.
+// its ratio to the -base path's (nginx's by default).
 func voiceTogether(w io.Writer, paths []*proxyPath, n int, dur time.Duration, rounds int) error {
 	var proxies []*proxyPath
 	for _, p := range paths {
@@ -56,7 +56,7 @@ func voiceTogether(w io.Writer, paths []*proxyPath, n int, dur time.Duration, ro
 			if errs[i] != nil {
 				return fmt.Errorf("%s: voice: %w", p.name, errs[i])
 			}
-			if p.name == "nginx" {
+			if p.name == *ratioBase {
 				base = us(res[i].cpuPerMessage)
 			}
 		}
@@ -64,7 +64,7 @@ func voiceTogether(w io.Writer, paths []*proxyPath, n int, dur time.Duration, ro
 		for i, p := range proxies {
 			v := us(res[i].cpuPerMessage)
 			cell := fmt.Sprintf(" %.1f", v)
-			if base > 0 && p.name != "nginx" {
+			if base > 0 && p.name != *ratioBase {
 				cell += fmt.Sprintf(" (%.2f×)", v/base)
 			}
 			line += cell + " |"

@@ -2,6 +2,8 @@ package main
 
 import (
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -220,11 +222,7 @@ func (ss *sessionSet) close() []*session {
 func (ss *sessionSet) snapshot() []*session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	out := make([]*session, 0, len(ss.live))
-	for s := range ss.live {
-		out = append(out, s)
-	}
-	return out
+	return slices.Collect(maps.Keys(ss.live))
 }
 
 // waitIdle returns true once no request is left in the relay, or false if

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -41,11 +43,7 @@ func (ls *leaseSet) remove(a *admission) {
 func (ls *leaseSet) snapshot() []*admission {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	out := make([]*admission, 0, len(ls.m))
-	for a := range ls.m {
-		out = append(out, a)
-	}
-	return out
+	return slices.Collect(maps.Keys(ls.m))
 }
 
 // relaying starts the session's clock: its time counts from now, and with a

@@ -130,20 +130,31 @@ func (p *Pipe) readSocket(fd uintptr) bool {
 // writeSocket is the callback a pipe writes p.io.pending to dst's socket with;
 // it reports false to wait until the socket takes more.
 func (p *Pipe) writeSocket(fd uintptr) bool {
-	for len(p.io.pending) > 0 {
-		n, err := send(fd, p.io.pending)
+	var err error
+	p.io.pending, err = sendAll(fd, p.io.pending)
+	if err != nil {
+		p.io.writeErr = err
+		return true
+	}
+	return len(p.io.pending) == 0
+}
+
+// sendAll sends b until the socket takes no more, and returns what is left
+// of it, with an error other than EAGAIN (which leaves a rest to wait with).
+func sendAll(fd uintptr, b []byte) ([]byte, error) {
+	for len(b) > 0 {
+		n, err := send(fd, b)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
-			return false
+			return b, nil
 		case err != nil:
-			p.io.writeErr = err
-			return true
+			return b, err
 		}
-		p.io.pending = p.io.pending[n:]
+		b = b[n:]
 	}
-	return true
+	return b, nil
 }
 
 // recv and send are recvfrom(2) and sendto(2) without an address, as nginx

@@ -76,20 +76,13 @@ func (s *tlsSocket) Write(b []byte) (int, error) {
 // writable is the callback Write sends s.pending with; it reports false to
 // wait until the socket takes more.
 func (s *tlsSocket) writable(fd uintptr) bool {
-	for len(s.pending) > 0 {
-		n, err := send(fd, s.pending)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return false
-		case err != nil:
-			s.writeErr = os.NewSyscallError("sendto", err)
-			return true
-		}
-		s.pending = s.pending[n:]
+	var err error
+	s.pending, err = sendAll(fd, s.pending)
+	if err != nil {
+		s.writeErr = os.NewSyscallError("sendto", err)
+		return true
 	}
-	return true
+	return len(s.pending) == 0
 }
 
 // Read counts the records in every byte crypto/tls reads, from the first

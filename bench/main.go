@@ -83,6 +83,8 @@ var proxyCores = flag.String("proxy-cores", proxyCore, "cores the proxies may us
 // voiceSessions overrides the run's number of voice sessions: fewer leave
 // the proxy idle between messages more often, which is where a runtime's
 // idle-to-busy costs show.
+var beforeBin = flag.String("before-bin", "", "a dgrelay binary built from another commit, run as the path dgrelay-before")
+
 var voiceSessions = flag.Int("voice", 0, "voice sessions (0: the run's own, 500 except in the smoke run)")
 
 type sizes struct {
@@ -191,6 +193,16 @@ func run(sz sizes, names []string) error {
 			p, err = startDgrelay(dir, up, name, imageBuild)
 		case "dgrelay-plain":
 			p, err = startDgrelay(dir, up, name, plainBuild)
+		case "dgrelay-before":
+			// A binary built elsewhere (another commit), run as the
+			// others are: a change measured beside what it changes.
+			if *beforeBin == "" {
+				return fmt.Errorf("the dgrelay-before path needs -before-bin")
+			}
+			var bin string
+			if bin, err = filepath.Abs(*beforeBin); err == nil {
+				p, err = startDgrelay(dir, up, name, dgrelayBuild{bin: bin})
+			}
 		case "dgrelay-limits":
 			// The per-user limits and a quota, counted on the instance.
 			p, err = startDgrelay(dir, up, name, imageBuild, limitsEnv...)

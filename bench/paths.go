@@ -119,7 +119,8 @@ func tcpProbe(port int) func() error {
 // image will run it (a Kubernetes manifest, ko, their own Dockerfile, a
 // buildpack). Both are measured, so that the speed cannot hang on the image.
 type dgrelayBuild struct {
-	// bin is the binary's name in the run's directory.
+	// bin is the binary's name in the run's directory, or the path of
+	// one built elsewhere.
 	bin string
 	// flags and env are the build's arguments and environment.
 	flags, env []string
@@ -153,7 +154,10 @@ func withoutGODEBUG(env []string) []string {
 // startDgrelay builds the relay as b says (once per run) and runs it as the
 // path name, with extra variables after the benchmark's own.
 func startDgrelay(dir string, up upstreamTarget, name string, b dgrelayBuild, extra ...string) (*proxyPath, error) {
-	bin := filepath.Join(dir, b.bin)
+	bin := b.bin
+	if !filepath.IsAbs(bin) {
+		bin = filepath.Join(dir, b.bin)
+	}
 	if _, err := os.Stat(bin); err != nil {
 		build := exec.Command("go", append(append([]string{"build"}, b.flags...), "-o", bin, ".")...)
 		build.Env = append(withoutGODEBUG(os.Environ()), b.env...)

@@ -31,12 +31,15 @@ type Peer struct {
 	// early is what arrived with the handshake, relayed before any read.
 	early []byte
 	sock  socket
+	hang  hangupState
 }
 
 // NewPeer takes over conn for side; early is what was read past the
 // handshake and not yet relayed.
 func NewPeer(conn net.Conn, early []byte, side Side) *Peer {
-	return &Peer{Conn: conn, Side: side, early: early, sock: newSocket(conn)}
+	p := &Peer{Conn: conn, Side: side, early: early, sock: newSocket(conn)}
+	p.sock.attach(&p.hang)
+	return p
 }
 
 // bufferPool lends byte slices of one size (as pointers, so that Put does

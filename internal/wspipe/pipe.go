@@ -65,6 +65,8 @@ func (p *Pipe) Run() {
 	// the budget.
 	defer p.dropGathered()
 	p.io.init(p)
+	p.watchSource()
+	defer p.unwatchSource()
 	if early := p.src.early; len(early) > 0 {
 		p.src.early = nil
 		if p.consume(early) {

@@ -31,6 +31,13 @@ func newSocket(conn net.Conn) socket {
 	return socket{raw: rawSocket(conn)}
 }
 
+// attach gives a TLS source's socket its peer's hangup state.
+func (s socket) attach(h *hangupState) {
+	if s.tls != nil {
+		s.tls.hang = h
+	}
+}
+
 // rawSocket is conn's socket; nil when conn is not a plain TCP socket.
 func rawSocket(conn net.Conn) syscall.RawConn {
 	tc, ok := conn.(*net.TCPConn)
@@ -52,10 +59,12 @@ type sockIO struct {
 	pending                []byte
 	onReadable, onWritable func(fd uintptr) bool
 	onTLSReadable          func(fd uintptr) bool
+	sendNow                func(fd uintptr)
 }
 
 func (sio *sockIO) init(p *Pipe) {
 	sio.onReadable, sio.onWritable, sio.onTLSReadable = p.readSocket, p.writeSocket, p.readTLSSocket
+	sio.sendNow = func(fd uintptr) { p.writeSocket(fd) }
 }
 
 // readSource waits for src to be readable and reads what it has. Like
@@ -71,6 +80,21 @@ func (p *Pipe) readSource() (bool, error) {
 	return p.readStream()
 }
 
+// watchSource puts src's socket in the hangup watch, so that it may be read
+// until a short read instead of until EAGAIN; unwatchSource takes it out.
+func (p *Pipe) watchSource() {
+	raw := p.src.sock.raw
+	if p.src.sock.tls != nil {
+		raw = p.src.sock.tls.raw
+	}
+	if raw == nil {
+		return
+	}
+	_ = raw.Control(func(fd uintptr) { hangupWatch.watch(p.src, int(fd)) })
+}
+
+func (p *Pipe) unwatchSource() { hangupWatch.unwatch(p.src) }
+
 // readRaw waits for a socket to be readable and runs onReadable on it.
 func (p *Pipe) readRaw(raw syscall.RawConn, onReadable func(fd uintptr) bool) (bool, error) {
 	p.io.readErr, p.io.stop = nil, false
@@ -81,6 +105,10 @@ func (p *Pipe) readRaw(raw syscall.RawConn, onReadable func(fd uintptr) bool) (b
 }
 
 // write sends b to dst's socket when it has one, waiting while it is full.
+// What the socket takes at once is sent under Control, which only holds
+// the descriptor open; the rest waits through Write, which also takes the
+// write lock and readies the poll descriptor, as only a wait needs. The
+// pipe is dst's one writer.
 func (sio *sockIO) write(p *Pipe, b []byte) error {
 	raw := p.dst.sock.raw
 	if raw == nil {
@@ -88,7 +116,11 @@ func (sio *sockIO) write(p *Pipe, b []byte) error {
 		return err
 	}
 	sio.pending, sio.writeErr = b, nil
-	if err := raw.Write(sio.onWritable); err != nil && sio.writeErr == nil {
+	err := raw.Control(sio.sendNow)
+	if err == nil && sio.writeErr == nil && len(sio.pending) > 0 {
+		err = raw.Write(sio.onWritable)
+	}
+	if err != nil && sio.writeErr == nil {
 		sio.writeErr = err
 	}
 	sio.pending = nil
@@ -101,25 +133,27 @@ func (p *Pipe) readSocket(fd uintptr) bool {
 	bp := readBuffers.Get().(*[]byte)
 	buf := *bp
 	for {
-		n, err := recv(fd, buf)
+		n, errno := recv(fd, buf)
 		switch {
-		case err == unix.EINTR:
+		case errno == unix.EINTR:
 			continue
-		case err == unix.EAGAIN:
+		case errno == unix.EAGAIN:
 			readBuffers.Put(bp)
 			return false
-		case err != nil:
-			p.io.readErr = err
+		case errno != 0:
+			p.io.readErr = errno
 		case n == 0:
 			p.io.readErr = io.EOF
 		default:
 			if p.io.stop = p.consume(buf[:n]); p.io.stop {
 				break
 			}
-			// Read again even after a short read: only EAGAIN says the
-			// socket is empty. A FIN that came with the last bytes gives
-			// the edge-triggered poller no new edge, so a wait here
-			// would not see the peer leave.
+			// Read again unless the socket is known empty: a short
+			// read is not enough alone (hangup_linux.go says why).
+			if p.src.hang.drained(n, len(buf)) {
+				readBuffers.Put(bp)
+				return false
+			}
 			continue
 		}
 		readBuffers.Put(bp)
@@ -143,16 +177,16 @@ func (p *Pipe) writeSocket(fd uintptr) bool {
 // of it, with an error other than EAGAIN (which leaves a rest to wait with).
 func sendAll(fd uintptr, b []byte) ([]byte, error) {
 	for len(b) > 0 {
-		n, err := send(fd, b)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
+		n, errno := send(fd, b)
+		switch errno {
+		case 0:
+			b = b[n:]
+		case unix.EINTR:
+		case unix.EAGAIN:
 			return b, nil
-		case err != nil:
-			return b, err
+		default:
+			return b, errno
 		}
-		b = b[n:]
 	}
 	return b, nil
 }
@@ -177,22 +211,19 @@ func sendAll(fd uintptr, b []byte) ([]byte, error) {
 // thousands of times a second, so sysmon polled most of the time: a plain
 // build took about half again the CPU per voice call of the image, which hid
 // it with GODEBUG=schedtrace (BENCHMARKS.md).
-func recv(fd uintptr, b []byte) (int, error) { return recvFlags(fd, b, 0) }
+//
+// They return the errno itself, not an error, so that the checks made on
+// every message compare integers rather than interfaces.
+func recv(fd uintptr, b []byte) (int, syscall.Errno) { return recvFlags(fd, b, 0) }
 
-func recvFlags(fd uintptr, b []byte, flags int) (int, error) {
+func recvFlags(fd uintptr, b []byte, flags int) (int, syscall.Errno) {
 	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), uintptr(flags), 0, 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
+	return int(n), errno
 }
 
-func send(fd uintptr, b []byte) (int, error) {
+func send(fd uintptr, b []byte) (int, syscall.Errno) {
 	n, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), unix.MSG_NOSIGNAL, 0, 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
+	return int(n), errno
 }
 
 // Polled reports whether p is read when its socket is readable, holding no

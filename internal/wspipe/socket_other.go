@@ -11,6 +11,8 @@ type socket struct{}
 
 func newSocket(net.Conn) socket { return socket{} }
 
+func (socket) attach(*hangupState) {}
+
 // NewTLSSocket is conn itself: TLS sources are read through net.Conn.
 func NewTLSSocket(conn net.Conn) net.Conn { return conn }
 
@@ -19,6 +21,12 @@ type sockIO struct{}
 func (*sockIO) init(*Pipe) {}
 
 func (p *Pipe) readSource() (bool, error) { return p.readStream() }
+
+// hangupState is empty: a stream source is read as net.Conn reads it.
+type hangupState struct{}
+
+func (*Pipe) watchSource()   {}
+func (*Pipe) unwatchSource() {}
 
 func (*sockIO) write(p *Pipe, b []byte) error {
 	_, err := p.dst.Conn.Write(b)

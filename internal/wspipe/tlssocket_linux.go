@@ -23,6 +23,8 @@ type tlsSocket struct {
 	polled, drained bool
 	fd              uintptr
 	peekBuf         [1]byte
+	// hang is the peer's hangup state, for what a short read means.
+	hang *hangupState
 
 	// The TLS records in what Read has returned inside the callback: how
 	// many were completed in this callback, and the one being completed
@@ -101,34 +103,37 @@ func (s *tlsSocket) read(b []byte) (int, error) {
 		return 0, errWouldBlock
 	}
 	for {
-		n, err := recv(s.fd, b)
+		n, errno := recv(s.fd, b)
 		switch {
-		case err == unix.EINTR:
+		case errno == unix.EINTR:
 			continue
-		case err == unix.EAGAIN:
+		case errno == unix.EAGAIN:
 			s.drained = true
 			return 0, errWouldBlock
-		case err != nil:
-			return 0, os.NewSyscallError("recvfrom", err)
+		case errno != 0:
+			return 0, os.NewSyscallError("recvfrom", errno)
 		case n == 0:
 			return 0, io.EOF
 		}
+		// A short read on a watched socket empties it, as far as the
+		// pipe need know: the next Read waits on the poller without a
+		// recvfrom to meet EAGAIN, and so does empty.
+		s.drained = s.hang.drained(n, len(b))
 		return n, nil
 	}
 }
 
 // empty reports whether the socket has nothing more to read, its end
-// included. A short read does not say: a FIN that came with the last bytes
-// gives the edge-triggered poller no new edge, so it is looked for here, with
-// a peek that leaves any byte for crypto/tls (whose own Read would allocate
-// on the way to EAGAIN).
+// included. Where no short read of a watched socket has said so (see
+// hangupState.drained), it is looked for with a peek that leaves any byte for
+// crypto/tls (whose own Read would allocate on the way to EAGAIN).
 func (s *tlsSocket) empty() bool {
 	if s.drained {
 		return true
 	}
 	for {
-		_, err := recvFlags(s.fd, s.peekBuf[:], unix.MSG_PEEK)
-		switch err {
+		_, errno := recvFlags(s.fd, s.peekBuf[:], unix.MSG_PEEK)
+		switch errno {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:

@@ -226,18 +226,35 @@ func TestTLSRecordsLeftFromBefore(t *testing.T) {
 }
 
 // TestTLSFINAfterLastRecord: Deepgram's last record and its FIN (no
-// close_notify) arrive together; the pipe sees the end at once.
+// close_notify) arrive together, in one segment while the pipe waits or
+// before the pipe has started, so that the FIN adds no edge of its own to
+// the poller; the pipe sees the end at once (the hangup watch wakes it).
 func TestTLSFINAfterLastRecord(t *testing.T) {
-	r := newTLSRig(t, selfSigned(t))
-	last := AppendFrame(nil, OpText, []byte(`{"type":"Last"}`), false)
-	rec := r.records(t, last)
-	r.start()
-	r.deliver(t, rec)
-	r.deepgram.Close()
-	r.expect(t, last)
-	r.expect(t, AppendFrame(nil, OpClose, ClosePayload(1000, "upstream ended"), false))
-	if e := r.s.owner.result(); e.Cause != Vanished || e.Src != Upstream {
-		t.Fatalf("ended %+v", e)
+	for _, before := range []bool{false, true} {
+		for range 20 {
+			r := newTLSRig(t, selfSigned(t))
+			last := AppendFrame(nil, OpText, []byte(`{"type":"Last"}`), false)
+			rec := r.records(t, last)
+			end := func() {
+				cork(t, r.deepgram)
+				r.deliver(t, rec)
+				r.deepgram.Close()
+			}
+			if before {
+				end()
+				time.Sleep(time.Millisecond)
+			}
+			r.start()
+			if !before {
+				time.Sleep(time.Millisecond)
+				end()
+			}
+			r.expect(t, last)
+			r.expect(t, AppendFrame(nil, OpClose, ClosePayload(1000, "upstream ended"), false))
+			if e := r.s.owner.result(); e.Cause != Vanished || e.Src != Upstream {
+				t.Fatalf("before %v: ended %+v", before, e)
+			}
+		}
 	}
 }
 

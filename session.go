@@ -39,7 +39,12 @@ type session struct {
 	started     time.Time
 	client      *wspipe.Peer
 	upstream    *wspipe.Peer
-	up, down    wspipe.Flow // client→upstream, upstream→client
+	// closing is set, under mu, once end has run; the pipes read it
+	// between frames without the lock. Beside the flows, which the pipes
+	// write with every message, so that reading it costs no cache line
+	// of its own.
+	closing  atomic.Bool
+	up, down wspipe.Flow // client→upstream, upstream→client
 	// userText counts what the sessions of s's identity hold of the text
 	// budget.
 	userText *atomic.Int64
@@ -56,10 +61,6 @@ type session struct {
 	// quotaAfter is the session's age at which its user's daily quota is
 	// spent (0: none), set every lease renewal; the watchdog enforces it.
 	quotaAfter atomic.Int64
-
-	// closing is set, under mu, once end has run; the pipes read it
-	// between frames without the lock.
-	closing atomic.Bool
 
 	mu      sync.Mutex // guards outcome, closeBy and the reported counts
 	outcome outcome

@@ -106,8 +106,12 @@ var (
 func main() {
 	smokeRun := flag.Bool("smoke", false, "a short run that checks the tool and every path, and asserts nothing about speed")
 	quickRun := flag.Bool("quick", false, "a shorter run for iterating (500 voice sessions for 10 s)")
-	only := flag.String("paths", "direct,dgrelay,dgrelay-plain,nginx,node", "paths to measure (also dgrelay-limits, dgrelay-redis)")
+	only := flag.String("paths", "direct,dgrelay,dgrelay-plain,go-floor,nginx,node", "paths to measure (also dgrelay-limits, dgrelay-redis, dgrelay-before)")
 	flag.Parse()
+	if *tlsUpstream && !flagSet("paths") {
+		// go-floor relays bytes, with no TLS of its own toward the fake.
+		*only = strings.Replace(*only, ",go-floor", "", 1)
+	}
 	if *smokeRun && !flagSet("paths") {
 		// The smoke run takes every path, so that none can rot.
 		*only += ",dgrelay-redis"
@@ -209,6 +213,8 @@ func run(sz sizes, names []string) error {
 		case "dgrelay-redis":
 			// The same limits counted in Redis.
 			p, err = startDgrelayRedis(dir, up)
+		case "go-floor":
+			p, err = startGoFloor(dir, up)
 		case "nginx":
 			p, err = startNginx(dir, up)
 		case "node":

@@ -282,6 +282,35 @@ func startNginx(dir string, up upstreamTarget) (*proxyPath, error) {
 	return processPath("nginx", port, cmd, stop), nil
 }
 
+// startGoFloor runs bench/gofloor, the least a Go relay with two goroutines
+// per session can do (its doc says what it leaves out): what it costs over
+// nginx is the Go scheduler's share, which bounds what dgrelay can reach.
+func startGoFloor(dir string, up upstreamTarget) (*proxyPath, error) {
+	if up.caFile != "" {
+		return nil, fmt.Errorf("go-floor relays ws:// only")
+	}
+	bin := filepath.Join(dir, "go-floor")
+	if _, err := os.Stat(bin); err != nil {
+		build := exec.Command("go", "build", "-o", bin, "./bench/gofloor")
+		build.Env = withoutGODEBUG(os.Environ())
+		if out, err := build.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cmd := pinned(bin)
+	cmd.Env = append(withoutGODEBUG(os.Environ()), "PORT="+strconv.Itoa(port),
+		"UPSTREAM="+strings.TrimPrefix(up.url, "ws://"), "KEY="+benchKey)
+	stop, err := startProcess(cmd, dir, "go-floor", tcpProbe(port))
+	if err != nil {
+		return nil, err
+	}
+	return processPath("go-floor", port, cmd, stop), nil
+}
+
 func startNode(dir string, up upstreamTarget) (*proxyPath, error) {
 	node, err := exec.LookPath("node")
 	if err != nil {

@@ -107,6 +107,19 @@ func expectEnd(ctx context.Context, url, cmd string, code websocket.StatusCode) 
 // wrong close fails it.
 func soak(p *proxyPath, workers int, dur time.Duration) (soakResult, error) {
 	var res soakResult
+	ctx, cancel := context.WithTimeout(context.Background(), dur+time.Minute)
+	defer cancel()
+	// One session per worker at once first, so that what grows with load
+	// and stays (Redis's connection pool) is there before the count.
+	var warm sync.WaitGroup
+	for range workers {
+		warm.Add(1)
+		go func() {
+			defer warm.Done()
+			_ = soakEndings[0].run(ctx, p.url)
+		}()
+	}
+	warm.Wait()
 	if err := waitNoSessions(p); err != nil {
 		return res, err
 	}
@@ -120,8 +133,6 @@ func soak(p *proxyPath, workers int, dur time.Duration) (soakResult, error) {
 	if res.fdsBefore, err = p.gauge("process_open_fds"); err != nil {
 		return res, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), dur+time.Minute)
-	defer cancel()
 	deadline := time.Now().Add(dur)
 	var sessions atomic.Int64
 	var firstErr error

@@ -30,6 +30,11 @@ import (
 // then the end. A marked peer is read until EAGAIN again, as before.
 //
 // A socket the watch cannot take is read until EAGAIN after every message.
+//
+// EPOLLERR is also reported for a socket whose error queue holds something:
+// MSG_ZEROCOPY completions or SO_TIMESTAMPING stamps. Neither is used on
+// these sockets; a change that turned one on would have every completion
+// read as a hangup here.
 
 // hangupWatch is the process's watch. The goroutine that waits on it runs
 // while any socket is watched, and is gone when none is.

@@ -331,7 +331,15 @@ func TestClientGoneDuringDial(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return len(h.fake.Handshakes()) == 1 }) // the dial is under way
-	conn.Close()
+	// The client ends its side only, and reads on: it is told nothing,
+	// not net/http's default 200 for a handler that wrote no answer.
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(conn); len(got) != 0 || err != nil {
+		t.Errorf("a client that left during the dial read %q (%v), want the connection closed unanswered", got, err)
+	}
 	waitForLog(t, h.logs, `"service":"agent"`) // the handler's one line
 	h.relay.drain(5 * time.Second)
 

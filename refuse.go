@@ -83,3 +83,10 @@ func (rl *relay) clientGone(s *session) {
 		"session", s.id, "service", s.service, "cause", "client_gone",
 		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "remote", s.remote)
 }
+
+// dropUnanswered closes a request's connection without an answer.
+func dropUnanswered(w http.ResponseWriter) {
+	if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+		_ = conn.Close()
+	}
+}

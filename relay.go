@@ -233,9 +233,12 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 		rl.refuseDraining(w, r)
 		return false
 	case d.failure != nil && d.failure.cancelled:
-		// The client left. Nothing is answered: the connection it would
-		// go on is gone.
+		// The client left (net/http saw its end of the connection
+		// close). Nothing is answered: the connection is dropped, not
+		// given net/http's default 200 for a handler that wrote none,
+		// which a client that only half-closed would read as success.
 		rl.clientGone(s)
+		dropUnanswered(w)
 		return false
 	}
 	client, clientRaw, err := rl.accept(w, r)

@@ -168,6 +168,11 @@ func (s *Server) Close() {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	// Counted from the start, before any hijack: httptest's Close stops
+	// waiting for a handler once it hijacks, so an Add after that could
+	// race Close's Wait.
+	s.sessions.Add(1)
+	defer s.sessions.Done()
 	s.mu.Lock()
 	opts := s.opts
 	s.handshakes = append(s.handshakes, Handshake{Host: r.Host, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: r.Header.Clone(),
@@ -206,8 +211,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	s.sessions.Add(1)
-	defer s.sessions.Done()
 	limit := opts.ReadLimit
 	if limit == 0 {
 		limit = 64 << 20

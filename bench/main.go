@@ -83,9 +83,11 @@ var proxyCores = flag.String("proxy-cores", proxyCore, "cores the proxies may us
 // voiceSessions overrides the run's number of voice sessions: fewer leave
 // the proxy idle between messages more often, which is where a runtime's
 // idle-to-busy costs show.
-var beforeBin = flag.String("before-bin", "", "a dgrelay binary built from another commit, run as the path dgrelay-before")
-
 var voiceSessions = flag.Int("voice", 0, "voice sessions (0: the run's own, 500 except in the smoke run)")
+
+// beforeBin is a dgrelay built from another commit, measured as the path
+// dgrelay-before beside this one's: a change beside what it changes.
+var beforeBin = flag.String("before-bin", "", "a dgrelay binary built from another commit, run as the path dgrelay-before")
 
 type sizes struct {
 	latencyTrips int

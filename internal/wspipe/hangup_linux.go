@@ -227,10 +227,7 @@ func (p *Peer) wakeHungUp() {
 	if testNoHangupWake || p.hang.woken.Swap(true) {
 		return
 	}
-	raw := p.sock.raw
-	if p.sock.tls != nil {
-		raw = p.sock.tls.raw
-	}
+	raw := p.sock.polled()
 	// Through the connection, not a bare descriptor number, so that a
 	// socket closed meanwhile is not touched (nor its number's next
 	// owner). SHUT_RD on a socket whose peer has sent its last changes

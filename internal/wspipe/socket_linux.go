@@ -31,6 +31,15 @@ func newSocket(conn net.Conn) socket {
 	return socket{raw: rawSocket(conn)}
 }
 
+// polled is the socket a source is waited on and read through: the TCP
+// socket itself, or the one under TLS; nil when there is none.
+func (s socket) polled() syscall.RawConn {
+	if s.tls != nil {
+		return s.tls.raw
+	}
+	return s.raw
+}
+
 // attach gives a TLS source's socket its peer's hangup state.
 func (s socket) attach(h *hangupState) {
 	if s.tls != nil {
@@ -83,10 +92,7 @@ func (p *Pipe) readSource() (bool, error) {
 // watchSource puts src's socket in the hangup watch, so that it may be read
 // until a short read instead of until EAGAIN; unwatchSource takes it out.
 func (p *Pipe) watchSource() {
-	raw := p.src.sock.raw
-	if p.src.sock.tls != nil {
-		raw = p.src.sock.tls.raw
-	}
+	raw := p.src.sock.polled()
 	if raw == nil {
 		return
 	}
@@ -228,4 +234,4 @@ func send(fd uintptr, b []byte) (int, syscall.Errno) {
 
 // Polled reports whether p is read when its socket is readable, holding no
 // buffer while it waits (a TCP socket, or TLS over NewTLSSocket).
-func (p *Peer) Polled() bool { return p.sock.raw != nil || p.sock.tls != nil }
+func (p *Peer) Polled() bool { return p.sock.polled() != nil }

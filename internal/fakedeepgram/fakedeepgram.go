@@ -1,47 +1,60 @@
 // Package fakedeepgram is a stand-in for Deepgram's agent and listen
 // WebSocket endpoints, over real sockets, for dgrelay's tests and benchmarks.
 //
-// It speaks the agent protocol's shape: Welcome on connect, SettingsApplied
-// after Settings, KeepAlive swallowed, and every other message echoed back
-// with its type and bytes. A test makes one session misbehave by sending it a
-// command as a text message (see Command); Options make every handshake
-// misbehave. In voice mode (VoiceQuery, Options.Voice) it plays Deepgram's
-// side of a conversation instead of echoing audio, and Tell speaks into every
-// live session, for a client (a browser page) that sends no commands.
+// By default it is strict: it follows the protocol Deepgram publishes (its
+// AsyncAPI spec, deepgram/deepgram-api-specs asyncapi.yml, and the docs pages
+// named beside each rule) and answers a client that breaks it as Deepgram
+// does. The agent (/v1/agent/converse, agent.go and turn.go) sends Welcome,
+// takes one Settings before anything else, acknowledges updates, plays a
+// conversation turn for InjectUserMessage, and ends idle or over-long
+// sessions. Listen (/v1/listen and Flux's /v2/listen, listen.go) transcribes
+// nothing but answers in the published shapes. Handshakes are checked as
+// Deepgram checks them (auth.go).
+//
+// Test controls, which Deepgram does not have: a session obeys Fake.*
+// commands sent as text messages at any time (see Command, controls.go);
+// Options make every handshake misbehave; Tell speaks into every live
+// session. Options.Lenient turns the protocol off (every message echoed) for
+// tests and benchmarks about raw framing; Options.EchoAudio echoes the
+// agent's audio for tests that check relayed bytes. In voice mode
+// (VoiceQuery, Options.Voice) the agent speaks continuously, for load and for
+// the try page.
 package fakedeepgram
 
 import (
 	"bufio"
-	"bytes"
-	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
 )
 
 // Options shape every handshake. Set them before clients connect, or with
-// SetOptions between sessions.
+// SetOptions between sessions. The zero value is a strict Deepgram that
+// accepts any credentials.
 type Options struct {
-	// APIKey, when set, is required as "Authorization: Token <APIKey>";
-	// anything else is answered 401 with a dg-error header, as Deepgram does.
+	// APIKey, when set, is required as "Authorization: Token <APIKey>" or
+	// as the subprotocols ["token", APIKey]; anything else is answered 401
+	// with a dg-error header, as Deepgram does. With neither APIKey nor
+	// AccessToken set, any credentials (or none) are accepted.
 	APIKey string
+	// AccessToken, when set, is accepted as "Authorization: Bearer <token>"
+	// or as the subprotocols ["bearer", token]: a temporary token from
+	// Deepgram's /v1/auth/grant. With only APIKey set, bearer is refused.
+	AccessToken string
 	// RejectStatus, when set, answers every handshake with this status
 	// (the first RejectFirst only, when that is set).
 	RejectStatus int
-	RejectFirst  int
+	// RejectFirst limits RejectStatus to the first RejectFirst handshakes.
+	RejectFirst int
 	// DropFirst cuts the connection of the first DropFirst handshakes
 	// without an answer, as a restarting backend does.
 	DropFirst int
@@ -49,16 +62,55 @@ type Options struct {
 	HandshakeDelay time.Duration
 	// ReadLimit is the largest message accepted; 0 means 64 MiB.
 	ReadLimit int64
-	// NoWelcome skips the Welcome message (benchmarks that want pure echo).
+	// NoWelcome skips the agent's Welcome message.
 	NoWelcome bool
 	// TLS serves wss:// with a self-signed certificate (see Certificate),
 	// as Deepgram serves wss://.
 	TLS bool
-	// Voice puts every session in voice mode, as VoiceQuery does one, for
-	// a client whose URL the test does not write (the try page), and
-	// records the audio those sessions hear (see Heard).
+	// Voice puts every agent session in voice mode, as VoiceQuery does one,
+	// for a client whose URL the test does not write (the try page).
 	Voice bool
+
+	// Lenient turns Deepgram's protocol off: on any path, Welcome (unless
+	// NoWelcome), SettingsApplied for every Settings, KeepAlive swallowed,
+	// every other text and binary message echoed, no order rules and no
+	// timers. For tests of raw framing and for the benchmark.
+	Lenient bool
+	// EchoAudio (strict mode) sends every binary message back whole, as if
+	// it were the agent's TTS audio (on /v1/listen, instead of Results):
+	// a stand-in for tests that check relayed bytes. The agent's rule that
+	// audio waits for SettingsApplied still holds.
+	EchoAudio bool
+	// ClientTimeout is how long a session waits for a client message
+	// before it ends: the agent sends Error CLIENT_MESSAGE_TIMEOUT and
+	// closes, listen closes 1011 NET-0001. Every client message counts
+	// (audio, KeepAlive, any other text, Fake.* commands). 0 means 10 s;
+	// negative means never.
+	ClientTimeout time.Duration
+	// MaxSession is the agent's session length: Error
+	// MAXIMUM_SESSION_LENGTH_REACHED and a close then. 0 means 2 h;
+	// negative means no limit.
+	MaxSession time.Duration
+	// SessionWarning is how long before MaxSession the agent sends Warning
+	// MAXIMUM_SESSION_LENGTH_APPROACHING. 0 means 5 min; negative means
+	// no warning.
+	SessionWarning time.Duration
 }
+
+// Defaults of the timing Options, from Deepgram's docs.
+const (
+	// DefaultClientTimeout: docs keep-alive and audio-keep-alive: a
+	// connection with neither audio nor KeepAlive for 10 s is closed
+	// (NET-0001); KeepAlive every 3-5 s (listen) or 8 s (agent) is the
+	// advice.
+	DefaultClientTimeout = 10 * time.Second
+	// DefaultMaxSession: docs voice-agent-errors-warnings, a Voice Agent
+	// session ends at 2 hours.
+	DefaultMaxSession = 2 * time.Hour
+	// DefaultSessionWarning: the MAXIMUM_SESSION_LENGTH_APPROACHING warning
+	// comes 5 minutes before the end.
+	DefaultSessionWarning = 5 * time.Minute
+)
 
 // Handshake is what the fake saw of one upgrade request.
 type Handshake struct {
@@ -72,35 +124,12 @@ type Handshake struct {
 
 // Closed is how one upstream session ended, as the fake saw it.
 type Closed struct {
-	// Code is the close code the relay sent, or -1 if the connection
-	// dropped without a close frame.
+	// Code is the close code of the session's end: the relay's, or the
+	// fake's own when the fake closed (a Fake.Close, an Error), or -1 if
+	// the connection dropped without a close frame.
 	Code   websocket.StatusCode
 	Reason string
 }
-
-// Command is a text message that makes the fake act on its session:
-//
-//	{"type":"Fake.Close","code":4000,"reason":"bye"}  close with code and reason
-//	{"type":"Fake.Vanish"}                             drop TCP, no close frame
-//	{"type":"Fake.Deaf"}                               stop reading for 3 s, then drop TCP
-//	{"type":"Fake.Send","bytes":N,"binary":true}       send one message of N bytes
-//	{"type":"Fake.Stream","bytes":N,"interval_ms":M,"count":C}  send C binary messages of N bytes every M ms
-//	{"type":"Fake.Raw","hex":"8a00"}                   write these bytes to the socket, framed or not
-//	{"type":"Fake.Raw","hex":"8a00","vanish":true}     the same, then drop TCP, the FIN in the bytes' segment
-type Command struct {
-	Type       string `json:"type"`
-	Code       int    `json:"code"`
-	Reason     string `json:"reason"`
-	Bytes      int    `json:"bytes"`
-	Binary     bool   `json:"binary"`
-	IntervalMS int    `json:"interval_ms"`
-	Count      int    `json:"count"`
-	Hex        string `json:"hex"`
-	Vanish     bool   `json:"vanish"`
-}
-
-// deafFor is how long Fake.Deaf stops reading.
-const deafFor = 3 * time.Second
 
 // Server is a running fake upstream.
 type Server struct {
@@ -167,6 +196,29 @@ func (s *Server) Close() {
 	s.sessions.Wait()
 }
 
+// endpoint is which of Deepgram's WebSocket APIs a path names.
+type endpoint int
+
+const (
+	unknownPath endpoint = iota
+	agentPath
+	listenV1Path
+	listenV2Path
+)
+
+// endpointOf maps a path to its API (Deepgram's AsyncAPI spec, channels).
+func endpointOf(path string) endpoint {
+	switch strings.TrimSuffix(path, "/") {
+	case "/v1/agent/converse":
+		return agentPath
+	case "/v1/listen":
+		return listenV1Path
+	case "/v2/listen":
+		return listenV2Path
+	}
+	return unknownPath
+}
+
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	// Counted from the start, before any hijack: httptest's Close stops
 	// waiting for a handler once it hijacks, so an Add after that could
@@ -196,7 +248,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	id := requestID()
 	w.Header().Set("dg-request-id", id)
-	if opts.APIKey != "" && r.Header.Get("Authorization") != "Token "+opts.APIKey {
+	subprotocol, ok := authorize(r, opts)
+	if !ok {
 		w.Header().Set("dg-error", "Invalid credentials.")
 		http.Error(w, `{"err_code":"INVALID_AUTH","err_msg":"Invalid credentials."}`, http.StatusUnauthorized)
 		return
@@ -206,8 +259,18 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "rejected", opts.RejectStatus)
 		return
 	}
+	ep := endpointOf(r.URL.Path)
+	if ep == unknownPath && !opts.Lenient {
+		w.Header().Set("dg-error", "Not found.")
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
 	hw := &hijackRecorder{ResponseWriter: w}
-	c, err := websocket.Accept(hw, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	accept := &websocket.AcceptOptions{InsecureSkipVerify: true}
+	if subprotocol != "" {
+		accept.Subprotocols = []string{subprotocol}
+	}
+	c, err := websocket.Accept(hw, r, accept)
 	if err != nil {
 		return
 	}
@@ -216,7 +279,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		limit = 64 << 20
 	}
 	c.SetReadLimit(limit)
-	voice := opts.Voice || strings.Contains(r.URL.RawQuery, VoiceQuery)
 	s.mu.Lock()
 	s.live[c] = struct{}{}
 	s.mu.Unlock()
@@ -225,146 +287,22 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		delete(s.live, c)
 		s.mu.Unlock()
 	}()
+	ss := &session{s: s, c: c, raw: hw.conn, id: id, opts: opts,
+		voice: opts.Voice || strings.Contains(r.URL.RawQuery, VoiceQuery)}
+	var end Closed
+	switch {
+	case opts.Lenient:
+		end = ss.lenient()
+	case ep == agentPath:
+		end = ss.agent()
+	case ep == listenV1Path:
+		end = ss.listenV1()
+	default:
+		end = ss.listenV2()
+	}
 	select {
-	case s.closed <- s.session(c, hw.conn, id, opts, voice):
+	case s.closed <- end:
 	default: // nobody is watching: a benchmark, not a test
-	}
-}
-
-// session runs one upstream connection and returns how it ended.
-func (s *Server) session(c *websocket.Conn, raw net.Conn, id string, opts Options, voice bool) Closed {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var streams sync.WaitGroup
-	defer streams.Wait()
-	defer c.CloseNow()
-
-	if !opts.NoWelcome {
-		if err := c.Write(ctx, websocket.MessageText, []byte(`{"type":"Welcome","request_id":"`+id+`"}`)); err != nil {
-			return closedBy(err)
-		}
-	}
-	if voice {
-		streams.Add(1)
-		go func() {
-			defer streams.Done()
-			speak(ctx, c)
-		}()
-	}
-	discard := make([]byte, 4096)
-	for {
-		if voice {
-			// Heard, not echoed, and read without allocating or arming a
-			// timer (coder/websocket arms one per read under a context
-			// that can end): under a benchmark's load this fake shares a
-			// core with the clients. Closing the connection ends the read.
-			typ, r, err := c.Reader(context.Background())
-			if err != nil {
-				return closedBy(err)
-			}
-			if typ == websocket.MessageBinary {
-				if !opts.Voice {
-					if _, err := io.CopyBuffer(io.Discard, r, discard); err != nil {
-						return closedBy(err)
-					}
-					continue
-				}
-				if _, err := io.CopyBuffer(&listener{s: s}, r, discard); err != nil {
-					return closedBy(err)
-				}
-				s.mu.Lock()
-				s.heard.Messages++
-				s.mu.Unlock()
-				continue
-			}
-			data, err := io.ReadAll(r)
-			if err != nil {
-				return closedBy(err)
-			}
-			if opts.Voice {
-				s.record(data)
-			}
-			switch {
-			case isType(data, "KeepAlive"):
-				continue
-			case isType(data, "Settings"):
-				data = []byte(`{"type":"SettingsApplied"}`)
-			}
-			if err := c.Write(context.Background(), typ, data); err != nil {
-				return closedBy(err)
-			}
-			continue
-		}
-		typ, data, err := c.Read(ctx)
-		if err != nil {
-			return closedBy(err)
-		}
-		if typ == websocket.MessageBinary {
-			if err := c.Write(context.Background(), typ, data); err != nil {
-				return closedBy(err)
-			}
-			continue
-		}
-		s.record(data)
-		var reply []byte
-		switch {
-		case bytes.Contains(data, []byte(`"Fake.`)):
-			var cmd Command
-			if json.Unmarshal(data, &cmd) != nil {
-				continue
-			}
-			switch cmd.Type {
-			case "Fake.Close":
-				_ = c.Close(websocket.StatusCode(cmd.Code), cmd.Reason)
-				return Closed{Code: websocket.StatusCode(cmd.Code), Reason: cmd.Reason}
-			case "Fake.Vanish":
-				return Closed{Code: -1}
-			case "Fake.Deaf":
-				// A backend that stopped reading: the relay's writes
-				// back up, and it gives up on them. Bounded, since
-				// what the relay sent before it hung up is still
-				// unread.
-				time.Sleep(deafFor)
-				return Closed{Code: -1}
-			case "Fake.Send":
-				mt := websocket.MessageText
-				if cmd.Binary {
-					mt = websocket.MessageBinary
-				}
-				if err := c.Write(ctx, mt, bytes.Repeat([]byte{'a'}, cmd.Bytes)); err != nil {
-					return closedBy(err)
-				}
-			case "Fake.Raw":
-				// What a broken upstream would send; the library's own
-				// writes are idle while this runs.
-				b, err := hex.DecodeString(cmd.Hex)
-				if err == nil && cmd.Vanish {
-					return vanishAfter(raw, b)
-				}
-				if err == nil {
-					_, err = raw.Write(b)
-				}
-				if err != nil {
-					return closedBy(err)
-				}
-			case "Fake.Stream":
-				streams.Add(1)
-				go func() {
-					defer streams.Done()
-					stream(ctx, c, cmd)
-				}()
-			}
-			continue
-		case isType(data, "Settings"):
-			reply = []byte(`{"type":"SettingsApplied"}`)
-		case isType(data, "KeepAlive"):
-			continue
-		default:
-			reply = data
-		}
-		if err := c.Write(ctx, websocket.MessageText, reply); err != nil {
-			return closedBy(err)
-		}
 	}
 }
 
@@ -375,32 +313,6 @@ func (s *Server) record(data []byte) {
 		s.texts = append(s.texts, data)
 	}
 	s.mu.Unlock()
-}
-
-// stream sends cmd.Count binary messages of cmd.Bytes, one every
-// cmd.IntervalMS, as Deepgram sends TTS audio.
-func stream(ctx context.Context, c *websocket.Conn, cmd Command) {
-	frame := make([]byte, cmd.Bytes)
-	interval := time.Duration(cmd.IntervalMS) * time.Millisecond
-	for i := 0; i < cmd.Count; i++ {
-		if err := c.Write(ctx, websocket.MessageBinary, frame); err != nil {
-			return
-		}
-		if interval > 0 {
-			select {
-			case <-time.After(interval):
-			case <-ctx.Done():
-				return
-			}
-		}
-	}
-}
-
-func isType(data []byte, typ string) bool {
-	var m struct {
-		Type string `json:"type"`
-	}
-	return bytes.Contains(data, []byte(typ)) && json.Unmarshal(data, &m) == nil && m.Type == typ
 }
 
 func closedBy(err error) Closed {
@@ -431,23 +343,4 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	h.conn = conn
 	return conn, brw, err
-}
-
-// vanishAfter writes b and drops the TCP connection under raw with no close
-// frame and, over TLS, no close_notify. The socket is corked first, so the
-// bytes and the FIN leave in one segment: the peer's poller sees one edge for
-// both, the case a reader that stops at a short read misses.
-func vanishAfter(raw net.Conn, b []byte) Closed {
-	tcp := raw
-	if tc, ok := raw.(*tls.Conn); ok {
-		tcp = tc.NetConn()
-	}
-	if sc, ok := tcp.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			_ = rc.Control(func(fd uintptr) { _ = cork(fd) })
-		}
-	}
-	_, _ = raw.Write(b)
-	_ = tcp.Close()
-	return Closed{Code: -1}
 }

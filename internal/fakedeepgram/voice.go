@@ -2,20 +2,23 @@ package fakedeepgram
 
 import (
 	"context"
+	"io"
 	"time"
 
 	"github.com/coder/websocket"
 )
 
 // VoiceQuery, in a session's query string (fake_voice=1), makes the fake play
-// Deepgram's side of a conversation: from Welcome on it streams 1,920 B of
-// binary TTS audio every 40 ms and a JSON event every second, swallows the
-// client's audio instead of echoing it, and answers Settings with
-// SettingsApplied. Benchmarks use it for load.
+// Deepgram's side of a conversation: it streams 1,920 B of binary TTS audio
+// every 40 ms and a JSON event every second (strict: from SettingsApplied on;
+// Lenient: from Welcome on) and swallows the client's audio instead of
+// echoing it. Benchmarks use it for load.
 const VoiceQuery = "fake_voice=1"
 
-// Heard is what the voice sessions of an Options.Voice server heard of the
-// client's audio, read as linear16 (16-bit little-endian samples).
+// Heard is what the fake heard of the client's audio, read as linear16
+// (16-bit little-endian samples): every strict agent session's audio after
+// SettingsApplied, and in Lenient mode the voice sessions of an Options.Voice
+// server.
 type Heard struct {
 	// Messages and Bytes count the binary messages.
 	Messages, Bytes int64
@@ -24,32 +27,11 @@ type Heard struct {
 	Peak int
 }
 
-// Heard returns what the voice sessions have heard so far (Options.Voice).
+// Heard returns what the sessions have heard so far.
 func (s *Server) Heard() Heard {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.heard
-}
-
-// Tell sends msg as a text message to every live session, as Deepgram
-// sends an event of its own accord (an Error, a ConversationText), and
-// returns how many sessions it reached.
-func (s *Server) Tell(msg []byte) int {
-	s.mu.Lock()
-	conns := make([]*websocket.Conn, 0, len(s.live))
-	for c := range s.live {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	told := 0
-	for _, c := range conns {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if c.Write(ctx, websocket.MessageText, msg) == nil {
-			told++
-		}
-		cancel()
-	}
-	return told
 }
 
 // listener counts one binary message into the server's Heard as it is read.
@@ -58,28 +40,53 @@ func (s *Server) Tell(msg []byte) int {
 type listener struct {
 	s    *Server
 	half []byte
+	one  [1]byte
+}
+
+// hear reads one message from r into the server's Heard, with buf as the
+// copy buffer: no allocation per message.
+func (l *listener) hear(r io.Reader, buf []byte) error {
+	l.half = nil
+	if _, err := io.CopyBuffer(l, r, buf); err != nil {
+		return err
+	}
+	l.s.mu.Lock()
+	l.s.heard.Messages++
+	l.s.mu.Unlock()
+	return nil
 }
 
 func (l *listener) Write(p []byte) (int, error) {
 	n := len(p)
-	samples := p
-	if l.half != nil {
-		samples = append(l.half, p...)
-	}
 	peak := 0
-	for i := 0; i+1 < len(samples); i += 2 {
-		v := int(int16(uint16(samples[i]) | uint16(samples[i+1])<<8))
+	if l.half != nil && len(p) > 0 {
+		v := int(int16(uint16(l.half[0]) | uint16(p[0])<<8))
+		peak = max(v, -v)
+		p = p[1:]
+		l.half = nil
+	}
+	for i := 0; i+1 < len(p); i += 2 {
+		v := int(int16(uint16(p[i]) | uint16(p[i+1])<<8))
 		peak = max(peak, v, -v)
 	}
-	l.half = nil
-	if len(samples)%2 == 1 {
-		l.half = []byte{samples[len(samples)-1]}
+	if len(p)%2 == 1 {
+		l.one[0] = p[len(p)-1]
+		l.half = l.one[:]
 	}
 	l.s.mu.Lock()
 	l.s.heard.Bytes += int64(n)
 	l.s.heard.Peak = max(l.s.heard.Peak, peak)
 	l.s.mu.Unlock()
 	return n, nil
+}
+
+// startSpeaking plays the agent's side of a voice session until it ends.
+func (ss *session) startSpeaking() {
+	ss.streams.Add(1)
+	go func() {
+		defer ss.streams.Done()
+		speak(ss.ctx, ss.c)
+	}()
 }
 
 // speak plays the agent's side of a voice session until ctx ends: TTS audio

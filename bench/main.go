@@ -173,7 +173,9 @@ func run(sz sizes, names []string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	fake := fakedeepgram.Start(fakedeepgram.Options{TLS: *tlsUpstream})
+	// Lenient: the benchmark measures raw framing and load, not Deepgram's
+	// protocol (its clients send no Settings).
+	fake := fakedeepgram.Start(fakedeepgram.Options{TLS: *tlsUpstream, Lenient: true})
 	defer fake.Close()
 	up := upstreamTarget{url: fake.URL}
 	if *tlsUpstream {

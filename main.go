@@ -233,6 +233,15 @@ func (rl *relay) routes() http.Handler {
 	for _, p := range proxyPatterns(rl.cfg.ProxyPath) {
 		mux.Handle(p, rl)
 	}
+	// Deepgram's own paths, with any prefix: what its SDKs append to a base
+	// URL (route.go's deepgramPaths). Everything else is 404, as before.
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := pathService(rl.cfg.ProxyPath, r.URL.Path); !ok {
+			http.NotFound(w, r)
+			return
+		}
+		rl.ServeHTTP(w, r)
+	})
 	if rl.tryPage != nil {
 		routeTryPage(mux, rl.tryPage)
 	}

@@ -62,7 +62,8 @@ func (rl *relay) checkRequest(w http.ResponseWriter, r *http.Request) (service s
 		http.Error(w, msg, http.StatusBadRequest)
 		return
 	}
-	service, up, forwarded, err := rl.route(r.URL.RawQuery)
+	byPath, _ := pathService(rl.cfg.ProxyPath, r.URL.Path)
+	service, up, forwarded, err := rl.routeAt(byPath, r.URL.RawQuery)
 	if err != nil {
 		var re *routeError
 		errors.As(err, &re)

@@ -48,9 +48,48 @@ type routeError struct {
 
 func (e *routeError) Error() string { return e.msg }
 
+// deepgramPaths are the paths Deepgram's SDKs append to the base URL they are
+// given, and the service each names. The relay serves every path that ends in
+// one of them (after any prefix of the base URL, "/relay/v1/listen"), beside
+// PROXY_PATH, so an SDK needs only the relay's base URL. Flux's /v2/listen is
+// not among them: it is another protocol on another upstream, which the
+// relay has no URL for.
+var deepgramPaths = []struct{ suffix, service string }{
+	{"/v1/agent/converse", "agent"},
+	{"/v1/listen", "transcription"},
+}
+
+// pathService is the service a request's path names: "" for PROXY_PATH,
+// which leaves the choice to ?service=, else the service of the Deepgram
+// path it ends in. ok is false for a path the relay does not serve, and for
+// any path containing /openai, where the React component speaks another
+// protocol.
+func pathService(proxyPath, urlPath string) (service string, ok bool) {
+	bare := strings.TrimSuffix(urlPath, "/")
+	if bare == strings.TrimSuffix(proxyPath, "/") {
+		return "", true
+	}
+	if strings.Contains(strings.ToLower(bare), "/openai") {
+		return "", false
+	}
+	for _, p := range deepgramPaths {
+		if strings.HasSuffix(bare, p.suffix) {
+			return p.service, true
+		}
+	}
+	return "", false
+}
+
 // route picks the upstream from ?service= and returns the query to forward:
 // every parameter but service and token, in the client's order and encoding.
 func (rl *relay) route(rawQuery string) (service string, up upstream, forwarded string, err error) {
+	return rl.routeAt("", rawQuery)
+}
+
+// routeAt is route for a request whose path names byPath ("" for
+// PROXY_PATH): the path's service unless ?service= names another, which is
+// refused rather than guessed.
+func (rl *relay) routeAt(byPath, rawQuery string) (service string, up upstream, forwarded string, err error) {
 	var kept []string
 	seen := false
 	for part := range strings.SplitSeq(rawQuery, "&") {
@@ -74,6 +113,13 @@ func (rl *relay) route(rawQuery string) (service string, up upstream, forwarded 
 		default:
 			kept = append(kept, part)
 		}
+	}
+	if byPath != "" {
+		if seen && service != byPath {
+			return "", upstream{}, "", &routeError{http.StatusBadRequest, fmt.Sprintf(
+				"this path is the %s service, but ?service=%s asks for another: drop service= or use the matching path", byPath, service)}
+		}
+		service = byPath
 	}
 	switch service {
 	case "", "agent":

@@ -14,29 +14,39 @@ import (
 // (Deepgram's) that may stop at another depth than ours.
 const maxMessageDepth = 64
 
-// maxMessageValues bounds how many values (keys, strings, numbers, objects,
-// ...) a client message a policy reads may hold. A Settings holds a few
-// hundred; the bound keeps what one message costs to parse, and the tree it
-// becomes, near what its bytes cost, whatever its shape (a megabyte of
-// "[0,0,0,..." is half a million values).
-const maxMessageValues = 10000
+// maxMessageValues and bytesPerValue bound how many values (keys, strings,
+// numbers, objects, ...) a client message a policy reads may hold: up to
+// maxMessageValues, plus one for every bytesPerValue bytes of the message.
+// A Settings holds a few hundred; one that goes on with a conversation
+// (Deepgram's documented way past its 2-hour limit: the prior turns in
+// agent.context.messages, AsyncAPI spec ...AgentOneOf0Context) holds seven
+// per History turn, in some 50 bytes or more each, so 3,000 turns pass. The
+// bound keeps what one message costs to parse, and the tree it becomes,
+// near what its bytes cost, whatever its shape: a megabyte of "[0,0,0,..."
+// is half a million values, four times what the bound lets it have
+// (BenchmarkParseClientMessage measures both).
+const (
+	maxMessageValues = 10000
+	bytesPerValue    = 8
+)
 
 // errMessageDepth is a message nested past maxMessageDepth.
 var errMessageDepth = fmt.Errorf("nested deeper than %d", maxMessageDepth)
 
-// errMessageValues is a message with more than maxMessageValues values.
-var errMessageValues = fmt.Errorf("more than %d values", maxMessageValues)
+// valueLimit is how many values a message of n bytes may hold.
+func valueLimit(n int) int { return maxMessageValues + n/bytesPerValue }
 
 // messageReader reads one message's tokens, counting them.
 type messageReader struct {
 	dec    *json.Decoder
 	values int
+	limit  int // valueLimit of the message
 }
 
-// token is the next token, counted against maxMessageValues.
+// token is the next token, counted against the message's limit.
 func (r *messageReader) token() (json.Token, error) {
-	if r.values++; r.values > maxMessageValues {
-		return nil, errMessageValues
+	if r.values++; r.values > r.limit {
+		return nil, fmt.Errorf("more than %d values", r.limit)
 	}
 	tok, err := r.dec.Token()
 	if err != nil {
@@ -55,7 +65,7 @@ func (r *messageReader) token() (json.Token, error) {
 func parseClientMessage(msg []byte) (m map[string]any, typ string, err error) {
 	dec := json.NewDecoder(bytes.NewReader(msg))
 	dec.UseNumber()
-	r := &messageReader{dec: dec}
+	r := &messageReader{dec: dec, limit: valueLimit(len(msg))}
 	tok, err := r.token()
 	if err != nil {
 		return nil, "", err

@@ -17,18 +17,21 @@ import (
 
 // settingsPolicy is the operator's say over what clients send in Settings
 // and the Update messages: values the server sets (provider keys included),
-// the paths a client may set, and which updates it may send. It is read once
-// at start and never changes.
+// the paths a client may set, and which updates and other messages it may
+// send on each service. It is read once at start and never changes.
 type settingsPolicy struct {
 	set     map[string]any
 	allow   []string        // nil: no allow list
 	refuse  bool            // on_violation "refuse"; else "strip"
 	updates map[string]bool // nil: every update allowed
-	// messages are the other client message types that pass, as they came
-	// but for the encoding; any type neither governed nor listed is a
-	// violation, so that a message Deepgram adds later (UpdateListen did)
-	// cannot carry settings past the policy.
-	messages map[string]bool
+	// messages are, per service, the other client message types that pass,
+	// as they came but for the encoding; any type neither governed nor
+	// listed is a violation, so that a message Deepgram adds later
+	// (UpdateListen did) cannot carry settings past the policy.
+	messages map[string]map[string]bool
+	// agentIDs are the stored agent configurations a Settings may name as
+	// its agent (a string where the object would be); none by default.
+	agentIDs map[string]bool
 	// secrets are the resolved ${secret:} and ${env:} values. They go to
 	// Deepgram inside Settings and nowhere else: text frames coming back are
 	// scrubbed of them.
@@ -37,16 +40,30 @@ type settingsPolicy struct {
 
 // policyFile is SETTINGS_POLICY's JSON.
 type policyFile struct {
-	Set         map[string]any  `json:"set"`
-	Allow       *[]string       `json:"allow"`
-	OnViolation string          `json:"on_violation"`
-	Updates     map[string]bool `json:"updates"`
-	Messages    *[]string       `json:"messages"`
+	Set                   map[string]any  `json:"set"`
+	Allow                 *[]string       `json:"allow"`
+	OnViolation           string          `json:"on_violation"`
+	Updates               map[string]bool `json:"updates"`
+	Messages              *[]string       `json:"messages"`
+	TranscriptionMessages *[]string       `json:"transcription_messages"`
+	AgentIDs              []string        `json:"agent_ids"`
 }
 
-// defaultMessages are the client messages of Deepgram's Voice Agent API that
-// change no setting: they pass under any policy that does not list its own.
-var defaultMessages = []string{"KeepAlive", "InjectUserMessage", "InjectAgentMessage", "FunctionCallResponse"}
+// defaultAgentMessages are the client messages of Deepgram's Voice Agent
+// API that change no setting: they pass under any policy that does not list
+// its own. From Deepgram's AsyncAPI spec (channel /v1/agent/converse,
+// client messages) and its docs page voice-agent-inputs, which adds
+// ForceEndTurn (push to talk). Close is no Deepgram message: Deepgram's Go
+// SDK sends it when it stops; it carries no setting, so Deepgram answers it
+// as it will.
+var defaultAgentMessages = []string{"KeepAlive", "InjectUserMessage", "InjectAgentMessage", "FunctionCallResponse", "ForceEndTurn", "Close"}
+
+// defaultTranscriptionMessages are the client messages of Deepgram's
+// listen endpoints: v1's KeepAlive, Finalize and CloseStream, and Flux's
+// (/v2/listen) Configure and CloseStream (AsyncAPI spec, ListenV1* and
+// ListenV2* client messages). The React component sends CloseStream when it
+// stops; without Finalize the last words never become final.
+var defaultTranscriptionMessages = []string{"KeepAlive", "Finalize", "CloseStream", "Configure"}
 
 // updateFields maps each Update message to the part of Settings it changes,
 // so the same allow list and the same pinned values govern both.
@@ -92,16 +109,20 @@ func loadPolicy(ctx context.Context, value string, env envconfig.Lookuper, secre
 			return nil, fmt.Errorf("SETTINGS_POLICY: updates: %q is not UpdatePrompt, UpdateSpeak, UpdateThink or UpdateListen", name)
 		}
 	}
-	messages := defaultMessages
-	if pf.Messages != nil {
-		messages = *pf.Messages
+	var err error
+	p.messages = map[string]map[string]bool{}
+	if p.messages["agent"], err = messageSet("messages", pf.Messages, defaultAgentMessages); err != nil {
+		return nil, err
 	}
-	p.messages = map[string]bool{}
-	for _, m := range messages {
-		if _, governed := updateFields[m]; governed || m == "Settings" || m == "" {
-			return nil, fmt.Errorf("SETTINGS_POLICY: messages: %q is governed by the policy itself, or empty", m)
+	if p.messages["transcription"], err = messageSet("transcription_messages", pf.TranscriptionMessages, defaultTranscriptionMessages); err != nil {
+		return nil, err
+	}
+	p.agentIDs = map[string]bool{}
+	for _, id := range pf.AgentIDs {
+		if id == "" {
+			return nil, errors.New("SETTINGS_POLICY: agent_ids: an id is empty")
 		}
-		p.messages[m] = true
+		p.agentIDs[id] = true
 	}
 	if pf.Allow != nil {
 		p.allow = []string{}
@@ -115,23 +136,54 @@ func loadPolicy(ctx context.Context, value string, env envconfig.Lookuper, secre
 	if _, ok := p.set["type"]; ok {
 		return nil, errors.New("SETTINGS_POLICY: set may not change type")
 	}
+	if _, ok := p.set["agent"].(string); ok {
+		return nil, errors.New("SETTINGS_POLICY: set.agent must be an object: list stored agent configurations in agent_ids")
+	}
 	// p.set is a map: resolve changes it in place.
-	if _, err := p.resolve(ctx, p.set, "set", env, secrets); err != nil {
+	var refs []policyRef
+	if _, err := p.resolve(ctx, p.set, nil, env, secrets, &refs); err != nil {
+		return nil, err
+	}
+	if err := checkEndpoints(p.set, nil); err != nil {
+		return nil, err
+	}
+	if err := sealBlocks(p.set, refs); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
+// messageSet is the pass list of one service: the policy's own, or the
+// default.
+func messageSet(field string, listed *[]string, defaults []string) (map[string]bool, error) {
+	names := defaults
+	if listed != nil {
+		names = *listed
+	}
+	set := map[string]bool{}
+	for _, m := range names {
+		if _, governed := updateFields[m]; governed || m == "Settings" || m == "" {
+			return nil, fmt.Errorf("SETTINGS_POLICY: %s: %q is governed by the policy itself, or empty", field, m)
+		}
+		set[m] = true
+	}
+	return set, nil
+}
+
+// policyRef is where in set a ${env:} or ${secret:} reference was resolved:
+// its steps, keys and array indices.
+type policyRef []any
+
 // resolve replaces ${env:NAME} and ${secret:projects/...} in every string
-// under v, once, and remembers the values as secrets; it returns v with them
-// replaced. It walks arrays as well as objects, at any depth:
-// agent.think.functions[].endpoint.headers is where a function's credentials
-// go. An error names the reference, never a value.
-func (p *settingsPolicy) resolve(ctx context.Context, v any, path string, env envconfig.Lookuper, secrets *secretReader) (any, error) {
+// under v, once, remembers the values as secrets and where each reference
+// stood (refs); it returns v with them replaced. It walks arrays as well as
+// objects, at any depth: agent.think.functions[].endpoint.headers is where a
+// function's credentials go. An error names the reference, never a value.
+func (p *settingsPolicy) resolve(ctx context.Context, v any, at policyRef, env envconfig.Lookuper, secrets *secretReader, refs *[]policyRef) (any, error) {
 	switch c := v.(type) {
 	case map[string]any:
 		for k, child := range c {
-			out, err := p.resolve(ctx, child, path+"."+k, env, secrets)
+			out, err := p.resolve(ctx, child, append(at[:len(at):len(at)], k), env, secrets, refs)
 			if err != nil {
 				return nil, err
 			}
@@ -139,13 +191,17 @@ func (p *settingsPolicy) resolve(ctx context.Context, v any, path string, env en
 		}
 	case []any:
 		for i, child := range c {
-			out, err := p.resolve(ctx, child, path+"["+strconv.Itoa(i)+"]", env, secrets)
+			out, err := p.resolve(ctx, child, append(at[:len(at):len(at)], i), env, secrets, refs)
 			if err != nil {
 				return nil, err
 			}
 			c[i] = out
 		}
 	case string:
+		if !policyReference.MatchString(c) {
+			return c, nil
+		}
+		*refs = append(*refs, at)
 		var failed error
 		out := policyReference.ReplaceAllStringFunc(c, func(ref string) string {
 			m := policyReference.FindStringSubmatch(ref)
@@ -155,13 +211,13 @@ func (p *settingsPolicy) resolve(ctx context.Context, v any, path string, env en
 			case "env":
 				got, ok := env.Lookup(name)
 				if !ok || got == "" {
-					failed = fmt.Errorf("SETTINGS_POLICY: %s: ${env:%s} is not set", path, name)
+					failed = fmt.Errorf("SETTINGS_POLICY: %s: ${env:%s} is not set", displayPath("set", at), name)
 				}
 				val = got
 			case "secret":
 				got, err := secrets.access(ctx, name)
 				if err != nil {
-					failed = fmt.Errorf("SETTINGS_POLICY: %s: %w", path, err)
+					failed = fmt.Errorf("SETTINGS_POLICY: %s: %w", displayPath("set", at), err)
 				}
 				val = got
 			}
@@ -178,239 +234,113 @@ func (p *settingsPolicy) resolve(ctx context.Context, v any, path string, env en
 	return v, nil
 }
 
-// policyVerdict is what the policy makes of one client text message.
-type policyVerdict struct {
-	out      []byte   // what goes upstream (the message itself when untouched)
-	drop     bool     // send nothing (a stripped Update, or a malformed message under strip)
-	refused  string   // non-empty: refuse the session; what the client is told
-	stripped []string // paths removed, for the log
-	// settings is a Settings message as it goes (out, parsed), for the
-	// usage tag; nil for any other message.
-	settings map[string]any
-}
-
-// check applies the policy to one client text message. Every message is
-// parsed, whatever its bytes look like, and what goes upstream is always the
-// parsed message encoded again: the decision is made on what Deepgram reads,
-// never on raw bytes, which escapes, duplicate keys and the like could make
-// say something else. A message that cannot be read one way only is refused
-// (or dropped under strip).
-func (p *settingsPolicy) check(msg []byte) policyVerdict {
-	m, typ, err := parseClientMessage(msg)
-	if err != nil {
-		why := "message refused: " + err.Error()
-		if p.refuse {
-			return policyVerdict{refused: why}
-		}
-		return policyVerdict{drop: true, stripped: []string{"(" + why + ")"}}
-	}
-	var view any
-	base := ""
-	if typ == "Settings" {
-		view = m
-	} else if u, ok := updateFields[typ]; ok {
-		if p.updates != nil && !p.updates[typ] {
-			if p.refuse {
-				return policyVerdict{refused: typ + " is not allowed"}
+// displayPath writes steps below base as a.b[1].c, for errors and logs.
+func displayPath(base string, steps []any) string {
+	var b strings.Builder
+	b.WriteString(base)
+	for _, s := range steps {
+		switch s := s.(type) {
+		case string:
+			if b.Len() > 0 {
+				b.WriteByte('.')
 			}
-			return policyVerdict{drop: true, stripped: []string{typ}}
-		}
-		view, base = m[u.field], u.path
-	} else if p.messages[typ] {
-		return p.encoded(m, nil)
-	} else {
-		// A type the policy neither governs nor lets pass; its name is
-		// the client's, so it is bounded.
-		if p.refuse {
-			return policyVerdict{refused: "message type " + strconv.Quote(boundKey(typ)) + " is not allowed"}
-		}
-		return policyVerdict{drop: true, stripped: []string{"(message type " + boundKey(typ) + ")"}}
-	}
-
-	found := p.violations(view, base)
-	paths := make([]string, len(found))
-	for i, keys := range found {
-		paths[i] = pathOf(base, keys)
-	}
-	if len(found) > 0 && p.refuse {
-		return policyVerdict{refused: paths[0] + " is not allowed"}
-	}
-	for _, keys := range found {
-		obj, ok := view.(map[string]any)
-		if len(keys) == 0 || !ok {
-			view = nil // the whole Update value is outside the allow list
-			break
-		}
-		removeKeys(obj, keys)
-	}
-	if typ != "Settings" && len(found) > 0 {
-		if obj, ok := view.(map[string]any); view == nil || ok && len(obj) == 0 {
-			// Nothing the client may change is left: drop the update
-			// rather than send the pinned values again.
-			return policyVerdict{drop: true, stripped: paths}
+			b.WriteString(s)
+		case int:
+			b.WriteString("[" + strconv.Itoa(s) + "]")
 		}
 	}
-	view = mergePinned(view, lookupPath(p.set, base))
-	if typ != "Settings" {
-		m[updateFields[typ].field] = view
-		return p.encoded(m, paths)
-	}
-	v := p.encoded(view.(map[string]any), paths)
-	v.settings = view.(map[string]any)
-	return v
+	return b.String()
 }
 
-// encoded is the verdict that sends m, encoded again.
-func (p *settingsPolicy) encoded(m map[string]any, stripped []string) policyVerdict {
-	out, err := encodeJSON(m)
-	if err != nil {
-		// Only values the decoder made are in m: this cannot happen, and
-		// nothing unjudged goes upstream if it does.
-		return policyVerdict{drop: true, stripped: []string{"(message could not be encoded)"}}
-	}
-	return policyVerdict{out: out, stripped: stripped}
-}
-
-// violations lists, sorted, the places under v (the value at base: all of
-// Settings, or an Update's part) that the allow list does not cover, each
-// as its keys below base (none: v itself). "type" at the top of Settings
-// always passes. A key that is empty or holds a dot is always a violation:
-// no allow entry can name it, and as a dotted path it would read as another.
-func (p *settingsPolicy) violations(v any, base string) [][]string {
-	if p.allow == nil {
-		return nil
-	}
-	var out [][]string
-	var walk func(v any, keys []string, path string)
-	walk = func(v any, keys []string, path string) {
-		if path == "type" || p.allowed(path) {
-			return
-		}
-		obj, ok := v.(map[string]any)
-		if !ok || path != "" && !p.isAncestor(path) {
-			if path != "" {
-				out = append(out, keys)
-			}
-			return
-		}
-		for k, child := range obj {
-			below := append(keys[:len(keys):len(keys)], k)
-			if k == "" || strings.Contains(k, ".") {
-				out = append(out, below)
-				continue
-			}
-			walk(child, below, joinPath(path, k))
-		}
-	}
-	walk(v, nil, base)
-	slices.SortFunc(out, func(a, b []string) int { return strings.Compare(strings.Join(a, "."), strings.Join(b, ".")) })
-	return out
-}
-
-// allowed reports whether path is an allowed path or lies under one.
-func (p *settingsPolicy) allowed(path string) bool {
-	for _, a := range p.allow {
-		if path == a || strings.HasPrefix(path, a+".") {
-			return true
-		}
-	}
-	return false
-}
-
-// isAncestor reports whether an allowed path lies under path, so that the
-// walk must look inside it.
-func (p *settingsPolicy) isAncestor(path string) bool {
-	for _, a := range p.allow {
-		if strings.HasPrefix(a, path+".") {
-			return true
-		}
-	}
-	return false
-}
-
-// pathOf is keys below base as a dotted path, for the log and the client.
-func pathOf(base string, keys []string) string {
-	if base == "" {
-		return strings.Join(keys, ".")
-	}
-	return strings.Join(append([]string{base}, keys...), ".")
-}
-
-func joinPath(base, key string) string {
-	if base == "" {
-		return key
-	}
-	return base + "." + key
-}
-
-// lookupPath returns the value at a dotted path in m, or nil.
-func lookupPath(m map[string]any, path string) any {
-	if path == "" {
-		return m
-	}
-	var cur any = m
-	for _, k := range strings.Split(path, ".") {
-		obj, ok := cur.(map[string]any)
-		if !ok {
-			return nil
-		}
-		cur = obj[k]
-	}
-	return cur
-}
-
-// removeKeys deletes the value at keys and any object the removal leaves
-// empty.
-func removeKeys(m map[string]any, keys []string) {
-	if len(keys) == 0 {
-		return
-	}
-	if len(keys) == 1 {
-		delete(m, keys[0])
-		return
-	}
-	child, ok := m[keys[0]].(map[string]any)
-	if !ok {
-		return
-	}
-	removeKeys(child, keys[1:])
-	if len(child) == 0 {
-		delete(m, keys[0])
-	}
-}
-
-// mergePinned lays the server's value over the client's: objects merge key
-// by key, anything else (arrays included) is replaced whole. The server's
-// values are copied, so no session can alter the policy.
-func mergePinned(client, server any) any {
-	if server == nil {
-		return client
-	}
-	sobj, sok := server.(map[string]any)
-	cobj, cok := client.(map[string]any)
-	if !sok || !cok {
-		return deepCopy(server)
-	}
-	for k, sv := range sobj {
-		cobj[k] = mergePinned(cobj[k], sv)
-	}
-	return cobj
-}
-
-func deepCopy(v any) any {
-	switch t := v.(type) {
+// checkEndpoints refuses a policy that sets an endpoint without its url.
+// A pinned endpoint replaces the client's whole (mergePinned), so its
+// headers, where a provider's key goes, always travel to the url the
+// operator chose: Deepgram sends an endpoint's headers to its url (AsyncAPI
+// spec, ThinkSettingsV1Endpoint, SpeakSettingsV1Endpoint,
+// ThinkSettingsV1FunctionsItemsEndpoint: "must include url field and
+// headers object").
+func checkEndpoints(v any, at policyRef) error {
+	switch c := v.(type) {
 	case map[string]any:
-		out := make(map[string]any, len(t))
-		for k, c := range t {
-			out[k] = deepCopy(c)
+		for k, child := range c {
+			here := append(at[:len(at):len(at)], k)
+			if k == "endpoint" {
+				ep, ok := child.(map[string]any)
+				if url, _ := ep["url"].(string); !ok || url == "" {
+					return fmt.Errorf("SETTINGS_POLICY: %s: an endpoint the policy sets must set its url too, "+
+						"so that its headers go nowhere else", displayPath("set", here))
+				}
+			}
+			if err := checkEndpoints(child, here); err != nil {
+				return err
+			}
 		}
-		return out
 	case []any:
-		out := make([]any, len(t))
-		for i, c := range t {
-			out[i] = deepCopy(c)
+		for i, child := range c {
+			if err := checkEndpoints(child, append(at[:len(at):len(at)], i)); err != nil {
+				return err
+			}
 		}
-		return out
+	}
+	return nil
+}
+
+// sealBlocks binds every resolved reference to the address it goes to.
+// One inside an endpoint goes to that endpoint's url, which checkEndpoints
+// made sure the policy pins. One elsewhere in a think or speak block (a
+// provider's credentials, a function's description) goes to that block's
+// provider through the block's endpoint: if the policy pins no endpoint
+// there, the client may not set one (the block is sealed: mergePinned
+// removes the client's). A reference anywhere else (a greeting, the
+// context, tags) would reach whatever provider the client names, so the
+// policy is refused.
+func sealBlocks(set map[string]any, refs []policyRef) error {
+	for _, ref := range refs {
+		if slices.Contains(ref, any("endpoint")) {
+			continue
+		}
+		if len(ref) < 2 || ref[0] != "agent" || (ref[1] != "think" && ref[1] != "speak" && ref[1] != "listen") {
+			return fmt.Errorf("SETTINGS_POLICY: %s: a ${secret:} or ${env:} value may stand only under agent.think, "+
+				"agent.speak or agent.listen, where the policy decides where it goes", displayPath("set", ref))
+		}
+		if ref[1] == "listen" {
+			continue // Deepgram's own speech-to-text: it goes nowhere else
+		}
+		// The block: agent.think itself, or its element in an array.
+		blockLen := 2
+		if len(ref) > 2 {
+			if _, ok := ref[2].(int); ok {
+				blockLen = 3
+			}
+		}
+		block, ok := valueAt(set, ref[:blockLen]).(map[string]any)
+		if !ok {
+			continue // the reference is the block itself: a string, not sent to a provider
+		}
+		if _, pinned := block["endpoint"]; !pinned {
+			block["endpoint"] = sealed{}
+		}
+	}
+	return nil
+}
+
+// valueAt is the value at steps under v, or nil.
+func valueAt(v any, steps []any) any {
+	for _, s := range steps {
+		switch s := s.(type) {
+		case string:
+			m, ok := v.(map[string]any)
+			if !ok {
+				return nil
+			}
+			v = m[s]
+		case int:
+			a, ok := v.([]any)
+			if !ok || s >= len(a) {
+				return nil
+			}
+			v = a[s]
+		}
 	}
 	return v
 }

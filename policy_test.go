@@ -37,7 +37,7 @@ func policyHarness(t *testing.T, onViolation, updates string) *harness {
 	  "set": {"agent": {"think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"},
 	                             "endpoint": {"url": "https://llm.example.com/v1/chat/completions",
 	                                          "headers": {"authorization": "Bearer ${secret:` + llmSecretName + `}"}}},
-	                    "speak": {"endpoint": {"headers": {"x-api-key": "${env:VOICE_KEY}"}}}}},
+	                    "speak": {"endpoint": {"url": "https://tts.example.com/v1/speak", "headers": {"x-api-key": "${env:VOICE_KEY}"}}}}},
 	  "allow": ["audio", "agent.language", "agent.greeting", "agent.think.prompt", "agent.context", "agent.speak.provider"],
 	  "messages": ["KeepAlive", "InjectUserMessage", "Echo", "Fake.Raw", "Fake.Close", "Fake.Send"],
 	  "on_violation": "` + onViolation + `"` + updates + `
@@ -323,8 +323,8 @@ func TestPolicyRefuseLogBounded(t *testing.T) {
 func TestPolicyResolvesInArrays(t *testing.T) {
 	env := envconfig.MapLookuper(map[string]string{"FN_KEY": "fn-ENV-SECRET-1", "DEEP": "deep-ENV-SECRET-2", "MAPPED": "mapped-ENV-SECRET-3"})
 	p, err := loadPolicy(context.Background(), `{"set": {"agent": {"think": {"functions": [
-	  {"name": "lookup", "endpoint": {"url": "https://fn.example.com", "headers": {"authorization": "Bearer ${env:FN_KEY}"}}}]}},
-	  "x": [["${env:DEEP}", 1, null], {"y": ["${env:MAPPED}"]}]}}`, env, nil)
+	  {"name": "lookup", "endpoint": {"url": "https://fn.example.com", "headers": {"authorization": "Bearer ${env:FN_KEY}"}}}],
+	  "provider": {"x": [["${env:DEEP}", 1, null], {"y": ["${env:MAPPED}"]}]}}}}}`, env, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +332,7 @@ func TestPolicyResolvesInArrays(t *testing.T) {
 	if got := lookupPath(fn, "endpoint.headers.authorization"); got != "Bearer fn-ENV-SECRET-1" {
 		t.Errorf("functions[0].endpoint.headers.authorization is %v", got)
 	}
-	x := p.set["x"].([]any)
+	x := at(p.set, "agent.think.provider.x").([]any)
 	if got := x[0].([]any)[0]; got != "deep-ENV-SECRET-2" {
 		t.Errorf("an array in an array: %v", got)
 	}
@@ -382,34 +382,34 @@ func TestPolicyCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := p.check([]byte(`{"type":"Settings","agent":{"think":{"functions":[{"name":"a"},{"name":"b"}],"provider":{"type":"open_ai","model":"x"},"temperature":0.25}}}`))
+	v := p.check([]byte(`{"type":"Settings","agent":{"think":{"functions":[{"name":"a"},{"name":"b"}],"provider":{"type":"open_ai","model":"x"},"temperature":0.25}}}`), "agent")
 	var got map[string]any
 	json.Unmarshal(v.out, &got)
 	want := map[string]any{"type": "Settings", "agent": map[string]any{"think": map[string]any{
 		"functions":   []any{map[string]any{"name": "server_fn"}},      // arrays are replaced whole
-		"provider":    map[string]any{"type": "open_ai", "model": "m"}, // objects merge key by key
+		"provider":    map[string]any{"model": "m"},                    // a provider is replaced whole
 		"temperature": 0.25,                                            // numbers pass exactly
 	}}}
 	if !reflect.DeepEqual(got, want) || len(v.stripped) != 0 {
 		t.Errorf("got %v (stripped %v)\nwant %v", got, v.stripped, want)
 	}
-	if v := p.check([]byte(`{"type":"Settings","agent":{"listen":{"x":1},"think":{"prompt":"p"}},"mip_opt_out":true}`)); !reflect.DeepEqual(v.stripped, []string{"agent.listen", "mip_opt_out"}) {
+	if v := p.check([]byte(`{"type":"Settings","agent":{"listen":{"x":1},"think":{"prompt":"p"}},"mip_opt_out":false}`), "agent"); !reflect.DeepEqual(v.stripped, []string{"agent.listen", "mip_opt_out"}) {
 		t.Errorf("stripped %v", v.stripped)
 	}
 	// UpdateListen changes agent.listen, outside this allow list.
-	if v := p.check([]byte(`{"type":"UpdateListen","listen":{"provider":{"model":"x"}}}`)); !v.drop || !reflect.DeepEqual(v.stripped, []string{"agent.listen"}) {
+	if v := p.check([]byte(`{"type":"UpdateListen","listen":{"provider":{"model":"x"}}}`), "agent"); !v.drop || !reflect.DeepEqual(v.stripped, []string{"agent.listen"}) {
 		t.Errorf("UpdateListen: %q, stripped %v", v.out, v.stripped)
 	}
-	if v := p.check([]byte(`{"type":"KeepAlive"}`)); string(v.out) != `{"type":"KeepAlive"}` {
+	if v := p.check([]byte(`{"type":"KeepAlive"}`), "agent"); string(v.out) != `{"type":"KeepAlive"}` {
 		t.Errorf("KeepAlive was changed to %s", v.out)
 	}
 	for _, msg := range []string{`not json "Settings"`, `{"type":"Settingsx"}`, `{"type":"UpdateInstructions","agent":{"think":{}}}`} {
-		if v := p.check([]byte(msg)); !v.drop || v.out != nil {
+		if v := p.check([]byte(msg), "agent"); !v.drop || v.out != nil {
 			t.Errorf("%s went on as %q", msg, v.out)
 		}
 	}
 	noAllow, _ := loadPolicy(context.Background(), `{"set":{"agent":{"language":"de"}}}`, nil, nil)
-	v = noAllow.check([]byte(`{"type":"Settings","agent":{"language":"en","greeting":"hi"}}`))
+	v = noAllow.check([]byte(`{"type":"Settings","agent":{"language":"en","greeting":"hi"}}`), "agent")
 	json.Unmarshal(v.out, &got)
 	if at(got, "agent.language") != "de" || at(got, "agent.greeting") != "hi" || len(v.stripped) != 0 {
 		t.Errorf("without allow, anything not pinned passes: %s", v.out)
@@ -433,7 +433,7 @@ var policyBypasses = []struct{ name, msg, why string }{
 	{"a type the policy does not know", `{"type":"UpdateVoice","agent":{"listen":{"provider":{"model":"mine"}}}}`, `message type "UpdateVoice" is not allowed`},
 	{"a dotted key", `{"type":"Settings","agent":{"listen.provider":{"model":"mine"}}}`, "agent.listen.provider is not allowed"},
 	{"an empty key", `{"type":"Settings","":{"agent":{"listen":{"provider":{"model":"mine"}}}}}`, " is not allowed"},
-	{"too many values", `{"type":"Settings","agent":{"context":[` + strings.Repeat("0,", maxMessageValues) + `0]},"x":"mine"}`, "message refused: more than 10000 values"},
+	{"too many values", `{"type":"Settings","agent":{"context":[` + strings.Repeat("0,", 2*maxMessageValues) + `0]},"x":"mine"}`, "message refused: more than 15000 values"},
 }
 
 // TestPolicyBypassRefused: under refuse, each bypass ends its session with
@@ -547,7 +547,7 @@ func TestPolicyUpdateOutsideAllow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v := p.check([]byte(`{"type":"UpdateSpeak","speak":{"provider":{"model":"mine"}}}`))
+		v := p.check([]byte(`{"type":"UpdateSpeak","speak":{"provider":{"model":"mine"}}}`), "agent")
 		if v.out != nil || (onViolation == "refuse") != (v.refused == "agent.speak is not allowed") {
 			t.Errorf("%s: %q, refused %q", onViolation, v.out, v.refused)
 		}

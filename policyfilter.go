@@ -18,7 +18,7 @@ func (s *session) policyFilter(msg []byte) wspipe.Verdict {
 		s.end(endTextRate.outcome(""))
 		return wspipe.Verdict{Drop: true}
 	}
-	v := s.relay.policy.check(msg)
+	v := s.relay.policy.check(msg, s.service)
 	if len(v.stripped) > 0 {
 		s.relay.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.stripped)))
 		switch s.strippedLines++; {

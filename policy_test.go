@@ -386,9 +386,9 @@ func TestPolicyCheck(t *testing.T) {
 	var got map[string]any
 	json.Unmarshal(v.out, &got)
 	want := map[string]any{"type": "Settings", "agent": map[string]any{"think": map[string]any{
-		"functions":   []any{map[string]any{"name": "server_fn"}},      // arrays are replaced whole
-		"provider":    map[string]any{"model": "m"},                    // a provider is replaced whole
-		"temperature": 0.25,                                            // numbers pass exactly
+		"functions":   []any{map[string]any{"name": "server_fn"}}, // arrays are replaced whole
+		"provider":    map[string]any{"model": "m"},               // a provider is replaced whole
+		"temperature": 0.25,                                       // numbers pass exactly
 	}}}
 	if !reflect.DeepEqual(got, want) || len(v.stripped) != 0 {
 		t.Errorf("got %v (stripped %v)\nwant %v", got, v.stripped, want)

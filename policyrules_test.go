@@ -186,10 +186,10 @@ func TestPolicySecretsBoundToTheirEndpoints(t *testing.T) {
 	// Refused at start: an endpoint without its url, and a secret where
 	// no endpoint governs it.
 	for policy, want := range map[string]string{
-		`{"set":{"agent":{"think":{"endpoint":{"headers":{"authorization":"Bearer ${env:LLM_KEY}"}}}}}}`: "set.agent.think.endpoint: an endpoint the policy sets must set its url",
-		`{"set":{"agent":{"speak":[{"endpoint":{"headers":{"x":"y"}}}]}}}`:                               "set.agent.speak[0].endpoint",
+		`{"set":{"agent":{"think":{"endpoint":{"headers":{"authorization":"Bearer ${env:LLM_KEY}"}}}}}}`:         "set.agent.think.endpoint: an endpoint the policy sets must set its url",
+		`{"set":{"agent":{"speak":[{"endpoint":{"headers":{"x":"y"}}}]}}}`:                                       "set.agent.speak[0].endpoint",
 		`{"set":{"agent":{"think":{"functions":[{"name":"f","endpoint":{"headers":{"a":"${env:LLM_KEY}"}}}]}}}}`: "set.agent.think.functions[0].endpoint",
-		`{"set":{"agent":{"greeting":"${env:LLM_KEY}"}}}`:                                                "set.agent.greeting: a ${secret:} or ${env:} value may stand only under",
+		`{"set":{"agent":{"greeting":"${env:LLM_KEY}"}}}`:                                                        "set.agent.greeting: a ${secret:} or ${env:} value may stand only under",
 	} {
 		_, err := loadPolicy(context.Background(), policy, envconfig.MapLookuper(env), nil)
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -17,10 +18,10 @@ import (
 
 // sdkResult is the JSON line agent.mjs prints last.
 type sdkResult struct {
-	Seen        []string
-	AudioFrames int
-	// Events: the messages the SDK surfaced and its close, in order
-	// ("message Error UPSTREAM_GONE", "close 1014").
+	AudioDown int
+	// Events: the messages the SDK surfaced, what agent.mjs sent and the
+	// SDK's close, in order ("message Error UPSTREAM_GONE", "sent KeepAlive",
+	// "audio", "close 1014").
 	Events []string
 	// Error is the last Error message the SDK surfaced, as it typed it.
 	Error *struct{ Type, Code, Description string }
@@ -29,6 +30,9 @@ type sdkResult struct {
 		Reason string
 	}
 }
+
+// sdkSettingsFile is the Settings agent.mjs sends (plus a function).
+var sdkSettingsFile, _ = filepath.Abs(filepath.Join("testdata", "clients", "deepgram-sdk.settings.json"))
 
 // runSDKAgent runs agent.mjs in mode (see its comment) with token against
 // h's relay, and returns what it printed last.
@@ -42,6 +46,7 @@ func runSDKAgent(t *testing.T, h *harness, mode, token string) sdkResult {
 	cmd.Env = append(os.Environ(),
 		"RELAY_BASE=ws"+strings.TrimPrefix(h.srv.URL, "http"),
 		"USER_TOKEN="+token,
+		"SETTINGS="+sdkSettingsFile,
 		"MODE="+mode)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -55,26 +60,46 @@ func runSDKAgent(t *testing.T, h *harness, mode, token string) sdkResult {
 	return got
 }
 
-// TestDeepgramSDKThroughRelay points Deepgram's own JavaScript SDK at the
-// relay: Welcome and SettingsApplied arrive, audio goes both ways byte for
-// byte, and the SDK's close reaches Deepgram as a normal close.
+// TestDeepgramSDKThroughRelay runs README's @deepgram/sdk snippet
+// (voice-agent.mjs) as written, given only the relay's base URL (the relay
+// serves the /v1/agent/converse the SDK appends; no PROXY_PATH), against
+// the strict fake Deepgram, with no Settings policy and with each the docs
+// show: its Settings reach Deepgram, KeepAlive and UpdatePrompt pass, audio
+// goes up and the agent's comes down, InjectUserMessage gets its turn, a
+// client-side function call is answered, and the SDK's close reaches
+// Deepgram as a normal close.
 func TestDeepgramSDKThroughRelay(t *testing.T) {
 	requireTool(t, "node")
-	h := newHarness(t, authEnv(map[string]string{"PROXY_PATH": "/v1/agent/converse"}), fakedeepgram.Options{})
-	got := runSDKAgent(t, h, "relay", userToken(t, "sdk-user"))
-	if !slices.Equal(got.Seen[:2], []string{"Welcome", "SettingsApplied"}) || got.AudioFrames != 5 {
-		t.Errorf("the SDK saw %+v", got)
-	}
-	if c := h.upstreamClosed(); c.Code != websocket.StatusNormalClosure {
-		t.Errorf("the SDK's close reached Deepgram as %+v", c)
-	}
-	texts := h.fake.Texts()
-	if len(texts) == 0 || !strings.Contains(string(texts[0]), `"type":"Settings"`) {
-		t.Errorf("upstream did not get the SDK's Settings: %q", texts)
-	}
-	hs := h.fake.Handshakes()
-	if auth := hs[len(hs)-1].Header.Get("Authorization"); auth != "Token "+testAPIKey {
-		t.Errorf("upstream Authorization is not the relay's key")
+	for _, p := range e2ePolicies(t) {
+		t.Run(p.Name, func(t *testing.T) {
+			h := newHarness(t, policyEnv(p, nil), fakedeepgram.Options{APIKey: testAPIKey})
+			start := time.Now()
+			got := runSDKAgent(t, h, "relay", userToken(t, "sdk-user"))
+			t.Logf("the SDK's call took %v", time.Since(start).Round(time.Millisecond))
+			want := []string{"message Welcome", "message SettingsApplied", "sent KeepAlive", "sent UpdatePrompt", "message PromptUpdated",
+				"sent InjectUserMessage", "message ConversationText", "audio", "message AgentAudioDone",
+				"sent InjectUserMessage", "message FunctionCallRequest", "sent FunctionCallResponse", "message AgentAudioDone", "close 1000"}
+			if !isSubsequence(want, got.Events) || got.AudioDown < 2*fakedeepgram.ReplyFrames || got.Error != nil {
+				t.Fatalf("the SDK saw %q (%d audio messages), want in order %q", got.Events, got.AudioDown, want)
+			}
+			if c := h.upstreamClosed(); c.Code != websocket.StatusNormalClosure {
+				t.Errorf("the SDK's close reached Deepgram as %+v", c)
+			}
+			if heard := h.fake.Heard(); heard.Messages != 5 || heard.Bytes != 5*3200 {
+				t.Errorf("Deepgram heard %+v, want the 5 frames of 3200 B", heard)
+			}
+			sent := realClientSettings(t, "deepgram-sdk")
+			sent["agent"].(map[string]any)["think"].(map[string]any)["functions"] = []any{map[string]any{"name": "get_time",
+				"description": "The time of day where the user is.", "parameters": map[string]any{"type": "object", "properties": map[string]any{}}}}
+			var first map[string]any
+			if texts := h.fake.Texts(); len(texts) == 0 || json.Unmarshal(texts[0], &first) != nil || (p.JSON == "" && !reflect.DeepEqual(first, sent)) {
+				t.Errorf("Deepgram's first text: %q, want the Settings %s", texts, mustJSON(t, sent))
+			}
+			hs := h.fake.Handshakes()
+			if up := hs[len(hs)-1]; up.Path != "/v1/agent/converse" || up.Header.Get("Authorization") != "Token "+testAPIKey {
+				t.Errorf("upstream handshake %s with Authorization other than the relay's key", up.Path)
+			}
+		})
 	}
 }
 
@@ -86,7 +111,7 @@ func TestDeepgramSDKThroughRelay(t *testing.T) {
 // and for an expired token.
 func TestDeepgramSDKErrorFrame(t *testing.T) {
 	requireTool(t, "node")
-	h := newHarness(t, authEnv(map[string]string{"PROXY_PATH": "/v1/agent/converse"}), fakedeepgram.Options{})
+	h := newHarness(t, authEnv(nil), fakedeepgram.Options{})
 	expect := func(t *testing.T, got sdkResult, code int, reason, errorCode string, events []string) {
 		t.Helper()
 		if !slices.Equal(got.Events, events) {

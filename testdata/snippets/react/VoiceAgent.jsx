@@ -4,8 +4,8 @@ import { DeepgramVoiceInteraction } from "@signal-meaning/voice-agent-react";
 // wss:// + your relay's host + its PROXY_PATH.
 const RELAY_URL = "wss://relay.example.com/ws/deepgram-proxy/";
 
-// A new token from your backend (the Express or Django route below) for every
-// start(): the relay checks it once, when the socket opens, and it lives 60 s.
+// A new token from your backend (the Express or Django route below) for each
+// call: the relay checks it once, when the socket opens, and it lives 60 s.
 async function fetchVoiceToken() {
   const res = await fetch("/api/voice-token", { credentials: "same-origin" });
   if (!res.ok) throw new Error(`voice token: HTTP ${res.status}`);
@@ -18,6 +18,7 @@ export function VoiceAgent() {
   // A new object per start, so the effect below runs even if a token repeats.
   const [session, setSession] = useState(null);
   const [error, setError] = useState(null);
+  const [status, setStatus] = useState("idle");
 
   // Memoized: a new object on every render makes the component reconnect.
   const agentOptions = useMemo(
@@ -43,6 +44,11 @@ export function VoiceAgent() {
   async function talk() {
     setError(null);
     try {
+      // The component reads proxyAuthToken only when it creates its socket
+      // manager: on the first start() after mount or after stop(). A call the
+      // relay ended (idle, time limit, quota) keeps the old manager and token,
+      // so stop() first (it takes about a second), then fetch the new token.
+      await voice.current.stop();
       setSession({ token: await fetchVoiceToken() });
     } catch (err) {
       setError(err.message);
@@ -53,6 +59,7 @@ export function VoiceAgent() {
     <div>
       <button onClick={talk}>Talk</button>
       <button onClick={() => voice.current.stop()}>Stop</button>
+      <p>{status}</p>
       {error && <p role="alert">{error}</p>}
       <DeepgramVoiceInteraction
         ref={voice}
@@ -65,6 +72,8 @@ export function VoiceAgent() {
         // The relay's refusals and endings arrive here with their code
         // (TOKEN_EXPIRED, TOO_MANY_SESSIONS, ...), before the close.
         onError={(err) => setError(`${err.code ?? "error"}: ${err.message}`)}
+        // "closed" when a call ends, whoever ended it: press Talk to go on.
+        onConnectionStateChange={(service, state) => setStatus(`${service}: ${state}`)}
       />
     </div>
   );

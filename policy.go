@@ -20,8 +20,12 @@ import (
 // the paths a client may set, and which updates and other messages it may
 // send on each service. It is read once at start and never changes.
 type settingsPolicy struct {
-	set     map[string]any
-	allow   []string        // nil: no allow list
+	set   map[string]any
+	allow []string // nil: no allow list
+	// pinned are the dotted paths whose value set replaces the client's
+	// whole (anything but an object that merges key by key): a client
+	// value there is overwritten, so it is no violation of the allow list.
+	pinned  []string
 	refuse  bool            // on_violation "refuse"; else "strip"
 	updates map[string]bool // nil: every update allowed
 	// messages are, per service, the other client message types that pass,
@@ -150,6 +154,7 @@ func loadPolicy(ctx context.Context, value string, env envconfig.Lookuper, secre
 	if err := sealBlocks(p.set, refs); err != nil {
 		return nil, err
 	}
+	p.pinned = pinnedPaths(p.set, "")
 	return p, nil
 }
 
@@ -322,6 +327,25 @@ func sealBlocks(set map[string]any, refs []policyRef) error {
 		}
 	}
 	return nil
+}
+
+// pinnedPaths lists the dotted paths under path where set replaces the
+// client's value whole, as mergePinned lays it: every value but an object
+// that merges key by key.
+func pinnedPaths(set map[string]any, path string) []string {
+	var out []string
+	for k, v := range set {
+		at := k
+		if path != "" {
+			at = path + "." + k
+		}
+		if obj, ok := v.(map[string]any); ok && !wholeKeys[k] {
+			out = append(out, pinnedPaths(obj, at)...)
+			continue
+		}
+		out = append(out, at)
+	}
+	return out
 }
 
 // valueAt is the value at steps under v, or nil.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,14 +40,14 @@ func policyHarness(t *testing.T, onViolation, updates string) *harness {
 	                                          "headers": {"authorization": "Bearer ${secret:` + llmSecretName + `}"}}},
 	                    "speak": {"endpoint": {"url": "https://tts.example.com/v1/speak", "headers": {"x-api-key": "${env:VOICE_KEY}"}}}}},
 	  "allow": ["audio", "agent.language", "agent.greeting", "agent.think.prompt", "agent.context", "agent.speak.provider"],
-	  "messages": ["KeepAlive", "InjectUserMessage", "Echo", "Fake.Raw", "Fake.Close", "Fake.Send"],
+	  "messages": ["KeepAlive", "InjectUserMessage", "Fake.Echo", "Fake.Raw", "Fake.Close", "Fake.Send"],
 	  "on_violation": "` + onViolation + `"` + updates + `
 	}`
 	return newHarness(t, map[string]string{
 		"SETTINGS_POLICY":             policy,
 		"SECRETMANAGER_EMULATOR_HOST": sm,
 		"VOICE_KEY":                   voiceKey,
-	}, fakedeepgram.Options{})
+	}, fakedeepgram.Options{EchoAudio: true})
 }
 
 // clientSettings is what a browser built: allowed fields, pinned ones it
@@ -89,7 +90,7 @@ func TestPolicyStrip(t *testing.T) {
 		"agent.language":             "en",       // allowed: kept
 		"agent.greeting":             "Hi <there> & welcome",
 		"agent.think.prompt":         "Be brief.",   // allowed: kept
-		"agent.think.provider.model": "gpt-4o-mini", // pinned: overridden
+		"agent.think.provider.model": "gpt-4o-mini", // pinned: replaced, not stripped
 		"agent.think.endpoint.url":   "https://llm.example.com/v1/chat/completions",
 		"agent.think.endpoint.headers.authorization": "Bearer " + llmKey, // set: the server's key
 		"agent.speak.provider.model":                 "aura-2-thalia-en", // allowed
@@ -108,8 +109,8 @@ func TestPolicyStrip(t *testing.T) {
 		t.Error("the browser's own provider key reached upstream")
 	}
 
-	// Audio is untouched, and other text messages pass as the policy read
-	// them, encoded again.
+	// Audio is untouched (the fake echoes it), and other text messages
+	// pass as the policy read them, encoded again.
 	audio := []byte{0, 1, 2, 250, 255}
 	write(t, c, websocket.MessageBinary, audio)
 	if typ, data := read(t, c); typ != websocket.MessageBinary || !bytes.Equal(data, audio) {
@@ -117,20 +118,21 @@ func TestPolicyStrip(t *testing.T) {
 	}
 	inject := []byte(`{ "type" : "InjectUserMessage",  "content":"change Settings <now>" }`)
 	write(t, c, websocket.MessageText, inject)
-	if _, data := read(t, c); string(data) != `{"content":"change Settings <now>","type":"InjectUserMessage"}` {
-		t.Fatalf("a non-Settings text message was not passed as the policy read it: %s", data)
+	expectType(t, c, "ConversationText") // Deepgram's turn begins
+	if got := string(h.fake.Texts()[len(h.fake.Texts())-1]); got != `{"content":"change Settings <now>","type":"InjectUserMessage"}` {
+		t.Fatalf("a non-Settings text message was not passed as the policy read it: %s", got)
 	}
 
 	// A provider echoing a secret back does not hand it to the browser.
-	write(t, c, websocket.MessageText, []byte(`{"type":"Echo","text":"key was `+llmKey+`"}`))
-	if _, data := read(t, c); bytes.Contains(data, []byte(llmKey)) || !bytes.Contains(data, []byte("[redacted]")) {
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Echo","text":"key was `+llmKey+`"}`))
+	if data := readUntil(t, c, "Fake.Echo"); bytes.Contains(data, []byte(llmKey)) || !bytes.Contains(data, []byte("[redacted]")) {
 		t.Fatalf("a secret reached the client: %s", data)
 	}
 	c.Close(websocket.StatusNormalClosure, "")
 	h.relay.drain(time.Second)
 
 	logs := h.logs.String()
-	if !strings.Contains(logs, `"paths":["agent.listen","agent.think.endpoint","agent.think.provider","experimental"]`) {
+	if !strings.Contains(logs, `"paths":["agent.listen","experimental"]`) {
 		t.Errorf("the stripped paths are not logged:\n%s", logs)
 	}
 	for _, secret := range []string{llmKey, voiceKey, "sk-browser-key"} {
@@ -140,7 +142,7 @@ func TestPolicyStrip(t *testing.T) {
 	}
 	m := httptest.NewServer(h.relay.metricsServer().Handler)
 	defer m.Close()
-	if body := scrape(t, m.URL+"/metrics"); strings.Contains(body, llmKey) || !strings.Contains(body, `dgrelay_settings_policy_violations_total{action="strip"} 4`) {
+	if body := scrape(t, m.URL+"/metrics"); strings.Contains(body, llmKey) || !strings.Contains(body, `dgrelay_settings_policy_violations_total{action="strip"} 2`) {
 		t.Errorf("metrics: %s", body)
 	}
 }
@@ -178,8 +180,7 @@ func TestPolicyUpdates(t *testing.T) {
 	updates := `, "updates": {"UpdatePrompt": true, "UpdateSpeak": false}`
 	t.Run("strip", func(t *testing.T) {
 		h := policyHarness(t, "strip", updates)
-		c := h.dial("")
-		expectType(t, c, "Welcome")
+		c := h.agentSession("")
 		for _, msg := range []string{
 			`{"type":"UpdateSpeak","speak":{"provider":{"type":"deepgram","model":"aura-2-zeus-en"}}}`,
 			`{"type":"UpdateThink","think":{"provider":{"type":"open_ai","model":"o3"}}}`,
@@ -187,19 +188,16 @@ func TestPolicyUpdates(t *testing.T) {
 		} {
 			write(t, c, websocket.MessageText, []byte(msg))
 		}
-		// Only the allowed update arrives; the echo proves the order.
-		if _, data := read(t, c); !bytes.Contains(data, []byte(`"UpdatePrompt"`)) {
-			t.Fatalf("first message back: %s", data)
-		}
+		// Only the allowed update arrives; Deepgram's ack proves the order.
+		expectType(t, c, "PromptUpdated")
 		texts := h.fake.Texts()
-		if len(texts) != 1 || at(lastText(t, h), "prompt") != "Be kind." {
+		if len(texts) != 2 || at(lastText(t, h), "prompt") != "Be kind." {
 			t.Fatalf("upstream received %q", texts)
 		}
 	})
 	t.Run("refuse", func(t *testing.T) {
 		h := policyHarness(t, "refuse", updates)
-		c := h.dial("")
-		expectType(t, c, "Welcome")
+		c := h.agentSession("")
 		write(t, c, websocket.MessageText, []byte(`{"type":"UpdateSpeak","speak":{"provider":{"model":"x"}}}`))
 		if e := expectType(t, c, "Error"); e["description"] != "UpdateSpeak is not allowed" {
 			t.Fatalf("Error frame %v", e)
@@ -214,7 +212,7 @@ func TestPolicyLargeSettings(t *testing.T) {
 	h := policyHarness(t, "strip", "")
 	c := h.dial("")
 	prompt := strings.Repeat("You are helpful. ", 8000) // ~136 KB
-	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","agent":{"think":{"prompt":"`+prompt+`","provider":{"model":"x"}}}}`))
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","audio":{},"agent":{"think":{"prompt":"`+prompt+`","provider":{"model":"x"}}}}`))
 	expectType(t, c, "Welcome")
 	expectType(t, c, "SettingsApplied")
 	got := lastText(t, h)
@@ -266,7 +264,7 @@ func TestPolicyStripLogBounded(t *testing.T) {
 	const keys = 4000
 	var b strings.Builder
 	// The first path in sorted order is cut inside a 3-byte character.
-	b.WriteString(`{"type":"Settings","agent":{"` + strings.Repeat("€", 100) + `":1}`)
+	b.WriteString(`{"type":"Settings","audio":{},"agent":{"` + strings.Repeat("€", 100) + `":1}`)
 	for i := range keys {
 		fmt.Fprintf(&b, `,"x%05d%s":1`, i, strings.Repeat("k", 200))
 	}
@@ -361,15 +359,16 @@ func TestPolicyFunctionHeaders(t *testing.T) {
 	}, fakedeepgram.Options{})
 	c := h.dial("")
 	expectType(t, c, "Welcome")
-	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","agent":{"think":{"prompt":"p"}}}`))
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","audio":{},"agent":{"think":{"prompt":"p"}}}`))
 	expectType(t, c, "SettingsApplied")
 	fn, _ := at(lastText(t, h), "agent.think.functions").([]any)
 	if len(fn) != 1 || lookupPath(fn[0].(map[string]any), "endpoint.headers.authorization") != "Bearer "+fnKey {
 		t.Fatalf("Deepgram did not receive the resolved header: %v", fn)
 	}
-	// The fake echoes this message back: the value must not reach the client.
+	// Deepgram repeats the user's words (ConversationText): the value must
+	// not reach the client.
 	write(t, c, websocket.MessageText, []byte(`{"type":"InjectUserMessage","content":"`+fnKey+`"}`))
-	if _, data := read(t, c); bytes.Contains(data, []byte(fnKey)) || !bytes.Contains(data, []byte("[redacted]")) {
+	if data := readUntil(t, c, "ConversationText"); bytes.Contains(data, []byte(fnKey)) || !bytes.Contains(data, []byte("[redacted]")) {
 		t.Fatalf("the function's key reached the client unscrubbed: %s", data)
 	}
 }
@@ -421,7 +420,7 @@ func TestPolicyCheck(t *testing.T) {
 // type key, a byte order mark, nesting past the bound, and a Settings after
 // a harmless first value.
 var policyBypasses = []struct{ name, msg, why string }{
-	{"escaped Settings", `{"type":"\u0053ettings","agent":{"listen":{"provider":{"model":"mine"}}}}`, "agent.listen is not allowed"},
+	{"escaped Settings", `{"type":"\u0053ettings","audio":{},"agent":{"listen":{"provider":{"model":"mine"}}}}`, "agent.listen is not allowed"},
 	{"escaped Update", `{"type":"\u0055pdateSpeak","speak":{"provider":{"model":"mine"}}}`, "UpdateSpeak is not allowed"},
 	{"duplicate type", `{"type":"KeepAlive","type":"Settings","agent":{"listen":{"provider":{"model":"mine"}}}}`, `message refused: duplicate key "type"`},
 	{"duplicate nested key", `{"type":"Settings","agent":{"think":{"prompt":"a","prompt":"mine"}}}`, `message refused: duplicate key "prompt"`},
@@ -431,9 +430,9 @@ var policyBypasses = []struct{ name, msg, why string }{
 	{"no type", `{"agent":{"listen":{"provider":{"model":"mine"}}}}`, "message refused: no string type"},
 	{"UpdateListen", `{"type":"UpdateListen","listen":{"provider":{"model":"mine"}}}`, "UpdateListen is not allowed"},
 	{"a type the policy does not know", `{"type":"UpdateVoice","agent":{"listen":{"provider":{"model":"mine"}}}}`, `message type "UpdateVoice" is not allowed`},
-	{"a dotted key", `{"type":"Settings","agent":{"listen.provider":{"model":"mine"}}}`, "agent.listen.provider is not allowed"},
-	{"an empty key", `{"type":"Settings","":{"agent":{"listen":{"provider":{"model":"mine"}}}}}`, " is not allowed"},
-	{"too many values", `{"type":"Settings","agent":{"context":[` + strings.Repeat("0,", 2*maxMessageValues) + `0]},"x":"mine"}`, "message refused: more than 15000 values"},
+	{"a dotted key", `{"type":"Settings","audio":{},"agent":{"listen.provider":{"model":"mine"}}}`, "agent.listen.provider is not allowed"},
+	{"an empty key", `{"type":"Settings","audio":{},"":{"agent":{"listen":{"provider":{"model":"mine"}}}}}`, " is not allowed"},
+	{"too many values", `{"type":"Settings","agent":{"context":[` + strings.Repeat("0,", 2*maxMessageValues) + `0]},"x":"mine"}`, "message refused: more than 150"},
 }
 
 // TestPolicyBypassRefused: under refuse, each bypass ends its session with
@@ -458,46 +457,79 @@ func TestPolicyBypassRefused(t *testing.T) {
 
 // TestPolicyBypassStripped: under strip, each bypass is dropped or stripped
 // and the session goes on; what reaches Deepgram is only what the policy
-// read, in the form it encoded.
+// read, in the form it encoded. One session each: Deepgram takes one
+// Settings a session.
 func TestPolicyBypassStripped(t *testing.T) {
 	h := policyHarness(t, "strip", `, "updates": {"UpdateSpeak": false}`)
-	c := h.dial("")
-	expectType(t, c, "Welcome")
-	for _, tc := range policyBypasses {
+	settings := 0
+	for i, tc := range policyBypasses {
+		before := len(h.fake.Texts())
+		c := h.dial("")
 		write(t, c, websocket.MessageText, []byte(tc.msg))
+		// A test control behind it: once it is back, the bypass has been
+		// judged and, if anything of it went, received.
+		write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Echo","n":`+strconv.Itoa(i)+`}`))
+		readUntil(t, c, "Fake.Echo")
+		for _, txt := range h.fake.Texts()[before:] {
+			switch {
+			case bytes.Contains(txt, []byte("Fake.")):
+			case strings.Contains(string(txt), "mine") || strings.Contains(string(txt), `\u`):
+				t.Errorf("%s: Deepgram received %s", tc.name, txt)
+			case strings.HasPrefix(string(txt), "{") && bytes.Contains(txt, []byte(`"type":"Settings"`)):
+				settings++
+			default:
+				t.Errorf("%s: Deepgram received %s", tc.name, txt)
+			}
+		}
+		c.Close(websocket.StatusNormalClosure, "")
 	}
-	write(t, c, websocket.MessageText, []byte(`{"type":"InjectUserMessage","content":"\u003chi\u003e"}`))
 	// The escaped Settings, and those with a dotted or an empty key, are
 	// Settings: stripped, pinned, applied.
-	settings := 0
+	if settings != 3 {
+		t.Errorf("Deepgram received %d Settings, want the three stripped ones", settings)
+	}
+	// A message that passes goes on as the policy encoded it.
+	c := h.agentSession("")
+	write(t, c, websocket.MessageText, []byte(`{"type":"InjectUserMessage","content":"\u003chi\u003e"}`))
+	expectType(t, c, "ConversationText")
+	if got := string(lastTextRaw(t, h)); got != `{"content":"<hi>","type":"InjectUserMessage"}` {
+		t.Errorf("Deepgram received %s, want the message as the policy encoded it", got)
+	}
+}
+
+// readUntil reads until a text message of type typ comes, and returns it.
+func readUntil(t *testing.T, c *websocket.Conn, typ string) []byte {
+	t.Helper()
 	for {
-		typ, data := read(t, c)
-		if strings.Contains(string(data), "SettingsApplied") {
-			settings++
-			continue
-		}
-		if typ != websocket.MessageText || string(data) != `{"content":"<hi>","type":"InjectUserMessage"}` {
-			t.Fatalf("echo %v %s: want the message as the policy encoded it (Deepgram got %q)", typ, data, h.fake.Texts())
-		}
-		break
-	}
-	for _, txt := range h.fake.Texts() {
-		if strings.Contains(string(txt), "mine") || strings.Contains(string(txt), `\u`) {
-			t.Errorf("Deepgram received %s", txt)
+		mt, data := read(t, c)
+		var m struct{ Type string }
+		if mt == websocket.MessageText && json.Unmarshal(data, &m) == nil && m.Type == typ {
+			return data
 		}
 	}
-	if settings != 3 || len(h.fake.Texts()) != 4 {
-		t.Errorf("Deepgram received %d messages (%d Settings), want three stripped Settings and the InjectUserMessage", len(h.fake.Texts()), settings)
+}
+
+// lastTextRaw is the last text message Deepgram received that is not a
+// test control.
+func lastTextRaw(t *testing.T, h *harness) []byte {
+	t.Helper()
+	texts := h.fake.Texts()
+	for i := len(texts) - 1; i >= 0; i-- {
+		if !bytes.Contains(texts[i], []byte(`"Fake.`)) {
+			return texts[i]
+		}
 	}
+	t.Fatal("Deepgram received no text message")
+	return nil
 }
 
 // TestPolicyFragmentedSettings: Settings sent in fragments is read whole by
 // the policy and reaches Deepgram as one message, with the policy applied.
 func TestPolicyFragmentedSettings(t *testing.T) {
-	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}},"allow":["agent.think.prompt"],"on_violation":"strip"}`
+	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}},"allow":["audio","agent.think.prompt"],"on_violation":"strip"}`
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
 	c := h.rawDial("")
-	settings := `{"type":"Settings","agent":{"think":{"provider":{"model":"mine"},"prompt":"be brief"}}}`
+	settings := `{"type":"Settings","audio":{},"agent":{"think":{"provider":{"model":"mine"},"prompt":"be brief"}}}`
 	c.trickle(clientFrame(0x01, []byte(settings[:20])))
 	c.trickle(clientFrame(0x89, []byte("ping")))
 	c.trickle(clientFrame(0x80, []byte(settings[20:])))
@@ -523,13 +555,12 @@ func TestPolicyFragmentedSettings(t *testing.T) {
 // the metric counts every one.
 func TestPolicyStripLinesPerSession(t *testing.T) {
 	h := policyHarness(t, "strip", "")
-	c := h.dial("")
-	expectType(t, c, "Welcome")
+	c := h.agentSession("")
 	for range 200 {
 		write(t, c, websocket.MessageText, []byte(`x`))
 	}
-	write(t, c, websocket.MessageText, []byte(`{"type":"Echo"}`))
-	expectType(t, c, "Echo")
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Echo"}`))
+	readUntil(t, c, "Fake.Echo")
 	if n := strings.Count(h.logs.String(), `"settings policy: stripped`); n != maxStrippedLines+1 {
 		t.Errorf("%d stripped lines for 200 messages", n)
 	}
@@ -559,9 +590,10 @@ func TestPolicyUpdateOutsideAllow(t *testing.T) {
 // the session that passes it (1008) instead of keeping the parser busy; a
 // new session brings no fresh burst.
 func TestPolicyTextRate(t *testing.T) {
-	policy := pinnedPolicy
+	// The fake echoes Fake.Echo at any time: the policy lets it pass.
+	policy := `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}},"messages":["Fake.Echo"]}`
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "60000"}, fakedeepgram.Options{})
-	msg := clientFrame(0x81, []byte(`{"type":"InjectUserMessage","content":"`+strings.Repeat("x", 9000)+`"}`))
+	msg := clientFrame(0x81, []byte(`{"type":"Fake.Echo","content":"`+strings.Repeat("x", 9000)+`"}`))
 	first := h.rawDial("") // both sessions are 127.0.0.1's: one user
 	first.send(bytes.Repeat(msg, 6))
 	for range 6 { // 54 kB, within the burst

@@ -149,7 +149,9 @@ func (p *settingsPolicy) checkSettings(m map[string]any) policyVerdict {
 
 // walk judges v, the value at path (steps: its keys below Settings), against
 // the allow list, and returns what of it may go on and whether anything
-// does. Each place outside the list is added to found, as a path with the
+// does. A value the policy pins whole is no violation: the pin replaces it
+// (the React component always sends agent.think.provider, which a policy
+// that pins the model must not refuse). Each place outside the list is added to found, as a path with the
 // array indices that lead to it. Without an allow list everything passes.
 //
 // An array on the way to an allowed path is walked element by element, each
@@ -159,7 +161,7 @@ func (p *settingsPolicy) checkSettings(m map[string]any) policyVerdict {
 // key that is empty or holds a dot is always a violation: no allow entry can
 // name it, and as a dotted path it would read as another.
 func (p *settingsPolicy) walk(v any, steps []string, path string, found *[]string) (any, bool) {
-	if p.allow == nil || p.allowed(path) {
+	if p.allow == nil || p.allowed(path) || underAny(p.pinned, path) {
 		return v, true
 	}
 	if !p.isAncestor(path) {
@@ -216,8 +218,11 @@ func (p *settingsPolicy) encoded(m map[string]any, stripped []string) policyVerd
 }
 
 // allowed reports whether path is an allowed path or lies under one.
-func (p *settingsPolicy) allowed(path string) bool {
-	for _, a := range p.allow {
+func (p *settingsPolicy) allowed(path string) bool { return underAny(p.allow, path) }
+
+// underAny reports whether path is one of paths or lies under one.
+func underAny(paths []string, path string) bool {
+	for _, a := range paths {
 		if path == a || strings.HasPrefix(path, a+".") {
 			return true
 		}
@@ -225,12 +230,14 @@ func (p *settingsPolicy) allowed(path string) bool {
 	return false
 }
 
-// isAncestor reports whether an allowed path lies under path, so that the
-// walk must look inside it.
+// isAncestor reports whether an allowed or pinned path lies under path, so
+// that the walk must look inside it.
 func (p *settingsPolicy) isAncestor(path string) bool {
-	for _, a := range p.allow {
-		if strings.HasPrefix(a, path+".") {
-			return true
+	for _, list := range [][]string{p.allow, p.pinned} {
+		for _, a := range list {
+			if strings.HasPrefix(a, path+".") {
+				return true
+			}
 		}
 	}
 	return false

@@ -138,7 +138,9 @@ func TestUpstreamHandshake(t *testing.T) {
 	}
 	for _, tc := range cases {
 		c := h.dial(tc.query)
-		expectType(t, c, "Welcome")
+		if tc.path == "/v1/agent/converse" { // listen sends nothing first
+			expectType(t, c, "Welcome")
+		}
 		c.Close(websocket.StatusNormalClosure, "")
 		h.upstreamClosed()
 		hs := h.fake.Handshakes()
@@ -368,17 +370,14 @@ func TestClientGoneDuringDial(t *testing.T) {
 // handshake-only transport verifies the certificate against its roots and
 // sends SNI, and a certificate it cannot verify is UPSTREAM_UNAVAILABLE.
 func TestUpstreamTLS(t *testing.T) {
-	fake := fakedeepgram.Start(fakedeepgram.Options{TLS: true, APIKey: testAPIKey})
+	fake := fakedeepgram.Start(fakedeepgram.Options{TLS: true, APIKey: testAPIKey, EchoAudio: true})
 	defer fake.Close()
 	env := map[string]string{"DEEPGRAM_AGENT_URL": fake.URL + "/v1/agent/converse"}
 
 	t.Run("trusted", func(t *testing.T) {
 		h := newHarness(t, env, fakedeepgram.Options{})
 		trust(h, fake)
-		c := h.dial("service=agent")
-		write(t, c, websocket.MessageText, []byte(`{"type":"Settings"}`))
-		expectType(t, c, "Welcome")
-		expectType(t, c, "SettingsApplied")
+		c := h.agentSession("service=agent")
 		write(t, c, websocket.MessageBinary, []byte{9, 8, 7})
 		if _, data := read(t, c); !bytes.Equal(data, []byte{9, 8, 7}) {
 			t.Fatalf("echo %v", data)
@@ -422,13 +421,12 @@ func TestUpstreamTLS(t *testing.T) {
 // several to a frame all reach the client whole and in order, and the close
 // handshake runs over TLS.
 func TestUpstreamTLSFrames(t *testing.T) {
-	fake := fakedeepgram.Start(fakedeepgram.Options{TLS: true, APIKey: testAPIKey})
+	fake := fakedeepgram.Start(fakedeepgram.Options{TLS: true, APIKey: testAPIKey, EchoAudio: true})
 	defer fake.Close()
 	h := newHarness(t, map[string]string{"DEEPGRAM_AGENT_URL": fake.URL + "/v1/agent/converse"}, fakedeepgram.Options{})
 	trust(h, fake)
-	c := h.dial("")
+	c := h.agentSession("")
 	c.SetReadLimit(1 << 20)
-	expectType(t, c, "Welcome")
 	live := h.relay.sessions.snapshot()
 	if len(live) != 1 || !live[0].upstream.Polled() {
 		t.Fatal("the TLS upstream is not read through its socket")

@@ -64,7 +64,7 @@ func TestClientPipelinedFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	settings := []byte(`{"type":"Settings"}`)
+	settings := []byte(minimalSettings)
 	frame := append([]byte{0x81, 0x80 | byte(len(settings)), 0, 0, 0, 0}, settings...) // masked with a zero key
 	req := "GET /ws/deepgram-proxy/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"

@@ -141,6 +141,29 @@ func (h *harness) tryDial(query string, opts *websocket.DialOptions) (*websocket
 	return c, nil
 }
 
+// minimalSettings is the least Settings Deepgram accepts (its AsyncAPI spec:
+// audio and agent are required), for tests about the relay, not Settings.
+const minimalSettings = `{"type":"Settings","audio":{"input":{"encoding":"linear16","sample_rate":16000}},"agent":{}}`
+
+// agentSession opens an agent session through the relay as a client must
+// (the fake is Deepgram, strict): it dials, sends minimalSettings, and reads
+// Welcome and SettingsApplied. Audio and other messages may follow.
+func (h *harness) agentSession(query string) *websocket.Conn {
+	h.t.Helper()
+	c := h.dial(query)
+	applySettings(h.t, c)
+	return c
+}
+
+// applySettings sends minimalSettings on a fresh agent session and reads
+// Welcome and SettingsApplied.
+func applySettings(t *testing.T, c *websocket.Conn) {
+	t.Helper()
+	write(t, c, websocket.MessageText, []byte(minimalSettings))
+	expectType(t, c, "Welcome")
+	expectType(t, c, "SettingsApplied")
+}
+
 // read reads one message within a bound, failing the test on error.
 func read(t *testing.T, c *websocket.Conn) (websocket.MessageType, []byte) {
 	t.Helper()

@@ -139,10 +139,9 @@ func TestRedisOutageLocal(t *testing.T) {
 func TestRedisOutageRefuse(t *testing.T) {
 	shortLeases(t, 100*time.Millisecond, 300*time.Millisecond)
 	rs := startRedis(t)
-	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.url(), "REDIS_FAILURE": "refuse"}), fakedeepgram.Options{})
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.url(), "REDIS_FAILURE": "refuse"}), fakedeepgram.Options{EchoAudio: true})
 	mia := "token=" + userToken(t, "mia")
-	live := h.dial(mia)
-	expectType(t, live, "Welcome")
+	live := h.agentSession(mia)
 
 	rs.stop()
 	waitForLog(t, h.logs, "Redis unreachable")

@@ -118,10 +118,12 @@ func (p *process) waitExit(t *testing.T, within time.Duration) int {
 // keeps relaying, a new upgrade gets 503, /readyz turns 503, a straggler gets
 // 1012 at the deadline, and the process exits 0.
 func TestDrainOnSIGTERM(t *testing.T) {
-	fake := fakedeepgram.Start(fakedeepgram.Options{})
+	fake := fakedeepgram.Start(fakedeepgram.Options{EchoAudio: true})
 	defer fake.Close()
 	p := startProcess(t, fake, "DRAIN_TIMEOUT=2s")
 	finisher := p.dial(t)
+	write(t, finisher, websocket.MessageText, []byte(minimalSettings))
+	expectType(t, finisher, "SettingsApplied")
 	straggler := p.dial(t)
 
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -357,8 +359,8 @@ func TestUpgradeOutlivesReadTimeout(t *testing.T) {
 	c := h.dial("service=agent")
 	expectType(t, c, "Welcome")
 	time.Sleep(3 * limit)
-	write(t, c, websocket.MessageText, []byte("still here"))
-	if typ, data := read(t, c); typ != websocket.MessageText || string(data) != "still here" {
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Echo","text":"still here"}`))
+	if typ, data := read(t, c); typ != websocket.MessageText || string(data) != `{"type":"Fake.Echo","text":"still here"}` {
 		t.Fatalf("echo: %v %q", typ, data)
 	}
 	c.Close(websocket.StatusNormalClosure, "")

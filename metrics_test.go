@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net/http/httptest"
 	"regexp"
 	"strings"
@@ -16,18 +17,18 @@ import (
 // TestMetrics drives sessions that end every way and reads the registry as
 // Prometheus would.
 func TestMetrics(t *testing.T) {
-	h := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": "app.example.com", "IDLE_TIMEOUT": "4s"}), fakedeepgram.Options{})
+	h := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": "app.example.com", "IDLE_TIMEOUT": "4s"}), fakedeepgram.Options{EchoAudio: true})
 	m := httptest.NewServer(h.relay.metricsServer().Handler)
 	defer m.Close()
 	tok := userToken(t, "metrics-user-sub")
 
 	// A long session's bytes show while it runs: the watchdog flushes them.
-	c := h.dial("service=agent&token=" + tok)
-	expectType(t, c, "Welcome")
+	c := h.agentSession("service=agent&token=" + tok)
 	write(t, c, websocket.MessageBinary, make([]byte, 640))
 	read(t, c)
+	up := fmt.Sprintf(`dgrelay_bytes_total{direction="up"} %d`, len(minimalSettings)+640)
 	waitFor(t, func() bool {
-		return strings.Contains(scrape(t, m.URL+"/metrics"), `dgrelay_bytes_total{direction="up"} 640`)
+		return strings.Contains(scrape(t, m.URL+"/metrics"), up)
 	})
 	c.Close(4000, "done")
 	h.upstreamClosed()
@@ -48,8 +49,8 @@ func TestMetrics(t *testing.T) {
 		`dgrelay_close_codes_total{code="4xxx",side="client"} 1`,
 		`dgrelay_close_codes_total{code="4xxx",side="upstream"} 1`,
 		`dgrelay_close_codes_total{code="1014",side="client"} 1`,
-		`dgrelay_bytes_total{direction="up"} 640`,
-		`dgrelay_messages_total{direction="down"} 2`,
+		up,
+		`dgrelay_messages_total{direction="down"} 3`, // Welcome, SettingsApplied, the echo
 		`dgrelay_upstream_failures_total{code="UPSTREAM_AUTH"} 1`,
 		`dgrelay_auth_failures_total{reason="expired"} 1`,
 		`dgrelay_upstream_dial_seconds_count{result="ok",service="agent"} 1`,

@@ -178,7 +178,7 @@ func TestRunReadsJWTSecretFromSecretManager(t *testing.T) {
 	env := map[string]string{
 		"PORT":                        port,
 		"DEEPGRAM_API_KEY":            testAPIKey,
-		"DEEPGRAM_AGENT_URL":          upstream.URL,
+		"DEEPGRAM_AGENT_URL":          upstream.URL + "/v1/agent/converse",
 		"JWT_SECRET_SECRET":           name,
 		"SECRETMANAGER_EMULATOR_HOST": host,
 		"METRICS_PORT":                "0",

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -157,6 +158,10 @@ func TestClientFINWithLastBytes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		c.send(clientFrame(0x81, []byte(minimalSettings)))
+		if _, p := c.read(); !bytes.Contains(p, []byte("SettingsApplied")) {
+			t.Fatalf("session %d: %q, want SettingsApplied", i, p)
+		}
 		_ = rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_CORK, 1) })
 		// KeepAlive, which the fake swallows: an echo would meet the
 		// closed socket and its RST would wake the relay anyway.
@@ -230,11 +235,10 @@ func TestClosePaths(t *testing.T) {
 // TestOversizeMessage: a message over MAX_MESSAGE_BYTES closes its sender
 // with 1009 and the other side normally.
 func TestOversizeMessage(t *testing.T) {
-	h := newHarness(t, map[string]string{"MAX_MESSAGE_BYTES": "1000"}, fakedeepgram.Options{})
+	h := newHarness(t, map[string]string{"MAX_MESSAGE_BYTES": "1000"}, fakedeepgram.Options{EchoAudio: true})
 
 	t.Run("from the client", func(t *testing.T) {
-		c := h.dial("")
-		expectType(t, c, "Welcome")
+		c := h.agentSession("")
 		write(t, c, websocket.MessageBinary, make([]byte, 1000)) // at the limit: relayed
 		if typ, data := read(t, c); typ != websocket.MessageBinary || len(data) != 1000 {
 			t.Fatalf("message at the limit: got %v %d B", typ, len(data))
@@ -312,9 +316,8 @@ func TestSessionLogTrace(t *testing.T) {
 // TestSessionEndLog checks the one line a session leaves: counts both ways,
 // who closed, both codes and Deepgram's request id, and no token or query.
 func TestSessionEndLog(t *testing.T) {
-	h := newHarness(t, nil, fakedeepgram.Options{})
-	c := h.dial("service=agent&token=user-jwt-SECRET&model=m")
-	expectType(t, c, "Welcome")
+	h := newHarness(t, nil, fakedeepgram.Options{EchoAudio: true})
+	c := h.agentSession("service=agent&token=user-jwt-SECRET&model=m")
 	write(t, c, websocket.MessageBinary, make([]byte, 640))
 	read(t, c)
 	c.Close(websocket.StatusNormalClosure, "bye")
@@ -322,7 +325,7 @@ func TestSessionEndLog(t *testing.T) {
 	h.relay.drain(time.Second) // waits for the handler to log
 	logs := h.logs.String()
 	for _, want := range []string{`"message":"session end"`, `"severity":"INFO"`, `"service":"agent"`,
-		`"up_messages":1`, `"up_bytes":640`, `"down_messages":2`, `"closed_by":"client"`,
+		`"up_messages":2`, fmt.Sprintf(`"up_bytes":%d`, len(minimalSettings)+640), `"down_messages":3`, `"closed_by":"client"`,
 		`"client_close":1000`, `"upstream_close":1000`, `"dg_request_id":"`, `"dial_ms":`, `"dial_tries":1`, `"remote":"127.0.0.1"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("session end log lacks %s:\n%s", want, logs)

@@ -19,7 +19,10 @@ import (
 // not affected.
 func TestTextBudgetUserShare(t *testing.T) {
 	policy := pinnedPolicy
-	h := newHarness(t, authEnv(map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "1000"}), fakedeepgram.Options{})
+	// Lenient: the test reads a text message's relayed length from its
+	// echo, and a policy lets only Deepgram's own types through, none of
+	// which Deepgram echoes.
+	h := newHarness(t, authEnv(map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "1000"}), fakedeepgram.Options{Lenient: true})
 	alice, bob := userToken(t, "alice"), userToken(t, "bob")
 	unfinished := clientFrame(0x01, bytes.Repeat([]byte("a"), 900)) // text, FIN=0
 	a1, a2 := h.rawDial("token="+alice), h.rawDial("token="+alice)
@@ -112,7 +115,9 @@ func TestTextGatherTimeout(t *testing.T) {
 // its bytes are free again.
 func TestTextBudget(t *testing.T) {
 	policy := pinnedPolicy
-	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
+	// Lenient, as in TestTextBudgetUserShare: echoes give the relayed
+	// lengths.
+	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{Lenient: true})
 	h.relay.texts.client.limit = 1000
 	// inject is a client message of n bytes the policy passes.
 	inject := func(n int) []byte {

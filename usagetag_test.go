@@ -40,12 +40,12 @@ func TestUsageTagAgent(t *testing.T) {
 	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user"}), fakedeepgram.Options{})
 	c := h.dial("token=" + userToken(t, "nina"))
 	expectType(t, c, "Welcome")
-	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","tags":["app-v2","dgrelay-user-0123456789abcdef0123456789abcdef"],"agent":{"language":"en"}}`))
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","tags":["app-v2","dgrelay-user-0123456789abcdef0123456789abcdef"],"audio":{},"agent":{"language":"en"}}`))
 	expectType(t, c, "SettingsApplied")
 	// Not the JSON the relay would write: it must arrive as sent, unread.
 	after := `{ "type" : "InjectUserMessage", "content":"hi <&>" }`
 	write(t, c, websocket.MessageText, []byte(after))
-	expectType(t, c, "InjectUserMessage")
+	expectType(t, c, "ConversationText") // the fake agent's turn
 	c.Close(websocket.StatusNormalClosure, "")
 	h.upstreamClosed()
 	h.settled()
@@ -75,7 +75,7 @@ func TestUsageTagWithPolicy(t *testing.T) {
 	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user", "SETTINGS_POLICY": `{"set":{"tags":["pinned"]}}`}), fakedeepgram.Options{})
 	c := h.dial("token=" + userToken(t, "omar"))
 	expectType(t, c, "Welcome")
-	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","tags":["client"]}`))
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","tags":["client"],"audio":{},"agent":{}}`))
 	expectType(t, c, "SettingsApplied")
 	tags, _, _ := receivedSettings(t, h)
 	if want := []any{"pinned", usageTagPrefix + userKey(h.relay.userHashKey, "sub:omar")}; !reflect.DeepEqual(tags, want) {
@@ -87,8 +87,7 @@ func TestUsageTagWithPolicy(t *testing.T) {
 // parameter, after the client's own, less any claiming to be the relay's.
 func TestUsageTagTranscription(t *testing.T) {
 	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user"}), fakedeepgram.Options{})
-	c := h.dial("service=transcription&model=nova-3&tag=app&tag=dgrelay-user-spoof&token=" + userToken(t, "pia"))
-	expectType(t, c, "Welcome")
+	h.dial("service=transcription&model=nova-3&tag=app&tag=dgrelay-user-spoof&token=" + userToken(t, "pia"))
 	hs := h.fake.Handshakes()
 	want := "model=nova-3&tag=app&tag=" + usageTagPrefix + userKey(h.relay.userHashKey, "sub:pia")
 	if len(hs) != 1 || hs[0].RawQuery != want {
@@ -100,11 +99,10 @@ func TestUsageTagTranscription(t *testing.T) {
 // it came.
 func TestUsageTagOff(t *testing.T) {
 	h := newHarness(t, authEnv(nil), fakedeepgram.Options{})
-	c := h.dial("service=transcription&tag=app&token=" + userToken(t, "quinn"))
-	expectType(t, c, "Welcome")
+	h.dial("service=transcription&tag=app&token=" + userToken(t, "quinn")) // listen sends nothing first
 	agent := h.dial("token=" + userToken(t, "quinn"))
 	expectType(t, agent, "Welcome")
-	settings := `{"type":"Settings", "tags":["app"]}`
+	settings := `{"type":"Settings", "tags":["app"], "audio":{}, "agent":{}}`
 	write(t, agent, websocket.MessageText, []byte(settings))
 	expectType(t, agent, "SettingsApplied")
 	if hs := h.fake.Handshakes(); hs[0].RawQuery != "tag=app" {
@@ -139,7 +137,10 @@ func TestUsageTagUnreadableSettings(t *testing.T) {
 // passed on, it would let the Settings after it go unread, untagged and
 // carrying a tag of the relay's kind the client chose.
 func TestUsageTagSettingsFirst(t *testing.T) {
-	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user"}), fakedeepgram.Options{})
+	// Lenient: Deepgram would end the session at the audio before Settings
+	// (NON_SETTINGS_MESSAGE_BEFORE_SETTINGS); what is checked is the
+	// relay's own refusal of the Settings after it.
+	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user"}), fakedeepgram.Options{Lenient: true})
 	c := h.dial("token=" + userToken(t, "sam"))
 	expectType(t, c, "Welcome")
 	write(t, c, websocket.MessageBinary, []byte("audio, not read"))

@@ -14,8 +14,7 @@ import (
 
 func TestIdleTimeout(t *testing.T) {
 	h := newHarness(t, map[string]string{"IDLE_TIMEOUT": "400ms"}, fakedeepgram.Options{})
-	c := h.dial("")
-	expectType(t, c, "Welcome")
+	c := h.agentSession("")
 	// KeepAlives, as the React component sends them, keep the session up
 	// well past the idle timeout.
 	for i := 0; i < 8; i++ {
@@ -35,8 +34,7 @@ func TestIdleTimeout(t *testing.T) {
 
 func TestSessionDurationLimit(t *testing.T) {
 	h := newHarness(t, map[string]string{"MAX_SESSION_DURATION": "500ms"}, fakedeepgram.Options{})
-	c := h.dial("")
-	expectType(t, c, "Welcome")
+	c := h.agentSession("")
 	go func() {
 		for i := 0; i < 50; i++ {
 			if c.Write(context.Background(), websocket.MessageBinary, make([]byte, 640)) != nil {

@@ -25,18 +25,43 @@ type e2ePolicy struct{ Name, JSON string }
 // e2ePolicies: no policy, then each policy the docs show.
 func e2ePolicies(t *testing.T) []e2ePolicy {
 	ps := []e2ePolicy{{Name: "no policy"}}
-	// When policydocs_test.go's documentedPolicies lands, this one line runs every test under each:
-	// for _, p := range documentedPolicies(t) { ps = append(ps, e2ePolicy(p)) }
+	for _, p := range documentedPolicies(t) {
+		ps = append(ps, e2ePolicy(p))
+	}
 	return ps
 }
 
-// policyEnv is authEnv with p as SETTINGS_POLICY, plus extra.
-func policyEnv(p e2ePolicy, extra map[string]string) map[string]string {
+// policyEnv is authEnv with p as SETTINGS_POLICY (and the secrets it
+// names), plus extra.
+func policyEnv(t *testing.T, p e2ePolicy, extra map[string]string) map[string]string {
 	env := authEnv(extra)
 	if p.JSON != "" {
-		env["SETTINGS_POLICY"] = p.JSON
+		for k, v := range documentedPolicyEnv(t, p.JSON) {
+			env[k] = v
+		}
 	}
 	return env
+}
+
+// policyCut is where the relay's policy ends a real client's scripted call
+// (Settings, then an UpdatePrompt, then the rest), as the event the client
+// sent last before the refusal; "" when it lets the whole call through.
+// The rules themselves are tested in policyrules_test.go; here the real
+// clients must meet them as the relay applies them.
+func policyCut(t *testing.T, h *harness, settings map[string]any) string {
+	p := h.relay.policy
+	if p == nil {
+		return ""
+	}
+	if v := p.check([]byte(mustJSON(t, settings)), "agent"); v.refused != "" {
+		return "Settings"
+	}
+	if v := p.check([]byte(`{"type":"UpdatePrompt","prompt":"Also be brief."}`), "agent"); v.refused != "" {
+		return "UpdatePrompt"
+	} else if v.drop {
+		t.Fatalf("the policy drops the scripted UpdatePrompt; the clients' scripts wait for its ack")
+	}
+	return ""
 }
 
 // realClientSettings reads testdata/clients/<name>.settings.json.
@@ -97,7 +122,7 @@ func TestBrowserAgentThroughRelay(t *testing.T) {
 		"parameters": map[string]any{"type": "object", "properties": map[string]any{}}}}
 	for _, p := range e2ePolicies(t) {
 		t.Run(p.Name, func(t *testing.T) {
-			h := newHarness(t, policyEnv(p, map[string]string{"ALLOWED_ORIGINS": pageHost}), fakedeepgram.Options{APIKey: testAPIKey})
+			h := newHarness(t, policyEnv(t, p, map[string]string{"ALLOWED_ORIGINS": pageHost}), fakedeepgram.Options{APIKey: testAPIKey})
 			url := "ws" + strings.TrimPrefix(h.srv.URL, "http") + "/v1/agent/converse"
 			if err := chromedp.Do(ctx, chromedp.Navigate(pageSrv.URL+"/page.html")); err != nil {
 				t.Fatalf("chromium: %v", err)
@@ -114,6 +139,13 @@ func TestBrowserAgentThroughRelay(t *testing.T) {
 			t.Logf("the call took %v; the page saw %q", time.Since(start).Round(time.Millisecond), got.Events)
 			want := []string{"open", "client Settings", "message Welcome", "message SettingsApplied", "client KeepAlive", "client UpdatePrompt", "message PromptUpdated",
 				"client InjectUserMessage", "message ConversationText", "client InjectUserMessage", "message FunctionCallRequest", "client FunctionCallResponse", "close 1000"}
+			if cut := policyCut(t, h, settings); cut != "" {
+				want = append(want[:slices.Index(want, "client "+cut)+1], "message Error SETTINGS_REFUSED", "close 1008")
+				if !isSubsequence(want, got.Events) {
+					t.Fatalf("the page saw %q (%s), want in order %q", got.Events, got.Why, want)
+				}
+				return
+			}
 			if !isSubsequence(want, got.Events) || got.Why != "closed" {
 				t.Fatalf("the page saw %q (%s), want in order %q\nrelay logs:\n%s", got.Events, got.Why, want, h.logs.String())
 			}

@@ -72,13 +72,23 @@ func TestDeepgramSDKThroughRelay(t *testing.T) {
 	requireTool(t, "node")
 	for _, p := range e2ePolicies(t) {
 		t.Run(p.Name, func(t *testing.T) {
-			h := newHarness(t, policyEnv(p, nil), fakedeepgram.Options{APIKey: testAPIKey})
+			h := newHarness(t, policyEnv(t, p, nil), fakedeepgram.Options{APIKey: testAPIKey})
 			start := time.Now()
 			got := runSDKAgent(t, h, "relay", userToken(t, "sdk-user"))
 			t.Logf("the SDK's call took %v", time.Since(start).Round(time.Millisecond))
 			want := []string{"message Welcome", "message SettingsApplied", "sent KeepAlive", "sent UpdatePrompt", "message PromptUpdated",
 				"sent InjectUserMessage", "message ConversationText", "audio", "message AgentAudioDone",
 				"sent InjectUserMessage", "message FunctionCallRequest", "sent FunctionCallResponse", "message AgentAudioDone", "close 1000"}
+			sent := realClientSettings(t, "deepgram-sdk")
+			sent["agent"].(map[string]any)["think"].(map[string]any)["functions"] = []any{map[string]any{"name": "get_time",
+				"description": "The time of day where the user is.", "parameters": map[string]any{"type": "object", "properties": map[string]any{}}}}
+			if cut := policyCut(t, h, sent); cut != "" {
+				want = append(want[:slices.Index(want, "sent "+cut)+1], "message Error SETTINGS_REFUSED", "close 1008")
+				if !isSubsequence(want, got.Events) {
+					t.Fatalf("the SDK saw %q, want in order %q", got.Events, want)
+				}
+				return
+			}
 			if !isSubsequence(want, got.Events) || got.AudioDown < 2*fakedeepgram.ReplyFrames || got.Error != nil {
 				t.Fatalf("the SDK saw %q (%d audio messages), want in order %q", got.Events, got.AudioDown, want)
 			}
@@ -88,9 +98,6 @@ func TestDeepgramSDKThroughRelay(t *testing.T) {
 			if heard := h.fake.Heard(); heard.Messages != 5 || heard.Bytes != 5*3200 {
 				t.Errorf("Deepgram heard %+v, want the 5 frames of 3200 B", heard)
 			}
-			sent := realClientSettings(t, "deepgram-sdk")
-			sent["agent"].(map[string]any)["think"].(map[string]any)["functions"] = []any{map[string]any{"name": "get_time",
-				"description": "The time of day where the user is.", "parameters": map[string]any{"type": "object", "properties": map[string]any{}}}}
 			var first map[string]any
 			if texts := h.fake.Texts(); len(texts) == 0 || json.Unmarshal(texts[0], &first) != nil || (p.JSON == "" && !reflect.DeepEqual(first, sent)) {
 				t.Errorf("Deepgram's first text: %q, want the Settings %s", texts, mustJSON(t, sent))

@@ -106,6 +106,12 @@ var policyPromises = map[string]func(t *testing.T, h *harness, c *websocket.Conn
 			t.Errorf("UpdatePrompt: %s", e)
 		}
 		expectClose(t, c, websocket.StatusPolicyViolation)
+		// A tampered client that brings its own LLM endpoint is noticed.
+		tampered := h.dial("")
+		write(t, tampered, websocket.MessageText, []byte(`{"type":"Settings","audio":{},"agent":{"think":{"endpoint":{"url":"https://elsewhere.example"}}}}`))
+		if e := readUntil(t, tampered, "Error"); !strings.Contains(string(e), "agent.think.endpoint is not allowed") {
+			t.Errorf("another endpoint: %s", e)
+		}
 	},
 	"one-voice": func(t *testing.T, h *harness, c *websocket.Conn, got map[string]any) {
 		if at(got, "agent.speak.provider.model") != "aura-2-thalia-en" {

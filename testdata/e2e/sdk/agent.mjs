@@ -97,7 +97,9 @@ if (mode === "vanish") {
 }
 send("KeepAlive", {});
 send("UpdatePrompt", { prompt: "Also be brief." });
-await waitFor(() => events.includes("message PromptUpdated"));
+// A Settings policy that pins the prompt refuses it: the relay closes.
+await waitFor(() => events.includes("message PromptUpdated") || closeInfo !== null);
+if (closeInfo) finish();
 for (let i = 0; i < frames; i++) {
   const frame = new Uint8Array(frameBytes);
   for (let j = 0; j < frameBytes; j += 2) frame[j + 1] = (i * 31 + j) & 0x3f; // a quiet, changing signal

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
 	"github.com/sethvargo/go-envconfig"
 )
 
@@ -292,6 +295,33 @@ func BenchmarkParseClientMessage(b *testing.B) {
 			for b.Loop() {
 				_, _, _ = parseClientMessage(tc.msg)
 			}
+		})
+	}
+}
+
+// TestPolicyTranscriptionThroughRelay: item 1 end to end. Under either
+// policy mode a transcription session keeps its Finalize (the final
+// transcript comes) and its CloseStream (Metadata, then Deepgram's normal
+// close); before, strip dropped both and refuse ended the session.
+func TestPolicyTranscriptionThroughRelay(t *testing.T) {
+	for _, onViolation := range []string{"strip", "refuse"} {
+		t.Run(onViolation, func(t *testing.T) {
+			h := newHarness(t, map[string]string{"SETTINGS_POLICY": `{"allow":["audio"],"on_violation":"` + onViolation + `"}`}, fakedeepgram.Options{})
+			c := h.dial("service=transcription&model=nova-3&encoding=linear16&sample_rate=16000")
+			write(t, c, websocket.MessageBinary, make([]byte, 3200))
+			readUntil(t, c, "Results")
+			write(t, c, websocket.MessageText, []byte(`{"type":"Finalize"}`))
+			for {
+				var r struct {
+					FromFinalize bool `json:"from_finalize"`
+				}
+				if json.Unmarshal(readUntil(t, c, "Results"), &r) == nil && r.FromFinalize {
+					break
+				}
+			}
+			write(t, c, websocket.MessageText, []byte(`{"type":"CloseStream"}`))
+			readUntil(t, c, "Metadata")
+			expectClose(t, c, websocket.StatusNormalClosure)
 		})
 	}
 }

@@ -17,13 +17,24 @@ const AgentErrorClose = websocket.StatusNormalClosure
 
 // Error codes of the agent (docs: voice-agent-errors-warnings, "Error codes").
 const (
-	ErrNonSettingsFirst   = "NON_SETTINGS_MESSAGE_BEFORE_SETTINGS"
-	ErrSettingsApplied    = "SETTINGS_ALREADY_APPLIED"
-	ErrInvalidSettings    = "INVALID_SETTINGS"
-	ErrUnparsable         = "UNPARSABLE_CLIENT_MESSAGE"
-	ErrClientTimeout      = "CLIENT_MESSAGE_TIMEOUT"
-	ErrSessionLength      = "MAXIMUM_SESSION_LENGTH_REACHED"
-	WarnSessionLength     = "MAXIMUM_SESSION_LENGTH_APPROACHING"
+	// ErrNonSettingsFirst: a message (text or audio) before Settings.
+	ErrNonSettingsFirst = "NON_SETTINGS_MESSAGE_BEFORE_SETTINGS"
+	// ErrSettingsApplied: a second Settings.
+	ErrSettingsApplied = "SETTINGS_ALREADY_APPLIED"
+	// ErrInvalidSettings: a Settings without audio or agent, or of the
+	// wrong shape.
+	ErrInvalidSettings = "INVALID_SETTINGS"
+	// ErrUnparsable: not JSON, no string type, an unknown type, or a
+	// required field missing.
+	ErrUnparsable = "UNPARSABLE_CLIENT_MESSAGE"
+	// ErrClientTimeout: no client message for Options.ClientTimeout.
+	ErrClientTimeout = "CLIENT_MESSAGE_TIMEOUT"
+	// ErrSessionLength: the session reached Options.MaxSession.
+	ErrSessionLength = "MAXIMUM_SESSION_LENGTH_REACHED"
+	// WarnSessionLength: Options.SessionWarning before the end (a Warning).
+	WarnSessionLength = "MAXIMUM_SESSION_LENGTH_APPROACHING"
+	// WarnForceEndTurnUnsup: ForceEndTurn without a Flux listen provider
+	// (a Warning; docs voice-agent-force-end-turn).
 	WarnForceEndTurnUnsup = "FORCE_END_TURN_UNSUPPORTED"
 )
 

@@ -114,6 +114,7 @@ const (
 
 // Handshake is what the fake saw of one upgrade request.
 type Handshake struct {
+	// Host, Path, RawQuery and Header are the request's.
 	Host     string
 	Path     string
 	RawQuery string
@@ -127,7 +128,8 @@ type Closed struct {
 	// Code is the close code of the session's end: the relay's, or the
 	// fake's own when the fake closed (a Fake.Close, an Error), or -1 if
 	// the connection dropped without a close frame.
-	Code   websocket.StatusCode
+	Code websocket.StatusCode
+	// Reason is the close frame's reason, or why the connection dropped.
 	Reason string
 }
 

@@ -32,7 +32,9 @@ type agentState struct {
 // linear16 24 kHz: 40 ms each), one every replyFrameGap, so the agent is
 // speaking for a moment (see InjectAgentMessage).
 const (
-	ReplyFrames     = 3
+	// ReplyFrames is how many audio messages a reply has.
+	ReplyFrames = 3
+	// ReplyFrameBytes is the size of each.
 	ReplyFrameBytes = 1920
 	replyFrameGap   = 40 * time.Millisecond
 )

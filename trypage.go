@@ -85,5 +85,12 @@ func routeTryPage(mux *http.ServeMux, assets map[string]tryAsset) {
 			h.Set("Referrer-Policy", "no-referrer")
 			_, _ = w.Write(a.body)
 		})
+		// Other methods: 405 here, since the catch-all route of
+		// Deepgram's paths (routes) takes every method the mux would
+		// otherwise have answered 405 for.
+		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		})
 	}
 }

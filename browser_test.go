@@ -48,12 +48,13 @@ func TestBrowser(t *testing.T) {
 	strangerURL := "http://localhost:" + pagePort + "/page.html"
 	ok := pageSrv.URL + "/page.html"
 
-	// TODO(strict): the page's Settings has no agent (INVALID_SETTINGS) and it expects its audio and an InjectUserMessage echoed; send a valid Settings, use EchoAudio and Fake.Echo, drop Lenient.
-	h := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": pageHost}), fakedeepgram.Options{APIKey: testAPIKey, Lenient: true})
+	// Strict Deepgram, with its audio echoed so that the page can check
+	// every byte it sent comes back as it was.
+	h := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": pageHost}), fakedeepgram.Options{APIKey: testAPIKey, EchoAudio: true})
 
 	ctx := chromiumContext(t, chromium, 90*time.Second)
 
-	settings := map[string]any{"type": "Settings", "audio": map[string]any{"input": map[string]any{"encoding": "linear16", "sample_rate": 16000}}}
+	settings := map[string]any{"type": "Settings", "audio": map[string]any{"input": map[string]any{"encoding": "linear16", "sample_rate": 16000}}, "agent": map[string]any{}}
 	// evaluate runs expression in the page, awaiting the promise it gives.
 	evaluate := func(t *testing.T, expression string) sessionResult {
 		t.Helper()
@@ -149,7 +150,7 @@ func TestBrowser(t *testing.T) {
 	})
 	t.Run("drain", func(t *testing.T) {
 		// A relay of its own: a drained one takes no new sessions.
-		hd := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": pageHost}), fakedeepgram.Options{APIKey: testAPIKey, Lenient: true}) // TODO(strict): as above
+		hd := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": pageHost}), fakedeepgram.Options{APIKey: testAPIKey, EchoAudio: true})
 		r := held(t, hd.wsURL, "token="+good, "", func() { hd.relay.drain(50 * time.Millisecond) })
 		expectErrorThenClose(t, r, 1012, "service restart", "SERVICE_RESTART")
 		if r.Events[0] != "message Welcome" {
@@ -158,7 +159,7 @@ func TestBrowser(t *testing.T) {
 	})
 	t.Run("upstream failure", func(t *testing.T) {
 		h.fake.SetOptions(fakedeepgram.Options{APIKey: "not-the-relay-key"})
-		defer h.fake.SetOptions(fakedeepgram.Options{APIKey: testAPIKey, Lenient: true}) // TODO(strict): as above
+		defer h.fake.SetOptions(fakedeepgram.Options{APIKey: testAPIKey, EchoAudio: true})
 		r := run(t, ok, "token="+good, nil)
 		if len(r.Texts) != 1 || r.Texts[0]["type"] != "Error" || r.Texts[0]["code"] != "UPSTREAM_AUTH" || r.CloseCode != 1014 {
 			t.Fatalf("%+v", r)

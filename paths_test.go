@@ -20,7 +20,7 @@ import (
 // and a ?service= naming the other is refused before anything is dialled,
 // and so are other paths and any path with /openai in it.
 func TestDeepgramPaths(t *testing.T) {
-	h := newHarness(t, authEnv(nil), fakedeepgram.Options{Lenient: true})
+	h := newHarness(t, authEnv(nil), fakedeepgram.Options{})
 	base := "ws" + strings.TrimPrefix(h.srv.URL, "http")
 	token := userToken(t, "paths-user")
 	for _, tc := range []struct{ path, query, upPath, upQuery string }{
@@ -91,7 +91,7 @@ func TestDeepgramPaths(t *testing.T) {
 // TestDeepgramPathsPlainHTTP: a plain GET of a Deepgram path is the
 // WebSocket route's 426, as on PROXY_PATH; the probes keep their routes.
 func TestDeepgramPathsPlainHTTP(t *testing.T) {
-	h := newHarness(t, nil, fakedeepgram.Options{Lenient: true})
+	h := newHarness(t, nil, fakedeepgram.Options{})
 	for path, want := range map[string]int{"/relay/v1/agent/converse": 426, "/v1/listen": 426, "/healthz": 200, "/nope": 404} {
 		if resp := get(t, h.srv.URL+path, nil); resp.StatusCode != want {
 			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)

@@ -18,11 +18,10 @@ import (
 // session that would pass it gets RELAY_BUSY and 1013, and another user is
 // not affected.
 func TestTextBudgetUserShare(t *testing.T) {
-	policy := pinnedPolicy
-	// Lenient: the test reads a text message's relayed length from its
-	// echo, and a policy lets only Deepgram's own types through, none of
-	// which Deepgram echoes.
-	h := newHarness(t, authEnv(map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "1000"}), fakedeepgram.Options{Lenient: true})
+	// The test reads a text message's relayed length from its echo: the
+	// policy lets the fake's Fake.Echo control through.
+	policy := echoPolicy
+	h := newHarness(t, authEnv(map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "1000"}), fakedeepgram.Options{})
 	alice, bob := userToken(t, "alice"), userToken(t, "bob")
 	unfinished := clientFrame(0x01, bytes.Repeat([]byte("a"), 900)) // text, FIN=0
 	a1, a2 := h.rawDial("token="+alice), h.rawDial("token="+alice)
@@ -36,7 +35,7 @@ func TestTextBudgetUserShare(t *testing.T) {
 	a3.expectClose(websocket.StatusTryAgainLater)
 
 	b := h.rawDial("token=" + bob)
-	msg := []byte(`{"type":"InjectUserMessage","content":"` + strings.Repeat("b", 859) + `"}`)
+	msg := []byte(`{"content":"` + strings.Repeat("b", 867) + `","type":"Fake.Echo"}`)
 	b.send(clientFrame(0x81, msg))
 	if op, p := b.read(); op != wspipe.OpText || len(p) != len(msg) {
 		t.Fatalf("bob's echo: opcode %x, %d bytes", op, len(p))
@@ -114,14 +113,13 @@ func TestTextGatherTimeout(t *testing.T) {
 // pass it ends its session with 1013 (try again); once a message is through,
 // its bytes are free again.
 func TestTextBudget(t *testing.T) {
-	policy := pinnedPolicy
-	// Lenient, as in TestTextBudgetUserShare: echoes give the relayed
-	// lengths.
-	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{Lenient: true})
+	// Echoes give the relayed lengths, as in TestTextBudgetUserShare.
+	policy := echoPolicy
+	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
 	h.relay.texts.client.limit = 1000
 	// inject is a client message of n bytes the policy passes.
 	inject := func(n int) []byte {
-		return []byte(`{"type":"InjectUserMessage","content":"` + strings.Repeat("a", n-41) + `"}`)
+		return []byte(`{"content":"` + strings.Repeat("a", n-33) + `","type":"Fake.Echo"}`)
 	}
 	msg := inject(700)
 	first := h.rawDial("")
@@ -153,3 +151,7 @@ func TestTextBudget(t *testing.T) {
 
 // held is what both pools of the text budget hold.
 func (b *textBudget) held() int64 { return b.client.used.Load() + b.upstream.used.Load() }
+
+// echoPolicy pins one value and lets the fake's Fake.Echo control pass, for
+// tests that read what the relay sent on from its echo.
+const echoPolicy = `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}},"messages":["Fake.Echo"]}`

@@ -129,13 +129,13 @@ func (p *settingsPolicy) checkSettings(m map[string]any) policyVerdict {
 		return policyVerdict{refused: firstPath(found) + " is not allowed"}
 	}
 	for k, sv := range p.set {
-		if storedAgent && k == "agent" {
-			continue // never merged into: it is not an object
-		}
 		for ck := range m {
 			if ck != k && strings.EqualFold(ck, k) {
 				delete(m, ck)
 			}
+		}
+		if storedAgent && k == "agent" {
+			continue // never merged into: it is not an object
 		}
 		m[k] = mergePinned(m[k], sv)
 	}

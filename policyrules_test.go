@@ -110,6 +110,11 @@ func TestPolicyStoredAgent(t *testing.T) {
 		if got := sent(t, v); got["agent"] != listed || !reflect.DeepEqual(got["tags"], []any{"relay"}) {
 			t.Errorf("a listed id: %s (refused %q)", v.out, v.refused)
 		}
+		// A key that a case-folding decoder would read as agent goes.
+		v = p.check([]byte(`{"type":"Settings","audio":{},"agent":"`+listed+`","Agent":{"greeting":"hi"}}`), "agent")
+		if got := sent(t, v); got != nil && got["Agent"] != nil {
+			t.Errorf("a listed id beside Agent: %s", v.out)
+		}
 		// Not listed: a violation; stripped, the pins take its place.
 		v = p.check([]byte(`{"type":"Settings","audio":{},"agent":"`+other+`"}`), "agent")
 		if refuse {

@@ -225,8 +225,9 @@ type dialed struct {
 
 // dial connects to Deepgram's service, trying again where another try can
 // meet another answer; log carries the session's attributes for the retry
-// lines.
-func (rl *relay) dial(ctx context.Context, service string, up upstream, forwarded string, log *slog.Logger) dialed {
+// lines. A probe (g.probe) tries once: it asks whether Deepgram is back, and
+// while an outage is known no session adds retries to it.
+func (rl *relay) dial(ctx context.Context, service string, up upstream, forwarded string, log *slog.Logger, g gate) dialed {
 	ctx, cancel := context.WithTimeout(ctx, rl.dialTimeout)
 	defer cancel()
 	start := time.Now()
@@ -237,7 +238,7 @@ func (rl *relay) dial(ctx context.Context, service string, up upstream, forwarde
 		d.tries = try + 1
 		d.conn, d.handoff, resp, err = rl.dialOnce(ctx, up, forwarded)
 		cause := retryCause(resp, err)
-		if err == nil || cause == "" || try == rl.cfg.UpstreamRetries {
+		if err == nil || cause == "" || try >= rl.cfg.UpstreamRetries || g.probe || g.o.isDown() {
 			break
 		}
 		// Nothing was opened at Deepgram, so trying again is safe; the

@@ -228,7 +228,11 @@ func (rl *relay) routes() http.Handler {
 			_, _ = io.WriteString(w, "draining\n")
 			return
 		}
-		_, _ = io.WriteString(w, "ready\n")
+		// An outage of Deepgram is detail, not unreadiness: every instance
+		// sees it at once, and a platform that took them all out of
+		// rotation would answer clients with its own error page in place
+		// of the relay's UPSTREAM_UNAVAILABLE and Retry-After.
+		_, _ = io.WriteString(w, "ready\n"+rl.agentOutage.status(time.Now())+rl.listenOutage.status(time.Now()))
 	})
 	for _, p := range proxyPatterns(rl.cfg.ProxyPath) {
 		mux.Handle(p, rl)

@@ -31,6 +31,8 @@ type metrics struct {
 	upstreamErrors   *prometheus.CounterVec
 	authFailures     *prometheus.CounterVec
 	refusals         *prometheus.CounterVec
+	refusalsRepeated *prometheus.CounterVec
+	upstreamDown     *prometheus.GaugeVec
 	policyViolations *prometheus.CounterVec
 	drains           prometheus.Counter
 	draining         prometheus.Gauge
@@ -86,6 +88,12 @@ func newMetrics(version string) *metrics {
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dgrelay_refusals_total", Help: "Sessions refused by a limit or check (origin, rate, user_sessions, quota, limits_unavailable, instance_full, draining).",
 		}, []string{"reason"}),
+		refusalsRepeated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_refusals_repeated_total", Help: "Refusals answered before the upgrade (HTTP 401, 429, 503 with Retry-After) because the same identity met the same refusal within 30 s, by reason (token_expired, token_invalid, ..., user_sessions, rate, quota, upstream_down).",
+		}, []string{"reason"}),
+		upstreamDown: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dgrelay_upstream_down", Help: "1 while dials to Deepgram's service are held after failing in a row: sessions are refused with UPSTREAM_UNAVAILABLE, one at a time probes.",
+		}, []string{"service"}),
 		policyViolations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dgrelay_settings_policy_violations_total", Help: "Client fields the Settings policy stripped, or messages it refused, by action.",
 		}, []string{"action"}),
@@ -113,8 +121,11 @@ func newMetrics(version string) *metrics {
 		c.messages, c.bytes = m.messages.WithLabelValues(dir), m.bytes.WithLabelValues(dir)
 	}
 	build.Set(1)
+	for _, service := range []string{"agent", "transcription"} {
+		m.upstreamDown.WithLabelValues(service).Set(0) // shown before any outage
+	}
 	m.registry.MustRegister(m.sessionsActive, m.sessionsTotal, m.sessionDuration, m.closeCodes, m.bytes, m.messages,
-		m.dialDuration, m.dialRetries, m.upstreamErrors, m.authFailures, m.refusals, m.policyViolations, m.drains, m.draining,
+		m.dialDuration, m.dialRetries, m.upstreamErrors, m.authFailures, m.refusals, m.refusalsRepeated, m.upstreamDown, m.policyViolations, m.drains, m.draining,
 		m.redisAdmission, m.redisErrors, m.redisFallback, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

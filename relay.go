@@ -47,6 +47,12 @@ type relay struct {
 	tryPage map[string]tryAsset
 	// dialTimeout is upstreamDialTimeout; tests shorten it.
 	dialTimeout time.Duration
+	// refused remembers recent refusals, so that their repeats are
+	// answered before the upgrade (refusals.go).
+	refused *refusalMemory
+	// agentOutage and listenOutage hold dials while Deepgram's endpoint
+	// is known to be down (outage.go).
+	agentOutage, listenOutage *outage
 	// draining is set by the first shutdown signal: new upgrades get 503.
 	draining atomic.Bool
 	// dials ends at the drain deadline (endDials), cutting short the dials
@@ -94,25 +100,28 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 	quota := time.Duration(cfg.MaxUserSecondsPerDay) * time.Second
 	renewEvery := leaseRenewEvery
 	rl := &relay{
-		cfg:         cfg,
-		policy:      policy,
-		scrub:       newScrubber(apiKey, secrets),
-		auth:        auth,
-		origins:     origins,
-		users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute, quota, cfg.MaxMessageBytes),
-		shared:      shared,
-		quota:       quota,
-		renewEvery:  renewEvery,
-		userHashKey: userHashKey(apiKey),
-		watchdog:    newWatchdog(cfg.IdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout, quotaStep(quota, renewEvery)),
-		metrics:     m,
-		stopped:     make(chan struct{}),
-		log:         log,
-		dialTimeout: upstreamDialTimeout,
-		texts:       newTextBudget(cfg.MaxMessageBytes),
-		agent:       agent,
-		listen:      listen,
-		dialOpts:    newDialOptions(apiKey),
+		cfg:          cfg,
+		policy:       policy,
+		scrub:        newScrubber(apiKey, secrets),
+		auth:         auth,
+		origins:      origins,
+		users:        newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute, quota, cfg.MaxMessageBytes),
+		shared:       shared,
+		quota:        quota,
+		renewEvery:   renewEvery,
+		userHashKey:  userHashKey(apiKey),
+		watchdog:     newWatchdog(cfg.IdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout, quotaStep(quota, renewEvery)),
+		metrics:      m,
+		stopped:      make(chan struct{}),
+		log:          log,
+		dialTimeout:  upstreamDialTimeout,
+		texts:        newTextBudget(cfg.MaxMessageBytes),
+		agent:        agent,
+		listen:       listen,
+		dialOpts:     newDialOptions(apiKey),
+		refused:      newRefusalMemory(refusalEntries, refusalWindow),
+		agentOutage:  &outage{service: "agent"},
+		listenOutage: &outage{service: "transcription"},
 	}
 	if cfg.TryPage {
 		if rl.tryPage, err = tryPageAssets(cfg.ProxyPath, auth.enabled()); err != nil {
@@ -131,6 +140,8 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 	ctx, stop := context.WithCancel(context.Background())
 	rl.stop = func() { stop(); auth.stop(); rl.endDials() }
 	go rl.watch(ctx)
+	rl.background.Add(1)
+	go rl.summarizeRefusals(ctx, refusalSummaryEvery)
 	if shared != nil || quota > 0 {
 		rl.background.Add(1)
 		go rl.renewals(ctx)
@@ -178,7 +189,11 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			f := errTokenInvalid
 			errors.As(err, &f)
-			rl.refuseUpgraded(w, r, s, f.end, "token_"+f.label)
+			// No identity: the address and the credential, hashed (a
+			// token is never stored), so that another user at the same
+			// address, or this one with a fresh token, is not affected.
+			who := "ip:" + s.remote + " token:" + userKey(rl.userHashKey, "token\x00"+token)[:12]
+			rl.refuse(w, r, s, f.end, "token_"+f.label, who, refusalRetryAfter)
 			return
 		}
 		s.user, s.identity = sub, "sub:"+sub
@@ -190,16 +205,25 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		forwarded = taggedQuery(forwarded, s.usageTag)
 	}
 
+	// Before admission: a session held by an outage must not spend its
+	// user's rate, or the user would be rate limited when Deepgram is back.
+	g := rl.outageFor(service).gate(s.started)
+	if !g.ok {
+		rl.refuse(w, r, s, refuseUpstreamUnavailable, "upstream_down", s.identity, g.wait)
+		return
+	}
 	a, refused, draining := rl.admit(s)
 	switch {
 	case draining:
+		g.abandon()
 		rl.refuseDraining(w, r)
 		return
 	case a == nil:
-		rl.refuseUpgraded(w, r, s, refused, refused.cause)
+		g.abandon()
+		rl.refuse(w, r, s, refused, refused.cause, s.identity, retryAfterFor(refused, s.started))
 		return
 	}
-	if !rl.open(w, r, s, up, forwarded) {
+	if !rl.open(w, r, s, up, forwarded, g) {
 		a.release()
 		return
 	}
@@ -211,7 +235,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // open connects s: Deepgram first, then the client's upgrade. It reports
 // whether both are up; when not, it has answered the client.
-func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up upstream, forwarded string) bool {
+func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up upstream, forwarded string, g gate) bool {
 	// The upstream is dialled before the client's upgrade is accepted: the
 	// browser cannot send until its socket opens, so the Settings it sends
 	// the instant it does always find Deepgram connected, with no buffer
@@ -221,8 +245,9 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	defer context.AfterFunc(rl.dials, cancel)()
-	d := rl.dial(ctx, s.service, up, forwarded, s.log().With("session", s.id))
+	d := rl.dial(ctx, s.service, up, forwarded, s.log().With("session", s.id), g)
 	s.dialTries, s.dialTime, s.dgRequestID = d.tries, d.took, d.requestID
+	rl.dialed(s, g, d)
 	switch {
 	case rl.sessions.isClosed():
 		// The drain deadline passed during the dial. The client is not

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// An outage is known, not rediscovered per attempt. Without this, every
+// session dialled Deepgram while it was down (twice with UPSTREAM_RETRIES=1:
+// 30 attempts made 60 dials) and every client waited for its own dials to
+// fail. After outageAfter failed tries in a row, sessions are refused at
+// once with UPSTREAM_UNAVAILABLE for a hold that doubles from outageFirstHold
+// to outageMaxHold; when it passes, one session dials as the probe (one try,
+// no retries) while the others are still refused; its success ends the
+// outage. Sessions are the probes, so an idle relay opens no Deepgram
+// connection of its own, and the first session after Deepgram is back waits
+// at most outageMaxHold.
+
+const (
+	// outageAfter is how many dial tries in a row must fail (a refused or
+	// cut connection, no answer, or Deepgram's 502, 503 or 504) before
+	// dials are held: one session's tries with UPSTREAM_RETRIES=1.
+	outageAfter = 2
+	// outageFirstHold is the first hold; each failed probe doubles it.
+	outageFirstHold = 500 * time.Millisecond
+	// outageMaxHold bounds the hold, and so how long after Deepgram is back
+	// a session may still be refused.
+	outageMaxHold = 4 * time.Second
+)
+
+// outage is one Deepgram service's state as its dials have found it. It is
+// touched once per session start, never per frame.
+type outage struct {
+	service string
+	mu      sync.Mutex
+	// failures counts failed dial tries since the last success.
+	failures int
+	// down is set once failures reach outageAfter; since is when.
+	down  bool
+	since time.Time
+	// hold is the current interval; no session dials before until.
+	hold  time.Duration
+	until time.Time
+	// probing: a session is dialling as the probe.
+	probing bool
+	// refused counts sessions refused without a dial in this outage.
+	refused int
+}
+
+// gate is a session's pass to dial: ok, or refused with the time until the
+// next probe; probe marks the one session that tests Deepgram.
+type gate struct {
+	o     *outage
+	ok    bool
+	probe bool
+	wait  time.Duration
+}
+
+// gate says whether a session may dial now.
+func (o *outage) gate(now time.Time) gate {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case !o.down:
+		return gate{o: o, ok: true}
+	case o.probing || now.Before(o.until):
+		o.refused++
+		return gate{o: o, wait: max(o.until.Sub(now), outageFirstHold)}
+	}
+	o.probing = true
+	return gate{o: o, ok: true, probe: true}
+}
+
+// abandon gives a probe's turn back when its session did not dial (the
+// client left, a limit refused it): the next session probes at once.
+func (g gate) abandon() {
+	if !g.probe {
+		return
+	}
+	g.o.mu.Lock()
+	g.o.probing = false
+	g.o.mu.Unlock()
+}
+
+// outageChange is what a dial's result did to the state, for its log line.
+type outageChange int
+
+const (
+	outageSame outageChange = iota
+	outageBegan
+	outageEnded
+)
+
+// report records a dial's result: tries failed tries and whether Deepgram
+// answered in the end (answered: a 101, or any status but 502-504, which
+// says it is up even when it refuses). A dial cut short by the client
+// leaving says nothing and is abandon's.
+func (g gate) report(answered bool, tries int, now time.Time) (change outageChange, downFor time.Duration, refused int) {
+	o := g.o
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if g.probe {
+		o.probing = false
+	}
+	if answered {
+		o.failures = 0
+		if !o.down {
+			return outageSame, 0, 0
+		}
+		downFor, refused = now.Sub(o.since), o.refused
+		o.down, o.hold, o.refused = false, 0, 0
+		return outageEnded, downFor, refused
+	}
+	o.failures += tries
+	switch {
+	case g.probe && o.down:
+		o.hold = min(2*o.hold, outageMaxHold)
+		o.until = now.Add(o.hold)
+	case !o.down && o.failures >= outageAfter:
+		o.down, o.since, o.hold = true, now, outageFirstHold
+		o.until = now.Add(o.hold)
+		return outageBegan, 0, 0
+	}
+	return outageSame, 0, 0
+}
+
+// isDown reports whether dials are held: a session's retry loop stops
+// there rather than adding its tries to an outage already known.
+func (o *outage) isDown() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.down
+}
+
+// status is the /readyz detail line for the service.
+func (o *outage) status(now time.Time) string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.down {
+		return fmt.Sprintf("upstream %s: up\n", o.service)
+	}
+	next := "now"
+	if o.probing {
+		next = "probing"
+	} else if wait := o.until.Sub(now); wait > 0 {
+		next = "in " + wait.Round(time.Millisecond).String()
+	}
+	return fmt.Sprintf("upstream %s: down for %s, %d failed dials, %d sessions refused without a dial, next probe %s\n",
+		o.service, now.Sub(o.since).Round(time.Second), o.failures, o.refused, next)
+}
+
+// outageFor is the outage state of service's Deepgram endpoint.
+func (rl *relay) outageFor(service string) *outage {
+	if service == "transcription" {
+		return rl.listenOutage
+	}
+	return rl.agentOutage
+}
+
+// reachedDeepgram says whether a failed dial still heard Deepgram answer:
+// any HTTP status but the 502, 503 and 504 its front end gives while a
+// backend is away.
+func reachedDeepgram(f *upstreamFailure) bool {
+	switch f.status {
+	case 0, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return false
+	}
+	return true
+}
+
+// dialed reports s's dial to its gate, logs and counts an outage's start and
+// end, and says nothing when the client left during the dial.
+func (rl *relay) dialed(s *session, g gate, d dialed) {
+	if d.failure != nil && d.failure.cancelled {
+		g.abandon()
+		return
+	}
+	answered := d.failure == nil || reachedDeepgram(d.failure)
+	failed := d.tries
+	if answered {
+		failed = 0
+	}
+	change, downFor, refused := g.report(answered, failed, time.Now())
+	switch change {
+	case outageBegan:
+		rl.metrics.upstreamDown.WithLabelValues(s.service).Set(1)
+		rl.log.Warn("upstream down: sessions are refused without a dial, one probes Deepgram", "service", s.service,
+			"failed_dials", failed, "hold_ms", outageFirstHold.Milliseconds())
+	case outageEnded:
+		rl.metrics.upstreamDown.WithLabelValues(s.service).Set(0)
+		rl.log.Info("upstream back", "service", s.service, "down_ms", downFor.Milliseconds(), "refused_without_dial", refused)
+	}
+}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"cmp"
+	"container/list"
+	"context"
+	"math"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Refusals that clients back off from. A refusal told in band (upgrade, Error
+// frame, close) lets the app say why, but it also opens a socket, and
+// Deepgram's browser agent SDK resets its attempt counter on every socket
+// that opens: refused after the upgrade, it retries at once, forever (one
+// tab: 779 sockets in 20 s). Refused before the upgrade, it backs off (0.5,
+// 1, 2, 4.6, 8.9 s). So the first refusal of a kind for an identity is told
+// in band, and its repeats within refusalWindow get the HTTP status with
+// Retry-After: no upgrade, no dial, no log line each, a summary a minute.
+
+const (
+	// refusalWindow is how long after a refusal its repeat is answered
+	// before the upgrade. It slides: a client retrying forever is never
+	// told in band again, one that comes back after a pause is.
+	refusalWindow = 30 * time.Second
+	// refusalEntries bounds the memory of refusals: about 300 B each, so
+	// 3 MB at most, however many distinct tokens a client makes up; the
+	// least recently refused goes first.
+	refusalEntries = 10_000
+	// refusalSummaryEvery is how often repeated refusals are logged.
+	refusalSummaryEvery = time.Minute
+	// refusalSummaryLines bounds a summary: the most repeated, then one
+	// line with the rest counted.
+	refusalSummaryLines = 20
+	// refusalRetryAfter is the Retry-After of a repeated refusal whose
+	// end the relay cannot tell (a token, a user's sessions, its rate).
+	refusalRetryAfter = 10 * time.Second
+)
+
+// refusalMemory remembers recent refusals by who was refused and why. It is
+// touched once per refused request, never per frame or session.
+type refusalMemory struct {
+	mu      sync.Mutex
+	entries map[string]*list.Element // refusalEntry by key
+	order   *list.List               // front: most recently refused
+	max     int
+	window  time.Duration
+	// evicted counts entries pushed out by newer ones since the last
+	// summary: a sign that someone makes up credentials.
+	evicted int
+}
+
+// refusalEntry is one remembered refusal.
+type refusalEntry struct {
+	key     string
+	who     string // the identity, or the address and the credential's hash
+	reason  string // the refusal's label: token_expired, user_sessions, ...
+	last    time.Time
+	repeats int // answered before the upgrade since the last summary
+}
+
+// newRefusalMemory holds at most max refusals, each for window after its
+// last repeat.
+func newRefusalMemory(max int, window time.Duration) *refusalMemory {
+	return &refusalMemory{entries: make(map[string]*list.Element), order: list.New(), max: max, window: window}
+}
+
+// repeat records a refusal of reason for who at now and reports whether it
+// repeats one within the window (to be answered before the upgrade).
+func (m *refusalMemory) repeat(who, reason string, now time.Time) bool {
+	key := reason + "\x00" + who
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if el, ok := m.entries[key]; ok {
+		e := el.Value.(*refusalEntry)
+		repeated := now.Sub(e.last) < m.window
+		e.last = now
+		if repeated {
+			e.repeats++
+		}
+		m.order.MoveToFront(el)
+		return repeated
+	}
+	for m.order.Len() >= m.max {
+		oldest := m.order.Back()
+		delete(m.entries, oldest.Value.(*refusalEntry).key)
+		m.order.Remove(oldest)
+		m.evicted++
+	}
+	m.entries[key] = m.order.PushFront(&refusalEntry{key: key, who: who, reason: reason, last: now})
+	return false
+}
+
+// len is how many refusals are remembered.
+func (m *refusalMemory) len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.order.Len()
+}
+
+// take returns the entries repeated since the last call (copies, most
+// repeated first) and the evictions, resets their counts and forgets
+// entries whose window has passed.
+func (m *refusalMemory) take(now time.Time) (repeated []refusalEntry, evicted int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for el := m.order.Back(); el != nil; {
+		e, prev := el.Value.(*refusalEntry), el.Prev()
+		if e.repeats > 0 {
+			repeated = append(repeated, *e)
+			e.repeats = 0
+		}
+		if now.Sub(e.last) >= m.window {
+			delete(m.entries, e.key)
+			m.order.Remove(el)
+		}
+		el = prev
+	}
+	evicted, m.evicted = m.evicted, 0
+	slices.SortStableFunc(repeated, func(a, b refusalEntry) int { return cmp.Compare(b.repeats, a.repeats) })
+	return repeated, evicted
+}
+
+// summarizeRefusals logs the repeated refusals every period until ctx ends.
+func (rl *relay) summarizeRefusals(ctx context.Context, every time.Duration) {
+	defer rl.background.Done()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			rl.logRefusalSummary(now, every)
+		}
+	}
+}
+
+// logRefusalSummary writes one line per identity and reason repeated in the
+// last period (refusalSummaryLines at most, the most repeated), then one
+// line with the rest.
+func (rl *relay) logRefusalSummary(now time.Time, period time.Duration) {
+	repeated, evicted := rl.refused.take(now)
+	var restWho, restRepeats int
+	for i, e := range repeated {
+		if i >= refusalSummaryLines {
+			restWho++
+			restRepeats += e.repeats
+			continue
+		}
+		rl.log.Info("refusals repeated", "who", e.who, "refusal", e.reason, "repeats", e.repeats, "period_s", int(period.Seconds()))
+	}
+	if restWho > 0 || evicted > 0 {
+		rl.log.Info("refusals repeated, the rest", "who", restWho, "repeats", restRepeats, "forgotten", evicted, "period_s", int(period.Seconds()))
+	}
+}
+
+// refuse answers a refused request: in band the first time (refuseUpgraded:
+// upgrade, Error frame, close, a log line), before the upgrade with e's HTTP
+// status and Retry-After when who met the same refusal within the window.
+// label names the refusal in the memory, the metrics and the logs.
+func (rl *relay) refuse(w http.ResponseWriter, r *http.Request, s *session, e ending, label, who string, retryAfter time.Duration) {
+	if !rl.refused.repeat(who, label, time.Now()) {
+		rl.refuseUpgraded(w, r, s, e, label)
+		return
+	}
+	rl.metrics.refusalsRepeated.WithLabelValues(label).Inc()
+	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(retryAfter, time.Second).Seconds()))))
+	http.Error(w, e.client.reason+" (as before; retry later)", httpStatusOf(e))
+}
+
+// httpStatusOf is the HTTP status that says before the upgrade what e's
+// close code says after it.
+func httpStatusOf(e ending) int {
+	switch e.client.code {
+	case 4401:
+		return http.StatusUnauthorized
+	case 4429:
+		return http.StatusTooManyRequests
+	}
+	return http.StatusServiceUnavailable // 1013, 1014: try again later
+}
+
+// untilUTCMidnight is how long a daily quota stays spent.
+func untilUTCMidnight(now time.Time) time.Duration {
+	now = now.UTC()
+	y, mo, d := now.Date()
+	return time.Date(y, mo, d+1, 0, 0, 0, 0, time.UTC).Sub(now)
+}
+
+// retryAfterFor is the Retry-After of a repeated refusal by a limit: the
+// daily quota's until midnight UTC, the others' refusalRetryAfter.
+func retryAfterFor(e ending, now time.Time) time.Duration {
+	if e.cause == refuseQuota.cause {
+		return untilUTCMidnight(now)
+	}
+	return refusalRetryAfter
+}

@@ -18,8 +18,13 @@ import (
 // The README's configuration table mirrors this struct; a test holds the two
 // together.
 type Config struct {
-	// Port is the public listener: 0.0.0.0:PORT, as Cloud Run injects it.
+	// Port is the public listener's port, as Cloud Run injects it.
 	Port int `env:"PORT, default=8080"`
+	// ListenHost is the address PORT listens on: empty for every interface
+	// with authentication and for this machine alone without it (a relay
+	// without tokens spends the key for anyone who reaches it); localhost, or
+	// an IP address (0.0.0.0 for every interface), says so outright.
+	ListenHost string `env:"LISTEN_HOST"`
 
 	// DeepgramAPIKey is the key itself (Fly secrets, Cloud Run --set-secrets,
 	// local runs). Exactly one of it and DeepgramAPIKeySecret is set.
@@ -36,9 +41,12 @@ type Config struct {
 	// ListenURL is the upstream for service=transcription.
 	ListenURL string `env:"DEEPGRAM_LISTEN_URL, default=wss://api.deepgram.com/v1/listen"`
 
-	// MetricsPort serves Prometheus metrics on 0.0.0.0:METRICS_PORT/metrics,
-	// apart from the public port (0: off).
+	// MetricsPort serves Prometheus metrics on METRICS_PORT/metrics, apart
+	// from the public port (0: off).
 	MetricsPort int `env:"METRICS_PORT, default=9091"`
+	// MetricsHost is the address METRICS_PORT listens on: this machine alone
+	// unless a scraper elsewhere needs it (fly.toml sets :: for Fly's).
+	MetricsHost string `env:"METRICS_HOST, default=localhost"`
 
 	// EnablePprof serves Go's /debug/pprof on METRICS_PORT, for profiling a
 	// live relay; it is never on the public port.
@@ -194,6 +202,12 @@ func (c *Config) validate() error {
 	}
 	if c.MetricsPort < 0 || c.MetricsPort > 65535 || (c.MetricsPort != 0 && c.MetricsPort == c.Port) {
 		return fmt.Errorf("METRICS_PORT: %d must be a TCP port other than PORT, or 0 for none", c.MetricsPort)
+	}
+	if err := checkListenHost("LISTEN_HOST", c.ListenHost); err != nil {
+		return err
+	}
+	if err := checkListenHost("METRICS_HOST", c.MetricsHost); err != nil {
+		return err
 	}
 	for _, u := range []struct{ name, value string }{
 		{"DEEPGRAM_AGENT_URL", c.AgentURL},

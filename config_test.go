@@ -20,6 +20,7 @@ func TestConfigDefaults(t *testing.T) {
 	want := Config{
 		Port:            8080,
 		MetricsPort:     9091,
+		MetricsHost:     "localhost",
 		AgentURL:        "wss://agent.deepgram.com/v1/agent/converse",
 		ListenURL:       "wss://api.deepgram.com/v1/listen",
 		ProxyPath:       "/ws/deepgram-proxy/",

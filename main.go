@@ -8,12 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -112,30 +110,46 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		log.Warn(name+" is ws://: the Deepgram key crosses the network unencrypted", "variable", name)
 	}
 
-	ln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
+	if w := cfg.idleWarning(); w != "" {
+		log.Warn(w)
+	}
+
+	hosts, listenWhy := cfg.publicListen(rl.auth.enabled())
+	lns, err := listenOn(hosts, cfg.Port)
 	if err != nil {
 		log.Error("dgrelay cannot start", "error", fmt.Errorf("listen on port %d: %w", cfg.Port, err).Error())
 		return 1
 	}
 	srv := rl.httpServer()
-	serveErr := make(chan error, 2)
-	go func() { serveErr <- srv.Serve(ln) }()
+	// Room for every Serve's return, so that none blocks after the select:
+	// the metrics listeners are at most the loopback pair.
+	serveErr := make(chan error, len(lns)+len(loopbackHosts))
+	for _, ln := range lns {
+		go func() { serveErr <- srv.Serve(ln) }()
+	}
+	metricsAt := "off"
 	if cfg.MetricsPort != 0 {
-		mln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.MetricsPort))
+		mlns, err := listenOn(cfg.metricsListen(), cfg.MetricsPort)
 		if err != nil {
 			log.Error("dgrelay cannot start", "error", fmt.Errorf("METRICS_PORT: listen on %d: %w", cfg.MetricsPort, err).Error())
 			_ = srv.Close()
 			return 1
 		}
 		msrv := rl.metricsServer()
-		go func() { serveErr <- msrv.Serve(mln) }()
+		for _, ln := range mlns {
+			go func() { serveErr <- msrv.Serve(ln) }()
+		}
 		defer msrv.Close()
+		metricsAt = listenAddrs(mlns)
 	}
 
 	log.Info("dgrelay started",
 		"version", version,
 		"port", cfg.Port,
+		"listen", listenAddrs(lns),
+		"listen_why", listenWhy,
 		"metrics_port", cfg.MetricsPort,
+		"metrics_listen", metricsAt,
 		"path", cfg.ProxyPath,
 		"agent_upstream", rl.agent.host,
 		"listen_upstream", rl.listen.host,

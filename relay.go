@@ -198,7 +198,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.user, s.identity = sub, "sub:"+sub
 	} else {
-		s.identity = "ip:" + s.remote
+		s.identity = addressIdentity(s.remote)
 	}
 	s.userKey = userKey(rl.userHashKey, s.identity)
 	if s.usageTag = rl.usageTagFor(s.userKey); s.usageTag != "" && service == "transcription" {

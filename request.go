@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"path"
 	"strconv"
@@ -134,17 +135,19 @@ func headerTokens(h http.Header, name string) []string {
 }
 
 // originChecker allows a browser's Origin by the coder/websocket
-// OriginPatterns rules: the relay's own host always, else a pattern match
-// on host[:port] (or scheme://host when the pattern has a scheme). A request
-// without Origin is not from a browser and passes, to meet authentication.
-// The own host is safe to allow because a browser writes both Host and Origin
-// and a page can change neither; only DNS rebinding could make them agree
-// for a foreign page, and the platforms' front ends (TLS for configured
-// hostnames only) stop that. The README's origin section says so at length.
+// OriginPatterns rules (a pattern match on host[:port], or on scheme://host
+// when the pattern has a scheme), and a page on the request's own host when
+// that host is this machine (isLoopbackHost). A request without Origin is not
+// from a browser and passes, to meet authentication. The own host is not
+// allowed in general: a DNS-rebinding page (its name pointed at the relay's
+// address) sends its own name as both Host and Origin, so the two agree for
+// a foreign page. The README's origin section says so at length.
 type originChecker struct {
 	patterns []string
 }
 
+// newOriginChecker checks ALLOWED_ORIGINS' patterns once, so that a bad one
+// stops the start instead of refusing every browser.
 func newOriginChecker(patterns []string) (*originChecker, error) {
 	for _, p := range patterns {
 		if _, err := path.Match(strings.ToLower(p), ""); err != nil {
@@ -154,6 +157,7 @@ func newOriginChecker(patterns []string) (*originChecker, error) {
 	return &originChecker{patterns: patterns}, nil
 }
 
+// allowed reports whether r's Origin may open a session.
 func (oc *originChecker) allowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
@@ -163,7 +167,7 @@ func (oc *originChecker) allowed(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	if strings.EqualFold(r.Host, u.Host) {
+	if strings.EqualFold(r.Host, u.Host) && isLoopbackHost(u.Hostname()) {
 		return true
 	}
 	for _, p := range oc.patterns {
@@ -176,6 +180,20 @@ func (oc *originChecker) allowed(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// isLoopbackHost reports whether host, a URL's hostname, names this machine
+// whatever DNS says: "localhost" (browsers resolve it to loopback themselves,
+// RFC 6761 and WHATWG's "potentially trustworthy origin") or a loopback
+// address (127.0.0.0/8, ::1). A rebinding page cannot be served from such a
+// name: its attacker controls no server there. "*.localhost" is left out:
+// not every client keeps it off DNS.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, hostLocal) {
+		return true
+	}
+	addr, err := netip.ParseAddr(host)
+	return err == nil && addr.Unmap().IsLoopback()
 }
 
 // originFix says what to add to ALLOWED_ORIGINS for origin to pass. The
@@ -193,6 +211,23 @@ func originFix(origin string) string {
 	}
 	entry := strings.NewReplacer("[", `\[`, "]", `\]`).Replace(u.Host)
 	return "to allow this page, add " + entry + " to ALLOWED_ORIGINS (comma-separated; the port is part of the origin)"
+}
+
+// addressIdentity is the identity of a client without a token, from its
+// address: an IPv4 address as it is, an IPv6 one by its /64. One host is
+// routinely given a whole /64 (SLAAC, privacy addresses, every cloud VM's
+// range), so counting single IPv6 addresses would let it be 2^64 users to
+// the per-user limits. An IPv4-mapped address counts as its IPv4 address.
+func addressIdentity(ip string) string {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return "ip:" + ip
+	}
+	addr = addr.Unmap().WithZone("")
+	if addr.Is4() {
+		return "ip:" + addr.String()
+	}
+	return "ip:" + netip.PrefixFrom(addr, 64).Masked().String()
 }
 
 // clientIP is the caller's address: from the header of the platform proxy

@@ -290,40 +290,36 @@ func checkEndpoints(v any, at policyRef) error {
 	return nil
 }
 
-// sealBlocks binds every resolved reference to the address it goes to.
-// One inside an endpoint goes to that endpoint's url, which checkEndpoints
-// made sure the policy pins. One elsewhere in a think or speak block (a
-// provider's credentials, a function's description) goes to that block's
-// provider through the block's endpoint: if the policy pins no endpoint
-// there, the client may not set one (the block is sealed: mergePinned
-// removes the client's). A reference anywhere else (a greeting, the
-// context, tags) would reach whatever provider the client names, so the
-// policy is refused.
+// sealBlocks binds every resolved reference to the address it goes to. A
+// reference may stand only in an endpoint or a provider under agent.think,
+// agent.speak or agent.listen (a function's endpoint among them): anywhere
+// else (a prompt, a function's description, a greeting, the context, tags)
+// its text would reach a model, whose words come back to the user in forms
+// no scrub can know, or whatever provider the client names; such a policy
+// is refused. One inside an endpoint goes to that endpoint's url, which
+// checkEndpoints made sure the policy pins. One in a provider (its
+// credentials) goes through the block's endpoint: if the policy pins no
+// endpoint there, the client may not set one (the block is sealed:
+// mergePinned removes the client's).
 func sealBlocks(set map[string]any, refs []policyRef) error {
 	for _, ref := range refs {
-		if slices.Contains(ref, any("endpoint")) {
-			continue
+		inEndpoint, inProvider := slices.Contains(ref, any("endpoint")), slices.Contains(ref, any("provider"))
+		if len(ref) < 2 || ref[0] != "agent" || (ref[1] != "think" && ref[1] != "speak" && ref[1] != "listen") || !inEndpoint && !inProvider {
+			return fmt.Errorf("SETTINGS_POLICY: %s: a ${secret:} or ${env:} value may stand only in an endpoint or a provider "+
+				"under agent.think, agent.speak or agent.listen, where the policy decides where it goes", displayPath("set", ref))
 		}
-		if len(ref) < 2 || ref[0] != "agent" || (ref[1] != "think" && ref[1] != "speak" && ref[1] != "listen") {
-			return fmt.Errorf("SETTINGS_POLICY: %s: a ${secret:} or ${env:} value may stand only under agent.think, "+
-				"agent.speak or agent.listen, where the policy decides where it goes", displayPath("set", ref))
-		}
-		if ref[1] == "listen" {
-			continue // Deepgram's own speech-to-text: it goes nowhere else
+		if inEndpoint || ref[1] == "listen" {
+			continue // its url is pinned; or Deepgram's own speech-to-text
 		}
 		// The block: agent.think itself, or its element in an array.
 		blockLen := 2
-		if len(ref) > 2 {
-			if _, ok := ref[2].(int); ok {
-				blockLen = 3
+		if _, ok := ref[2].(int); ok {
+			blockLen = 3
+		}
+		if block, ok := valueAt(set, ref[:blockLen]).(map[string]any); ok {
+			if _, pinned := block["endpoint"]; !pinned {
+				block["endpoint"] = sealed{}
 			}
-		}
-		block, ok := valueAt(set, ref[:blockLen]).(map[string]any)
-		if !ok {
-			continue // the reference is the block itself: a string, not sent to a provider
-		}
-		if _, pinned := block["endpoint"]; !pinned {
-			block["endpoint"] = sealed{}
 		}
 	}
 	return nil

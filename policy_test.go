@@ -128,10 +128,18 @@ func TestPolicyStrip(t *testing.T) {
 	if data := readUntil(t, c, "Fake.Echo"); bytes.Contains(data, []byte(llmKey)) || !bytes.Contains(data, []byte("[redacted]")) {
 		t.Fatalf("a secret reached the client: %s", data)
 	}
+	// A type the policy strips is logged by its name, cleaned of any
+	// secret the client spells in it.
+	write(t, c, websocket.MessageText, []byte(`{"type":"`+llmKey+`"}`))
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Echo"}`))
+	readUntil(t, c, "Fake.Echo")
 	c.Close(websocket.StatusNormalClosure, "")
 	h.relay.drain(time.Second)
 
 	logs := h.logs.String()
+	if !strings.Contains(logs, `"paths":["(message type [redacted])"]`) {
+		t.Errorf("the stripped type is not logged, redacted:\n%s", logs)
+	}
 	if !strings.Contains(logs, `"paths":["agent.listen","experimental"]`) {
 		t.Errorf("the stripped paths are not logged:\n%s", logs)
 	}
@@ -142,7 +150,7 @@ func TestPolicyStrip(t *testing.T) {
 	}
 	m := httptest.NewServer(h.relay.metricsServer().Handler)
 	defer m.Close()
-	if body := scrape(t, m.URL+"/metrics"); strings.Contains(body, llmKey) || !strings.Contains(body, `dgrelay_settings_policy_violations_total{action="strip"} 2`) {
+	if body := scrape(t, m.URL+"/metrics"); strings.Contains(body, llmKey) || !strings.Contains(body, `dgrelay_settings_policy_violations_total{action="strip"} 3`) {
 		t.Errorf("metrics: %s", body)
 	}
 }
@@ -482,6 +490,7 @@ func TestPolicyBypassStripped(t *testing.T) {
 			}
 		}
 		c.Close(websocket.StatusNormalClosure, "")
+		h.settled() // one session at a time: the per-user cap holds
 	}
 	// The escaped Settings, and those with a dotted or an empty key, are
 	// Settings: stripped, pinned, applied.

@@ -39,6 +39,13 @@ func (p *settingsPolicy) check(msg []byte, service string) policyVerdict {
 		why := "message refused: " + err.Error()
 		return p.violation(why, "("+why+")")
 	}
+	for k := range m {
+		if k != "type" && keyFold(k, "type") {
+			// Read as the type by a decoder that folds case, it could
+			// make the message another than the one judged here.
+			return p.violation(strconv.Quote(boundKey(k))+" reads as type", "("+boundKey(k)+" reads as type)")
+		}
+	}
 	if p.messages[service][typ] {
 		return p.encoded(m, nil)
 	}
@@ -60,18 +67,29 @@ func (p *settingsPolicy) check(msg []byte, service string) policyVerdict {
 		// the pinned text again each time. A pinned prompt is final.
 		return p.violation("UpdatePrompt: "+u.path+" is pinned", u.path+" (pinned)")
 	}
-	// Beside its own part an Update carries nothing a client may set.
+	// Beside its own part an Update carries nothing a client may set, and
+	// never a key that reads as its part.
 	var found []string
 	for k := range m {
-		if k != "type" && k != u.field && p.allow != nil {
+		switch {
+		case k == "type" || k == u.field:
+		case keyFold(k, u.field):
+			found = append(found, typ+"."+boundKey(k)+" (reads as "+u.field+")")
+			delete(m, k)
+		case p.allow != nil:
 			found = append(found, typ+"."+boundKey(k))
 			delete(m, k)
 		}
 	}
 	view, ok := m[u.field]
 	if ok {
+		steps := strings.Split(u.path, ".")
 		var kept bool
-		view, kept = p.walk(view, strings.Split(u.path, "."), u.path, &found)
+		view, kept = p.walk(view, steps, u.path, &found)
+		if kept {
+			view = checkPins(view, lookupPath(p.set, u.path), steps, &found)
+			kept = view != nil
+		}
 		if !kept {
 			delete(m, u.field)
 		}
@@ -125,12 +143,13 @@ func (p *settingsPolicy) checkSettings(m map[string]any) policyVerdict {
 			delete(m, k)
 		}
 	}
+	checkPins(m, p.set, nil, &found)
 	if len(found) > 0 && p.refuse {
 		return policyVerdict{refused: firstPath(found) + " is not allowed"}
 	}
 	for k, sv := range p.set {
 		for ck := range m {
-			if ck != k && strings.EqualFold(ck, k) {
+			if ck != k && keyFold(ck, k) {
 				delete(m, ck)
 			}
 		}

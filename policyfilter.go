@@ -24,7 +24,7 @@ func (s *session) policyFilter(msg []byte) wspipe.Verdict {
 		switch s.strippedLines++; {
 		case s.strippedLines <= maxStrippedLines:
 			s.log().Info("settings policy: stripped", "session", s.id, "user", s.user,
-				"paths", loggedPaths(v.stripped), "paths_total", len(v.stripped))
+				"paths", loggedPaths(v.stripped, s.relay.redact), "paths_total", len(v.stripped))
 		case s.strippedLines == maxStrippedLines+1:
 			s.log().Info("settings policy: stripped, and more this session; the metric counts them",
 				"session", s.id, "user", s.user)
@@ -60,11 +60,12 @@ const (
 )
 
 // loggedPaths is the first maxLoggedPaths of paths, each cut to
-// maxLoggedPathBytes at a character boundary and marked "…" where cut.
-func loggedPaths(paths []string) []string {
+// maxLoggedPathBytes at a character boundary and marked "…" where cut. The
+// keys are the client's: redact takes out any secret one spells.
+func loggedPaths(paths []string, redact func(string) string) []string {
 	out := make([]string, 0, min(len(paths), maxLoggedPaths))
 	for _, p := range paths[:min(len(paths), maxLoggedPaths)] {
-		out = append(out, loggedPath(p))
+		out = append(out, loggedPath(redact(p)))
 	}
 	return out
 }

@@ -198,7 +198,9 @@ func TestPolicySecretsBoundToTheirEndpoints(t *testing.T) {
 		`{"set":{"agent":{"think":{"endpoint":{"headers":{"authorization":"Bearer ${env:LLM_KEY}"}}}}}}`:         "set.agent.think.endpoint: an endpoint the policy sets must set its url",
 		`{"set":{"agent":{"speak":[{"endpoint":{"headers":{"x":"y"}}}]}}}`:                                       "set.agent.speak[0].endpoint",
 		`{"set":{"agent":{"think":{"functions":[{"name":"f","endpoint":{"headers":{"a":"${env:LLM_KEY}"}}}]}}}}`: "set.agent.think.functions[0].endpoint",
-		`{"set":{"agent":{"greeting":"${env:LLM_KEY}"}}}`:                                                        "set.agent.greeting: a ${secret:} or ${env:} value may stand only under",
+		`{"set":{"agent":{"greeting":"${env:LLM_KEY}"}}}`:                                                        "set.agent.greeting: a ${secret:} or ${env:} value may stand only in an endpoint or a provider",
+		`{"set":{"agent":{"think":{"prompt":"key ${env:LLM_KEY}"}}}}`:                                            "set.agent.think.prompt: a ${secret:}",
+		`{"set":{"tags":[{"endpoint":{"url":"https://x","headers":{"a":"${env:LLM_KEY}"}}}]}}`:                   "set.tags[0].endpoint.headers.a: a ${secret:}",
 	} {
 		_, err := loadPolicy(context.Background(), policy, envconfig.MapLookuper(env), nil)
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -328,5 +330,65 @@ func TestPolicyTranscriptionThroughRelay(t *testing.T) {
 			readUntil(t, c, "Metadata")
 			expectClose(t, c, websocket.StatusNormalClosure)
 		})
+	}
+}
+
+// The attacker's read of issue 21 (helper, built binary on loopback) found
+// these; each failed before its fix.
+
+// TestPolicyPinsOverArraysBounded: a pinned object is laid over at most
+// maxFallbacks elements; one megabyte of "{}," made 471 MB for Deepgram.
+func TestPolicyPinsOverArraysBounded(t *testing.T) {
+	bothWays(t, `{"set":{"agent":{"think":{"prompt":"`+strings.Repeat("p", 4000)+`"}}}}`, nil, func(t *testing.T, p *settingsPolicy, refuse bool) {
+		msg := []byte(`{"type":"Settings","audio":{},"agent":{"think":[` + strings.Repeat(`{},`, 10000) + `{}]}}`)
+		v := p.check(msg, "agent")
+		if refuse {
+			if !strings.Contains(v.refused, "agent.think (more than 8 elements under a pinned object)") {
+				t.Errorf("refused %q", v.refused)
+			}
+			return
+		}
+		if len(v.out) > 10000 || at(sent(t, v), "agent.think.prompt") == nil {
+			t.Errorf("%d bytes went on (stripped %v)", len(v.out), v.stripped)
+		}
+		// Within the bound, each element gets the pin, and an element
+		// that is no object is replaced by it.
+		v = p.check([]byte(`{"type":"UpdateThink","think":[{"prompt":"mine"},[{"prompt":"EVIL"}]]}`), "agent")
+		think, _ := sent(t, v)["think"].([]any)
+		if len(think) != 2 || strings.Contains(string(v.out), "EVIL") || strings.Contains(string(v.out), "mine") {
+			t.Errorf("UpdateThink went as %s", v.out)
+		}
+	})
+}
+
+// TestPolicyFoldedKeys: a key that a case-folding decoder (Go's, Java's,
+// Python's) reads as a pinned key, as an Update's part or as type is a
+// violation, wherever it stands.
+func TestPolicyFoldedKeys(t *testing.T) {
+	env := map[string]string{"LLM_KEY": "sk-LLM-ENV-SECRET", "AWS_SECRET": "aws-ENV-SECRET"}
+	pinned := `{"set":{"agent":{"think":{"provider":{"type":"open_ai"},"endpoint":{"url":"https://llm.example.com/v1","headers":{"authorization":"Bearer ${env:LLM_KEY}"}}}}}}`
+	sealedBlock := `{"set":{"agent":{"think":{"provider":{"type":"aws_bedrock","credentials":{"secret_access_key":"${env:AWS_SECRET}"}}}}}}`
+	for _, policy := range []string{pinned, sealedBlock} {
+		bothWays(t, policy, env, func(t *testing.T, p *settingsPolicy, refuse bool) {
+			for _, msg := range []string{
+				`{"type":"UpdateThink","think":{"provider":{"type":"open_ai"}},"thin\u212a":{"endpoint":{"url":"https://attacker.example/x"}}}`,
+				`{"type":"UpdateThink","think":{"provider":{"type":"open_ai"}},"Think":{"endpoint":{"url":"https://attacker.example/x"}}}`,
+				`{"type":"Settings","audio":{},"agent":{"think":{"endpo\u0131nt":{"url":"https://attacker.example/x"}}}}`,
+				`{"type":"Settings","audio":{},"agent":{"think":{"endpo\u0130nt":{"url":"https://attacker.example/x"},"ENDPOİNT":{"url":"https://attacker.example/y"}}}}`,
+				`{"type":"UpdateThink","think":[{"endpo\u0131nt":{"url":"https://attacker.example/x"}}]}`,
+			} {
+				v := p.check([]byte(msg), "agent")
+				if strings.Contains(string(v.out), "attacker.example") {
+					t.Errorf("%s went on as %s", msg, v.out)
+				}
+				if refuse && v.refused == "" || !refuse && len(v.stripped) == 0 {
+					t.Errorf("%s: no violation (%+v)", msg, v)
+				}
+			}
+		})
+	}
+	p := mustPolicy(t, `{"on_violation":"refuse"}`, nil)
+	if v := p.check([]byte(`{"type":"KeepAlive","Type":"UpdatePrompt","prompt":"x"}`), "agent"); v.refused != `"Type" reads as type` {
+		t.Errorf("a second type: %+v", v)
 	}
 }

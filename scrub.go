@@ -47,7 +47,7 @@ func (sc *scrubber) text(msg []byte) []byte {
 	if !mayHide(msg) {
 		return msg
 	}
-	if !sc.holdsSecret(sc.readable(msg)) {
+	if !sc.holdsSecret(sc.deepReadable(msg)) {
 		return msg
 	}
 	var v any
@@ -59,7 +59,7 @@ func (sc *scrubber) text(msg []byte) []byte {
 		}
 	}
 	// Not JSON: what a reader would see, scrubbed.
-	return sc.replace(sc.readable(msg))
+	return sc.replace(sc.deepReadable(msg))
 }
 
 // short scrubs a close reason or a control frame's payload and keeps it
@@ -67,8 +67,8 @@ func (sc *scrubber) text(msg []byte) []byte {
 // boundary: the mark can be longer than the secret it replaces.
 func (sc *scrubber) short(b []byte, limit int) []byte {
 	out := sc.replace(b)
-	if mayHide(out) && sc.holdsSecret(sc.readable(out)) {
-		out = sc.replace(sc.readable(out))
+	if mayHide(out) && sc.holdsSecret(sc.deepReadable(out)) {
+		out = sc.replace(sc.deepReadable(out))
 	}
 	if len(out) > limit {
 		cut := limit
@@ -123,8 +123,10 @@ func (sc *scrubber) scrubValue(v any) any {
 	switch t := v.(type) {
 	case string:
 		// Only a string a reader sees a secret in is rewritten, as it
-		// is seen, with the secret replaced.
-		if seen := sc.visible([]byte(t)); sc.holdsSecret(seen) {
+		// is seen, with the secret replaced. A string may hold JSON
+		// itself (a function call's arguments), escapes and all: its
+		// reader decodes it once more.
+		if seen := sc.deepReadable([]byte(t)); sc.holdsSecret(seen) {
 			return string(sc.replace(seen))
 		}
 		return t
@@ -185,6 +187,24 @@ func (sc *scrubber) readable(b []byte) []byte {
 		}
 	}
 	return sc.visible(out)
+}
+
+// maxEscapeLayers bounds how many layers of JSON escapes deepReadable
+// undoes: JSON in a string in JSON in a string, and more.
+const maxEscapeLayers = 4
+
+// deepReadable is b as a reader sees it after decoding it as JSON up to
+// maxEscapeLayers times: a secret escaped inside a JSON string that itself
+// sits in a JSON string ("{\"k\":\"\\u0073k-...\"}") shows only then.
+func (sc *scrubber) deepReadable(b []byte) []byte {
+	out := sc.visible(b)
+	for range maxEscapeLayers {
+		if !bytes.Contains(out, []byte{'\\'}) {
+			break
+		}
+		out = sc.readable(out)
+	}
+	return out
 }
 
 // unescapeRune decodes the \uXXXX escape (or surrogate pair of two) at the

@@ -115,3 +115,20 @@ func FuzzScrub(f *testing.F) {
 		}
 	})
 }
+
+// TestScrubNestedJSON: a secret escaped inside a JSON string that sits in a
+// Deepgram message (a function call's arguments are JSON in a string) is
+// found and replaced; the attacker's read of issue 21 saw it pass.
+func TestScrubNestedJSON(t *testing.T) {
+	sc := newScrubber(testAPIKey, [][]byte{[]byte(llmKey)})
+	for _, msg := range []string{
+		`{"type":"FunctionCallRequest","functions":[{"arguments":"{\"k\":\"` + `\\` + jsonEscaped(llmKey) + `\"}"}]}`,
+		`{"type":"FunctionCallRequest","functions":[{"arguments":"{\"k\":\"` + strings.ReplaceAll(jsonEscaped(llmKey), `\`, `\\`) + `\"}"}]}`,
+		`{"type":"ConversationText","content":"` + strings.ReplaceAll(strings.ReplaceAll(jsonEscaped(llmKey), `\`, `\\`), `\`, `\\`) + `"}`,
+	} {
+		out := string(sc.text([]byte(msg)))
+		if strings.Contains(string(sc.deepReadable([]byte(out))), llmKey) || !strings.Contains(out, redactedMark) {
+			t.Errorf("%s came out as %s", msg, out)
+		}
+	}
+}

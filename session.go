@@ -62,9 +62,12 @@ type session struct {
 	// spent (0: none), set every lease renewal; the watchdog enforces it.
 	quotaAfter atomic.Int64
 
-	mu      sync.Mutex // guards outcome, closeBy and the reported counts
+	mu      sync.Mutex // guards outcome, closeBy, endedCh and the reported counts
 	outcome outcome
 	closeBy time.Time
+	// endedCh is closed when end runs, for what waits on the session
+	// (a message waiting for text budget); made on first use.
+	endedCh chan struct{}
 }
 
 func newSessionID() string {
@@ -89,6 +92,9 @@ func (s *session) end(o outcome) {
 	s.closeBy = time.Now().Add(closeTimeout)
 	deadline := s.closeBy
 	s.closing.Store(true)
+	if s.endedCh != nil {
+		close(s.endedCh)
+	}
 	s.mu.Unlock()
 	for _, p := range []*wspipe.Peer{s.client, s.upstream} {
 		// The write deadline bounds the closes and a write stuck on a
@@ -147,10 +153,23 @@ func (s *session) kill() {
 	_ = s.upstream.Conn.Close()
 }
 
-// budget is the text budget as the pipe reading src sees it: src's pool
-// and s's identity's share.
+// budget is the text budget as the pipe reading src sees it: its reserve,
+// src's pool and s's identity's share.
 func (s *session) budget(src wspipe.Side) wspipe.Budget {
-	return userBudget{s.relay.texts, s.relay.texts.pool(src), s.userText}
+	return &sessionBudget{texts: s.relay.texts, pool: s.relay.texts.pool(src), user: s.userText, ended: s.endedSignal()}
+}
+
+// endedSignal is a channel closed once end has run.
+func (s *session) endedSignal() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.endedCh == nil {
+		s.endedCh = make(chan struct{})
+		if s.closing.Load() {
+			close(s.endedCh)
+		}
+	}
+	return s.endedCh
 }
 
 // ended records a relayed session in the metrics and its log line.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,16 +24,40 @@ const (
 // unfinished for long. A variable so that tests can shorten it.
 var textGatherTimeout = 10 * time.Second
 
+// sessionTextReserve is what each session may hold of text messages read
+// whole on each side without touching the shared pools: a typical Settings
+// with a prompt, or a long event of Deepgram's, is a few kilobytes, so no
+// number of others holding messages can fail an ordinary message. Its cost
+// is counted in the memory plan: MAX_SESSIONS times two sides times this,
+// 62.5 MiB at the default 1,000 sessions (28 MiB at the deploy files' 450),
+// beside the 64 MiB of the pools.
+const sessionTextReserve = 32 << 10
+
 // textBudget counts the bytes of text messages being read whole, as they
-// arrive. Clients' messages and Deepgram's have a pool each, so that no
-// number of clients holding messages unfinished can keep Deepgram's events
-// (a Welcome, a reply) from other users; and no identity may take more than
-// its share: the bytes of one whole message each way. A user who opens
-// sessions and leaves a message in each unfinished holds one message's
-// worth, not the instance's.
+// arrive. Each session has its own reserve on each side (sessionTextReserve,
+// at most MAX_MESSAGE_BYTES); only the bytes of a message beyond it count
+// against the shared pools. Clients' messages and Deepgram's have a pool
+// each, so that no number of clients holding messages unfinished can keep
+// Deepgram's events (a Welcome, a reply) from other users; and no identity
+// may take more than its share of a pool: the bytes of one whole message
+// each way. A user who opens sessions and leaves a message in each
+// unfinished holds its reserves and one message's worth, not the
+// instance's. A message that finds no room waits for some (see wait).
 type textBudget struct {
 	client, upstream textPool
 	perUser          int64 // the sessions of one identity together
+	reserve          int64 // each session's, on each side
+	// reserved is what sessions hold within their reserves, for tests and
+	// the memory plan.
+	reserved atomic.Int64
+	// waitFor bounds how long a message waits for room: most of its
+	// gather time, so that it ends busy before the watchdog ends it late.
+	waitFor time.Duration
+	// waiting counts the messages waiting for room; room is closed (and
+	// made anew) when bytes come back while any waits.
+	waiting atomic.Int32
+	mu      sync.Mutex
+	room    chan struct{}
 }
 
 // textPool is the bytes one side's messages hold across sessions.
@@ -45,7 +70,8 @@ type textPool struct {
 // (MAX_MESSAGE_BYTES, at most 1 GiB, so no product here overflows): each
 // pool holds at least two such messages.
 func newTextBudget(maxMsg int64) *textBudget {
-	b := &textBudget{perUser: 2 * maxMsg}
+	b := &textBudget{perUser: 2 * maxMsg, reserve: min(sessionTextReserve, maxMsg),
+		waitFor: textGatherTimeout * 9 / 10, room: make(chan struct{})}
 	b.client.limit = max(clientTextBytes, 2*maxMsg)
 	b.upstream.limit = max(textBudgetBytes-clientTextBytes, 2*maxMsg)
 	return b
@@ -80,19 +106,98 @@ func (b *textBudget) take(pool *textPool, user *atomic.Int64, n int64) bool {
 	return true
 }
 
-// give returns n bytes that take counted.
+// give returns n bytes that take counted, and wakes any message waiting for
+// room.
 func (b *textBudget) give(pool *textPool, user *atomic.Int64, n int64) {
+	if n == 0 {
+		return
+	}
 	user.Add(-n)
 	pool.used.Add(-n)
+	if b.waiting.Load() > 0 {
+		b.mu.Lock()
+		close(b.room)
+		b.room = make(chan struct{})
+		b.mu.Unlock()
+	}
 }
 
-// userBudget is the text budget as one pipe of a session sees it
-// (wspipe.Budget): its source's pool and its identity's share.
-type userBudget struct {
+// roomSignal is the channel closed the next time bytes come back.
+func (b *textBudget) roomSignal() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.room
+}
+
+// sessionBudget is the text budget as one pipe of a session sees it
+// (wspipe.Budget): its reserve, its source's pool and its identity's
+// share. Only its pipe calls it, one message at a time.
+type sessionBudget struct {
 	texts *textBudget
 	pool  *textPool
 	user  *atomic.Int64
+	// ended is closed when the session ends: a message waiting for room
+	// stops waiting.
+	ended <-chan struct{}
+	// inReserve and inPool are what the message being read holds of the
+	// reserve and of the pool; since is when it began to hold any.
+	inReserve, inPool int64
+	since             time.Time
 }
 
-func (u userBudget) Take(n int64) bool { return u.texts.take(u.pool, u.user, n) }
-func (u userBudget) Give(n int64)      { u.texts.give(u.pool, u.user, n) }
+// Take counts n more bytes of the message being read: from the reserve
+// while it lasts, then from the pool. Without room in the pool it waits
+// (wait); false ends the session, busy.
+func (u *sessionBudget) Take(n int64) bool {
+	if n < 0 {
+		return false
+	}
+	if u.inReserve == 0 && u.inPool == 0 {
+		u.since = time.Now()
+	}
+	fromReserve := min(n, u.texts.reserve-u.inReserve)
+	fromPool := n - fromReserve
+	if fromPool > 0 && !u.texts.take(u.pool, u.user, fromPool) && !u.wait(fromPool) {
+		return false
+	}
+	u.inReserve += fromReserve
+	u.inPool += fromPool
+	u.texts.reserved.Add(fromReserve)
+	return true
+}
+
+// Give returns n bytes the message held: the pool's first.
+func (u *sessionBudget) Give(n int64) {
+	fromPool := min(n, u.inPool)
+	u.inPool -= fromPool
+	u.inReserve -= n - fromPool
+	u.texts.reserved.Add(-(n - fromPool))
+	u.texts.give(u.pool, u.user, fromPool)
+}
+
+// wait waits for n bytes of room in the pool and the identity's share, and
+// takes them: until bytes come back and fit, the session ends, or the
+// message has waited most of its gather time. Reading the message stops
+// meanwhile, which holds its sender back.
+func (u *sessionBudget) wait(n int64) bool {
+	b := u.texts
+	b.waiting.Add(1)
+	defer b.waiting.Add(-1)
+	timer := time.NewTimer(time.Until(u.since.Add(b.waitFor)))
+	defer timer.Stop()
+	for {
+		// The signal is taken before the try, so that bytes given back
+		// in between still wake this wait.
+		room := b.roomSignal()
+		if b.take(u.pool, u.user, n) {
+			return true
+		}
+		select {
+		case <-room:
+		case <-timer.C:
+			return false
+		case <-u.ended:
+			return false
+		}
+	}
+}

@@ -22,6 +22,7 @@ func TestTextBudgetUserShare(t *testing.T) {
 	// policy lets the fake's Fake.Echo control through.
 	policy := echoPolicy
 	h := newHarness(t, authEnv(map[string]string{"SETTINGS_POLICY": policy, "MAX_MESSAGE_BYTES": "1000"}), fakedeepgram.Options{})
+	poolsOnly(h)
 	alice, bob := userToken(t, "alice"), userToken(t, "bob")
 	unfinished := clientFrame(0x01, bytes.Repeat([]byte("a"), 900)) // text, FIN=0
 	a1, a2 := h.rawDial("token="+alice), h.rawDial("token="+alice)
@@ -47,6 +48,7 @@ func TestTextBudgetUserShare(t *testing.T) {
 // 1000, which the React component takes for a normal end.
 func TestTextBudgetBusyDownstream(t *testing.T) {
 	h := newHarness(t, nil, fakedeepgram.Options{})
+	poolsOnly(h)
 	h.relay.texts.upstream.limit = 1000
 	holder := h.rawDial("")
 	unfinished := hex.EncodeToString(append([]byte{0x01, 126, 600 >> 8, 600 & 0xff}, bytes.Repeat([]byte("a"), 600)...))
@@ -67,6 +69,7 @@ func TestTextBudgetBusyDownstream(t *testing.T) {
 func TestTextBudgetDeepgramReserve(t *testing.T) {
 	policy := pinnedPolicy
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
+	poolsOnly(h)
 	h.relay.texts.client.limit = 600
 	holder := h.rawDial("")
 	holder.send(clientFrame(0x01, bytes.Repeat([]byte("a"), 600))) // the clients' pool, full
@@ -79,6 +82,7 @@ func TestTextBudgetDeepgramReserve(t *testing.T) {
 func TestTextBudgetChargesBytesHeld(t *testing.T) {
 	policy := pinnedPolicy
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
+	poolsOnly(h)
 	c := h.rawDial("")
 	header := clientFrame(0x01, make([]byte, 1<<20))[:14] // 1 MiB declared, masked
 	c.send(append(header, make([]byte, 10)...))
@@ -116,6 +120,7 @@ func TestTextBudget(t *testing.T) {
 	// Echoes give the relayed lengths, as in TestTextBudgetUserShare.
 	policy := echoPolicy
 	h := newHarness(t, map[string]string{"SETTINGS_POLICY": policy}, fakedeepgram.Options{})
+	poolsOnly(h)
 	h.relay.texts.client.limit = 1000
 	// inject is a client message of n bytes the policy passes.
 	inject := func(n int) []byte {
@@ -155,3 +160,10 @@ func (b *textBudget) held() int64 { return b.client.used.Load() + b.upstream.use
 // echoPolicy pins one value and lets the fake's Fake.Echo control pass, for
 // tests that read what the relay sent on from its echo.
 const echoPolicy = `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}},"messages":["Fake.Echo"]}`
+
+// poolsOnly makes h's text budget the shared pools alone, for tests of the
+// pools with small messages: no session reserve, and a short wait for room.
+func poolsOnly(h *harness) {
+	h.relay.texts.reserve = 0
+	h.relay.texts.waitFor = 100 * time.Millisecond
+}

@@ -158,3 +158,28 @@ func TestUsageTagSettingsFirst(t *testing.T) {
 		t.Errorf("Deepgram received %q", texts)
 	}
 }
+
+// TestUsageTagSecondSettings (issue 22): without a policy the relay reads
+// only the first text message, and tags it. A second Settings, which could
+// carry another user's tag, goes on unread: Deepgram takes one Settings a
+// session and refuses the next (docs: voice-agent-errors-warnings,
+// SETTINGS_ALREADY_APPLIED), as the strict fake does, so only the tagged
+// one is ever applied. Reading every later message to refuse it first
+// would cost a parse per message for what Deepgram refuses anyway.
+func TestUsageTagSecondSettings(t *testing.T) {
+	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user"}), fakedeepgram.Options{})
+	c, _, err := websocket.Dial(t.Context(), h.wsURL+"?token="+userToken(t, "alice"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	applySettings(t, c)
+	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","audio":{},"agent":{},"tags":["dgrelay-user-someone-else"]}`))
+	if e := expectType(t, c, "Error"); e["code"] != fakedeepgram.ErrSettingsApplied {
+		t.Fatalf("Deepgram answered %v", e)
+	}
+	texts := h.fake.Texts()
+	if len(texts) != 2 || !strings.Contains(string(texts[0]), `"dgrelay-user-`) || strings.Contains(string(texts[0]), "someone-else") {
+		t.Fatalf("Deepgram received %q", texts)
+	}
+}

@@ -20,6 +20,9 @@ COPY --from=build /out/dgrelay /dgrelay
 # Numeric, as distroless's nonroot user is: Kubernetes' runAsNonRoot can
 # check a number, not a name.
 USER 65532:65532
-# 8080: the WebSocket route and probes (PORT); 9091: /metrics (METRICS_PORT).
+# 8080: the WebSocket route and probes (PORT); 9091: /metrics (METRICS_PORT),
+# on the container's loopback unless METRICS_HOST opens it (fly.toml does). A
+# container run without authentication listens on its loopback too, out of
+# reach of a published port, until LISTEN_HOST=0.0.0.0 says otherwise.
 EXPOSE 8080 9091
 ENTRYPOINT ["/dgrelay"]

@@ -67,7 +67,7 @@ func listenHosts(value string) []string {
 func (c *Config) publicListen(authenticated bool) (hosts []string, why string) {
 	switch {
 	case c.ListenHost != "":
-		return listenHosts(c.ListenHost), "LISTEN_HOST"
+		return listenHosts(c.ListenHost), "LISTEN_HOST=" + c.ListenHost
 	case !authenticated:
 		return loopbackHosts, "no authentication: this machine only; LISTEN_HOST=0.0.0.0 opens it to the network"
 	}

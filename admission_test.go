@@ -159,7 +159,8 @@ func BenchmarkAdmission(b *testing.B) {
 func TestLocalRefusalSparesRedis(t *testing.T) {
 	shortLeases(t, 100*time.Millisecond, 300*time.Millisecond)
 	rs := startRedis(t)
-	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.url(), "REDIS_FAILURE": "refuse",
+	// REFUSAL_WINDOW=0: every refusal in band, as this test reads each one's close.
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.url(), "REDIS_FAILURE": "refuse", "REFUSAL_WINDOW": "0",
 		"MAX_SESSIONS_PER_USER": "1", "SESSION_RATE_PER_MINUTE": "2", "MAX_USER_SECONDS_PER_DAY": "1"}), fakedeepgram.Options{})
 	const tries = 10
 	expectAsked := func(n int) {

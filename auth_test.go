@@ -118,7 +118,9 @@ func expectRefused(t *testing.T, h *harness, query string, subprotocols []string
 }
 
 func TestHS256Tokens(t *testing.T) {
+	// REFUSAL_WINDOW=0: every refusal in band, as this test reads each one's close.
 	h := newHarness(t, map[string]string{
+		"REFUSAL_WINDOW":        "0",
 		"ALLOW_UNAUTHENTICATED": "false",
 		"JWT_SECRET":            testJWTSecret,
 		"JWT_ISSUER":            "https://auth.example.com/",
@@ -271,7 +273,9 @@ func TestJWKSTokens(t *testing.T) {
 	js.add("ec-1", &ecKey.PublicKey)
 	js.add("ed-1", edKey.Public())
 
-	h := newHarness(t, jwksEnv(js.URL+"/.well-known/jwks.json"), fakedeepgram.Options{})
+	env := jwksEnv(js.URL + "/.well-known/jwks.json")
+	env["REFUSAL_WINDOW"] = "0" // every refusal in band, as this test reads each one's close
+	h := newHarness(t, env, fakedeepgram.Options{})
 
 	for _, tc := range []struct {
 		name   string

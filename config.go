@@ -112,6 +112,11 @@ type Config struct {
 	// UpstreamRetries is how many more times a Deepgram dial is tried after a
 	// failure another try may not meet, within the same 10 s bound.
 	UpstreamRetries int `env:"UPSTREAM_RETRIES, default=1"`
+	// RefusalWindow: a refusal repeated for the same identity within this
+	// long of the last is answered before the upgrade, with an HTTP status
+	// and Retry-After, so that reconnecting clients back off (0: every
+	// refusal in band).
+	RefusalWindow time.Duration `env:"REFUSAL_WINDOW, default=30s"`
 
 	// MaxUserSecondsPerDay caps one identity's session time per UTC day
 	// (0: no quota), across instances with Redis.
@@ -261,6 +266,7 @@ func (c *Config) validate() error {
 		{"JWT_LEEWAY", c.JWTLeeway},
 		{"MAX_SESSION_DURATION", c.MaxSessionDuration},
 		{"IDLE_TIMEOUT", c.IdleTimeout},
+		{"REFUSAL_WINDOW", c.RefusalWindow},
 	} {
 		if d.value < 0 {
 			return fmt.Errorf("%s: %s must not be negative", d.name, d.value)

@@ -168,7 +168,8 @@ func TestLeaseLapsesAfterSIGKILL(t *testing.T) {
 	killed := startProcess(t, fake, env...)
 	killed.dial(t)
 	// The other instance, unauthenticated too: the same user, 127.0.0.1.
-	other := newHarness(t, map[string]string{"REDIS_URL": rs.url(), "MAX_SESSIONS_PER_USER": "1", "SESSION_RATE_PER_MINUTE": "0"}, fakedeepgram.Options{})
+	// REFUSAL_WINDOW=0: every refusal in band, as this test reads each one's close.
+	other := newHarness(t, map[string]string{"REDIS_URL": rs.url(), "MAX_SESSIONS_PER_USER": "1", "SESSION_RATE_PER_MINUTE": "0", "REFUSAL_WINDOW": "0"}, fakedeepgram.Options{})
 	expectRefused(t, other, "", nil, 4429, "too many sessions")
 
 	if err := killed.cmd.Process.Signal(syscall.SIGKILL); err != nil {

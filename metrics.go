@@ -89,7 +89,7 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_refusals_total", Help: "Sessions refused by a limit or check (origin, rate, user_sessions, quota, limits_unavailable, instance_full, draining).",
 		}, []string{"reason"}),
 		refusalsRepeated: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dgrelay_refusals_repeated_total", Help: "Refusals answered before the upgrade (HTTP 401, 429, 503 with Retry-After) because the same identity met the same refusal within 30 s, by reason (token_expired, token_invalid, ..., user_sessions, rate, quota, upstream_down).",
+			Name: "dgrelay_refusals_repeated_total", Help: "Refusals answered before the upgrade (HTTP 401, 429, 503 with Retry-After) because the same identity met the same refusal within REFUSAL_WINDOW, by reason (token_expired, token_invalid, ..., user_sessions, rate, quota, upstream_down).",
 		}, []string{"reason"}),
 		upstreamDown: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "dgrelay_upstream_down", Help: "1 while dials to Deepgram's service are held after failing in a row: sessions are refused with UPSTREAM_UNAVAILABLE, one at a time probes.",

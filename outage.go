@@ -134,6 +134,14 @@ func (o *outage) isDown() bool {
 	return o.down
 }
 
+// wait is how long until the next probe may dial: a repeated refusal's
+// Retry-After (at least outageFirstHold, the shortest hold).
+func (o *outage) wait(now time.Time) time.Duration {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return max(o.until.Sub(now), outageFirstHold)
+}
+
 // status is the /readyz detail line for the service.
 func (o *outage) status(now time.Time) string {
 	o.mu.Lock()

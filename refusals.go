@@ -18,14 +18,12 @@ import (
 // that opens: refused after the upgrade, it retries at once, forever (one
 // tab: 779 sockets in 20 s). Refused before the upgrade, it backs off (0.5,
 // 1, 2, 4.6, 8.9 s). So the first refusal of a kind for an identity is told
-// in band, and its repeats within refusalWindow get the HTTP status with
+// in band, and its repeats within REFUSAL_WINDOW get the HTTP status with
 // Retry-After: no upgrade, no dial, no log line each, a summary a minute.
 
+// The window (REFUSAL_WINDOW, 30 s) slides: a client retrying forever is
+// never told in band again, one that comes back after a pause is.
 const (
-	// refusalWindow is how long after a refusal its repeat is answered
-	// before the upgrade. It slides: a client retrying forever is never
-	// told in band again, one that comes back after a pause is.
-	refusalWindow = 30 * time.Second
 	// refusalEntries bounds the memory of refusals: about 300 B each, so
 	// 3 MB at most, however many distinct tokens a client makes up; the
 	// least recently refused goes first.
@@ -71,6 +69,9 @@ func newRefusalMemory(max int, window time.Duration) *refusalMemory {
 // repeat records a refusal of reason for who at now and reports whether it
 // repeats one within the window (to be answered before the upgrade).
 func (m *refusalMemory) repeat(who, reason string, now time.Time) bool {
+	if m.window <= 0 {
+		return false // REFUSAL_WINDOW=0: every refusal in band
+	}
 	key := reason + "\x00" + who
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -167,6 +168,12 @@ func (rl *relay) refuse(w http.ResponseWriter, r *http.Request, s *session, e en
 		rl.refuseUpgraded(w, r, s, e, label)
 		return
 	}
+	rl.refuseRepeated(w, e, label, retryAfter)
+}
+
+// refuseRepeated answers a repeated refusal before the upgrade: e's HTTP
+// status and Retry-After, counted, not logged (the summary does).
+func (rl *relay) refuseRepeated(w http.ResponseWriter, e ending, label string, retryAfter time.Duration) {
 	rl.metrics.refusalsRepeated.WithLabelValues(label).Inc()
 	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(retryAfter, time.Second).Seconds()))))
 	http.Error(w, e.client.reason+" (as before; retry later)", httpStatusOf(e))

@@ -119,7 +119,7 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 		agent:        agent,
 		listen:       listen,
 		dialOpts:     newDialOptions(apiKey),
-		refused:      newRefusalMemory(refusalEntries, refusalWindow),
+		refused:      newRefusalMemory(refusalEntries, cfg.RefusalWindow),
 		agentOutage:  &outage{service: "agent"},
 		listenOutage: &outage{service: "transcription"},
 	}
@@ -192,7 +192,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// No identity: the address and the credential, hashed (a
 			// token is never stored), so that another user at the same
 			// address, or this one with a fresh token, is not affected.
-			who := "ip:" + s.remote + " token:" + userKey(rl.userHashKey, "token\x00"+token)[:12]
+			who := addressIdentity(s.remote) + " token:" + userKey(rl.userHashKey, "token\x00"+token)[:12]
 			rl.refuse(w, r, s, f.end, "token_"+f.label, who, refusalRetryAfter)
 			return
 		}
@@ -266,6 +266,12 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 		dropUnanswered(w)
 		return false
 	}
+	if d.failure != nil && !reachedDeepgram(d.failure) && rl.refused.repeat(s.identity, "upstream_down", time.Now()) {
+		// A probe that failed, or a dial that met an outage the client
+		// was told of already: the repeat is answered before the upgrade.
+		rl.refuseRepeated(w, d.failure.end, "upstream_down", rl.outageFor(s.service).wait(time.Now()))
+		return false
+	}
 	client, clientRaw, err := rl.accept(w, r)
 	if err != nil {
 		// Accept has written the HTTP answer; a client that left during the
@@ -278,6 +284,9 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 		return false
 	}
 	if d.failure != nil {
+		// Told in band; when Deepgram was not reached, the check above
+		// remembered it, so this identity's next refusal by the outage it
+		// may have begun is a repeat.
 		rl.refuseUnreachable(client, s, d.failure)
 		return false
 	}

@@ -153,7 +153,8 @@ func TestSharedSessionRate(t *testing.T) {
 func TestSharedAdmissionAtomic(t *testing.T) {
 	rs := startRedis(t)
 	const cap, tries = 3, 24
-	a, b := twoInstances(t, rs.url(), map[string]string{"MAX_SESSIONS_PER_USER": "3", "SESSION_RATE_PER_MINUTE": "0"})
+	// REFUSAL_WINDOW=0: every refusal in band, as this test reads each one's close.
+	a, b := twoInstances(t, rs.url(), map[string]string{"MAX_SESSIONS_PER_USER": "3", "SESSION_RATE_PER_MINUTE": "0", "REFUSAL_WINDOW": "0"})
 	tok := "token=" + userToken(t, "erin")
 	var mu sync.Mutex
 	admitted, refused := 0, 0

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"dgrelay/internal/fakedeepgram"
+
+	"github.com/coder/websocket"
+)
+
+// attempt opens an upgrade to h's relay as a client would and returns the
+// connection when upgraded, else the HTTP answer it got instead.
+func attempt(t *testing.T, h *harness, query string) (*websocket.Conn, *http.Response) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, h.wsURL+"?"+query, nil)
+	if err != nil {
+		if resp == nil {
+			t.Fatalf("dial: %v", err)
+		}
+		return nil, resp
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return c, nil
+}
+
+// expectInBand: the attempt is upgraded and told e in band (Error frame, close).
+func expectInBand(t *testing.T, h *harness, query string, e ending) {
+	t.Helper()
+	c, resp := attempt(t, h, query)
+	if c == nil {
+		t.Fatalf("%s: HTTP %d %s before the upgrade, want the first refusal in band", e.client.errorCode, resp.StatusCode, resp.Header)
+	}
+	expectErrorThenClose(t, c, e)
+}
+
+// expectBeforeUpgrade: the attempt is answered status with a Retry-After of
+// at least one second, not upgraded.
+func expectBeforeUpgrade(t *testing.T, h *harness, query string, status int) {
+	t.Helper()
+	c, resp := attempt(t, h, query)
+	if c != nil {
+		t.Fatalf("upgraded; want HTTP %d before the upgrade", status)
+	}
+	if resp.StatusCode != status {
+		t.Fatalf("HTTP %d, want %d", resp.StatusCode, status)
+	}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || s < 1 {
+		t.Fatalf("Retry-After %q", resp.Header.Get("Retry-After"))
+	}
+}
+
+// TestRepeatedRefusalsBeforeUpgrade: the first refusal of a kind for an
+// identity is told in band; its repeats within the window get 401 or 429
+// with Retry-After before the upgrade, no dial and no log line each; another
+// credential or another user at the same address is not affected; the
+// repeats are counted and logged as a summary.
+func TestRepeatedRefusalsBeforeUpgrade(t *testing.T) {
+	h := newHarness(t, authEnv(map[string]string{"MAX_SESSIONS_PER_USER": "1", "SESSION_RATE_PER_MINUTE": "0"}), fakedeepgram.Options{APIKey: testAPIKey})
+	expired := "token=" + hs256(t, testJWTSecret, claims{sub: "late", exp: -time.Hour})
+
+	expectInBand(t, h, expired, refuseTokenExpired)
+	for range 5 {
+		expectBeforeUpgrade(t, h, expired, http.StatusUnauthorized)
+	}
+	// Another bad credential from the same address is told in band.
+	expectInBand(t, h, "token="+hs256(t, testJWTSecret, claims{sub: "late", exp: -2 * time.Hour}), refuseTokenExpired)
+	expectInBand(t, h, "token=not-a-jwt", refuseTokenInvalid)
+	expectBeforeUpgrade(t, h, "token=not-a-jwt", http.StatusUnauthorized)
+	expectInBand(t, h, "", refuseTokenMissing)
+	expectBeforeUpgrade(t, h, "", http.StatusUnauthorized)
+
+	// A user at MAX_SESSIONS_PER_USER: in band once, then 429.
+	busy := "token=" + userToken(t, "busy-user")
+	held := h.agentSession(busy)
+	expectInBand(t, h, busy, refuseUserSessions)
+	for range 5 {
+		expectBeforeUpgrade(t, h, busy, http.StatusTooManyRequests)
+	}
+	// Another user at the same address (an office) is not affected.
+	other := h.agentSession("token=" + userToken(t, "other-user"))
+	other.Close(websocket.StatusNormalClosure, "")
+	// Once the user's session ends, the user gets in: a repeat is only
+	// what would be refused anyway.
+	held.Close(websocket.StatusNormalClosure, "")
+	h.settled()
+	h.agentSession(busy).Close(websocket.StatusNormalClosure, "")
+
+	if n := len(h.fake.Handshakes()); n != 3 {
+		t.Errorf("Deepgram saw %d handshakes, want 3 (the three sessions)", n)
+	}
+	if n := strings.Count(h.logs.String(), `"session refused"`); n != 5 {
+		t.Errorf("%d session refused lines, want 5 (the in-band refusals):\n%s", n, grepLines(h.logs.String(), "session refused"))
+	}
+	body := scrapeHandler(t, h)
+	for _, want := range []string{
+		`dgrelay_refusals_repeated_total{reason="token_expired"} 5`,
+		`dgrelay_refusals_repeated_total{reason="token_invalid"} 1`,
+		`dgrelay_refusals_repeated_total{reason="token_missing"} 1`,
+		`dgrelay_refusals_repeated_total{reason="user_sessions"} 5`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
+	h.relay.logRefusalSummary(time.Now(), time.Minute)
+	summary := grepLines(h.logs.String(), `"refusals repeated"`)
+	if n := strings.Count(summary, "\n") + 1; n != 4 || !strings.Contains(summary, `"who":"sub:busy-user","refusal":"user_sessions","repeats":5`) {
+		t.Errorf("summary, want 4 lines (expired, invalid, missing, busy-user):\n%s", summary)
+	}
+	if strings.Contains(h.logs.String(), "not-a-jwt") {
+		t.Errorf("a token reached the logs")
+	}
+}
+
+// TestRefusalMemoryBounded: a client making up a million credentials holds
+// at most refusalEntries in the memory, and a client retrying forever keeps
+// its place (its repeats stay before the upgrade) among them.
+func TestRefusalMemoryBounded(t *testing.T) {
+	m := newRefusalMemory(1000, time.Minute)
+	now := time.Now()
+	m.repeat("ip:10.0.0.1 token:forever", "token_expired", now)
+	for i := range 1_000_000 {
+		m.repeat("ip:10.0.0.2 token:"+strconv.Itoa(i), "token_invalid", now)
+		if i%100 == 0 && !m.repeat("ip:10.0.0.1 token:forever", "token_expired", now) {
+			t.Fatalf("the retrying client was forgotten after %d made-up tokens", i)
+		}
+	}
+	if n := m.len(); n > 1000 {
+		t.Fatalf("%d entries, want at most 1000", n)
+	}
+	repeated, evicted := m.take(now)
+	if len(repeated) != 1 || repeated[0].repeats != 10_000 || evicted < 998_000 {
+		t.Fatalf("take: %+v, %d evicted", repeated, evicted)
+	}
+	if _, _ = m.take(now.Add(time.Minute)); m.len() != 0 {
+		t.Fatalf("%d entries outlived their window", m.len())
+	}
+}

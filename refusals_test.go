@@ -144,3 +144,20 @@ func TestRefusalMemoryBounded(t *testing.T) {
 		t.Fatalf("%d entries outlived their window", m.len())
 	}
 }
+
+// TestRepeatedRateRefusal: a user over SESSION_RATE_PER_MINUTE is told in
+// band once, then gets 429 with Retry-After, and its repeats spend none of
+// its rate: another user at the same address still gets in.
+func TestRepeatedRateRefusal(t *testing.T) {
+	h := newHarness(t, authEnv(map[string]string{"SESSION_RATE_PER_MINUTE": "1"}), fakedeepgram.Options{APIKey: testAPIKey})
+	fast := "token=" + userToken(t, "fast-user")
+	h.agentSession(fast).Close(websocket.StatusNormalClosure, "")
+	expectInBand(t, h, fast, refuseUserRate)
+	for range 3 {
+		expectBeforeUpgrade(t, h, fast, http.StatusTooManyRequests)
+	}
+	h.agentSession("token="+userToken(t, "slow-user")).Close(websocket.StatusNormalClosure, "")
+	if n := strings.Count(h.logs.String(), `"session refused"`); n != 1 {
+		t.Errorf("%d session refused lines, want 1", n)
+	}
+}

@@ -18,10 +18,12 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
-// Sockets per window from one client that the relay refuses, with the real
-// reconnecting clients: Deepgram's browser agent SDK (@deepgram/agents) in
-// headless Chromium and @deepgram/sdk under Node, each with its default
-// reconnects. STORM_SECONDS sets the window (5 in CI; BENCHMARKS.md's
+// Sockets per window from one client that the relay refuses, with
+// reconnecting clients: a stand-in of Deepgram's browser agent SDK
+// (@deepgram/agents, which is not on the npm registry) in headless Chromium,
+// written from how that client was seen to reconnect
+// (testdata/e2e/reconnecting/page.html), and @deepgram/sdk under Node, each
+// with its default reconnects. STORM_SECONDS sets the window (5 in CI; BENCHMARKS.md's
 // figures are 20). Before issue 22 one tab of the browser agent SDK opened
 // hundreds of sockets in 20 s: it resets its attempt counter whenever a
 // socket opens, and the relay refused after the upgrade.
@@ -114,12 +116,13 @@ func reportStorm(t *testing.T, h *harness, client string, seconds int, sockets i
 	}
 }
 
-// TestStormBrowserAgentSDK: one tab of @deepgram/agents, kept on a relay
-// that refuses it, opens at most stormMaxSockets sockets in the window.
+// TestStormBrowserAgentSDK: one tab of a client that reconnects as
+// @deepgram/agents does, kept on a relay that refuses it, opens at most
+// stormMaxSockets sockets in the window.
 func TestStormBrowserAgentSDK(t *testing.T) {
 	chromium := requireTool(t, "chromium")
 	seconds := stormSeconds(t)
-	dir := filepath.Join("testdata", "e2e", "agents")
+	dir := filepath.Join("testdata", "e2e", "reconnecting")
 	pageSrv := httptest.NewServer(http.FileServer(http.Dir(dir)))
 	t.Cleanup(pageSrv.Close) // after the parallel subtests
 
@@ -137,7 +140,7 @@ func TestStormBrowserAgentSDK(t *testing.T) {
 				t.Fatalf("chromium: %v", err)
 			}
 			if _, err := chromedp.Run(ctx, chromedp.Poll[bool]("typeof window.runStorm === 'function'")); err != nil {
-				t.Fatalf("chromium: the page did not load the SDK: %v", err)
+				t.Fatalf("chromium: the page did not load: %v", err)
 			}
 			arg := map[string]any{"url": base, "token": token, "seconds": seconds}
 			got, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
@@ -150,7 +153,7 @@ func TestStormBrowserAgentSDK(t *testing.T) {
 			if got.Sockets == 0 || int64(got.Sockets) < upgrades.Load() {
 				t.Fatalf("the page counted %d sockets, the relay %d", got.Sockets, upgrades.Load())
 			}
-			reportStorm(t, h, "@deepgram/agents", seconds, upgrades.Load(),
+			reportStorm(t, h, "agent SDK stand-in", seconds, upgrades.Load(),
 				"opened "+strconv.Itoa(got.Opens)+"; first events "+strings.Join(got.Events[:min(len(got.Events), 8)], ", "))
 		})
 	}

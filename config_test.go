@@ -90,7 +90,7 @@ func TestProxyPatterns(t *testing.T) {
 // TestReadmeConfigTable holds the README's configuration table to the
 // Config struct: every variable in both, with the same default.
 func TestReadmeConfigTable(t *testing.T) {
-	table := readmeSection(t, "Configuration")
+	table := docSection(t, "docs/configuration.md", "Configuration")
 	documented := map[string]string{}
 	for _, line := range strings.Split(table, "\n") {
 		cells := strings.Split(line, "|")

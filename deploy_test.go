@@ -379,7 +379,7 @@ func flagValues(words []string) map[string]string {
 // private ranges, the deploy keeps the sizing of cloudbuild.yaml, and
 // Upstash is created without eviction.
 func TestReadmeRedisSetup(t *testing.T) {
-	section := readmeSection(t, "Limits across instances (Redis)")
+	section := docSection(t, "docs/limits.md", "Limits across instances (Redis)")
 	var deploy map[string]string
 	flySecrets := map[string]bool{}
 	createdRedis := false

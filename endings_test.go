@@ -19,7 +19,7 @@ import (
 // in the same row as the client's close, as the config and metrics tables
 // are held to the code.
 func TestEndingsInREADME(t *testing.T) {
-	table := readmeSection(t, "Answers: HTTP statuses and close codes")
+	table := docSection(t, "docs/answers.md", "Answers: HTTP statuses and close codes")
 	for _, e := range endings {
 		for side, a := range map[string]answer{"client": e.client, "upstream": e.upstream} {
 			if a.code == 0 {

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -452,21 +451,6 @@ func trust(h *harness, fake *fakedeepgram.Server) {
 	pool := x509.NewCertPool()
 	pool.AddCert(fake.Certificate())
 	h.relay.dialOpts.HTTPClient.Transport.(*upgradeTransport).tlsConfig.RootCAs = pool
-}
-
-// readmeSection is the text of the README's "## title" section.
-func readmeSection(t *testing.T, title string) string {
-	t.Helper()
-	raw, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(raw), "## "+title+"\n")
-	if !ok {
-		t.Fatalf("README has no %s section", title)
-	}
-	section, _, _ = strings.Cut(section, "\n## ")
-	return section
 }
 
 // expectRelayError reads frames until an Error text frame and checks its code.

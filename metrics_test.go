@@ -99,7 +99,7 @@ func TestPprofOnlyWhenEnabled(t *testing.T) {
 // TestReadmeMetricsTable: every dgrelay_ metric the registry holds is in the
 // README's metrics table.
 func TestReadmeMetricsTable(t *testing.T) {
-	section := readmeSection(t, "Metrics")
+	section := docSection(t, "docs/operations.md", "Metrics")
 	descs := make(chan *prometheus.Desc)
 	go func() {
 		newMetrics("dev").registry.Describe(descs)

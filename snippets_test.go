@@ -22,8 +22,9 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// The README's "Point your app at it" shows these files whole; each is run or
-// parsed by a test below, so the README cannot show code that does not work.
+// The README's "Point your app at it" and docs/your-app.md show these files
+// whole; each is run or parsed by a test below, so the documentation cannot
+// show code that does not work.
 var readmeSnippets = []string{
 	"testdata/snippets/react/.npmrc",
 	"testdata/snippets/react/VoiceAgent.jsx",
@@ -38,40 +39,47 @@ const otherSecret = "not-the-relay-secret-but-32-bytes-long!!"
 // snippetMarker is the line before a fence that holds a file whole.
 var snippetMarker = regexp.MustCompile("<!-- snippet: (\\S+) -->\n```[a-z]*\n")
 
-// TestREADMESnippets: each `<!-- snippet: PATH -->` line in the README is
-// followed by a fence holding exactly the file at PATH, and every file in
-// readmeSnippets is shown so.
+// TestREADMESnippets: each `<!-- snippet: PATH -->` line in the README and
+// in docs/ is followed by a fence holding exactly the file at PATH, and every
+// file in readmeSnippets is shown so, in one of them.
 func TestREADMESnippets(t *testing.T) {
-	raw, err := os.ReadFile("README.md")
+	docs, err := filepath.Glob("docs/*.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme := string(raw)
 	var shown []string
-	for _, m := range snippetMarker.FindAllStringSubmatchIndex(readme, -1) {
-		path := readme[m[2]:m[3]]
-		shown = append(shown, path)
-		body, _, ok := strings.Cut(readme[m[1]:], "```\n")
-		if !ok {
-			t.Errorf("README: the fence after the %s marker is not closed", path)
-			continue
-		}
-		want, err := os.ReadFile(filepath.FromSlash(path))
+	for _, doc := range append([]string{"README.md"}, docs...) {
+		raw, err := os.ReadFile(doc)
 		if err != nil {
-			t.Errorf("README shows %s: %v", path, err)
-			continue
+			t.Fatal(err)
 		}
-		if body != string(want) {
-			t.Errorf("README's copy of %s differs from the file; paste the file back in.\nREADME:\n%s\nfile:\n%s", path, body, want)
+		text := string(raw)
+		markers := snippetMarker.FindAllStringSubmatchIndex(text, -1)
+		for _, m := range markers {
+			path := text[m[2]:m[3]]
+			shown = append(shown, path)
+			body, _, ok := strings.Cut(text[m[1]:], "```\n")
+			if !ok {
+				t.Errorf("%s: the fence after the %s marker is not closed", doc, path)
+				continue
+			}
+			want, err := os.ReadFile(filepath.FromSlash(path))
+			if err != nil {
+				t.Errorf("%s shows %s: %v", doc, path, err)
+				continue
+			}
+			if body != string(want) {
+				t.Errorf("%s's copy of %s differs from the file; paste the file back in.\n%s:\n%s\nfile:\n%s", doc, path, doc, body, want)
+			}
+		}
+		if n := strings.Count(text, "<!-- snippet:"); n != len(markers) {
+			t.Errorf("%s has %d snippet markers, %d of them right before a fence", doc, n, len(markers))
 		}
 	}
 	for _, path := range readmeSnippets {
 		if !slices.Contains(shown, path) {
-			t.Errorf("README does not show %s (a <!-- snippet: %s --> line before its fence)", path, path)
+			t.Errorf("neither the README nor docs/ shows %s (a <!-- snippet: %s --> line before its fence)", path, path)
 		}
-	}
-	if strings.Count(readme, "<!-- snippet:") != len(shown) {
-		t.Errorf("README has %d snippet markers, %d of them right before a fence", strings.Count(readme, "<!-- snippet:"), len(shown))
 	}
 }
 

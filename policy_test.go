@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/message"
 	"dgrelay/internal/wspipe"
 
 	"cloud.google.com/go/secretmanager/apiv1/secretmanagerpb"
@@ -440,7 +441,7 @@ var policyBypasses = []struct{ name, msg, why string }{
 	{"a type the policy does not know", `{"type":"UpdateVoice","agent":{"listen":{"provider":{"model":"mine"}}}}`, `message type "UpdateVoice" is not allowed`},
 	{"a dotted key", `{"type":"Settings","audio":{},"agent":{"listen.provider":{"model":"mine"}}}`, "agent.listen.provider is not allowed"},
 	{"an empty key", `{"type":"Settings","audio":{},"":{"agent":{"listen":{"provider":{"model":"mine"}}}}}`, " is not allowed"},
-	{"too many values", `{"type":"Settings","agent":{"context":[` + strings.Repeat("0,", 2*maxMessageValues) + `0]},"x":"mine"}`, "message refused: more than 150"},
+	{"too many values", `{"type":"Settings","agent":{"context":[` + strings.Repeat("0,", 2*message.MaxValues) + `0]},"x":"mine"}`, "message refused: more than 150"},
 }
 
 // TestPolicyBypassRefused: under refuse, each bypass ends its session with

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"dgrelay/internal/message"
 )
 
 // policyVerdict is what the policy makes of one client text message.
@@ -34,7 +36,7 @@ func (p *settingsPolicy) violation(why, logged string) policyVerdict {
 // message that cannot be read one way only is refused (or dropped under
 // strip).
 func (p *settingsPolicy) check(msg []byte, service string) policyVerdict {
-	m, typ, err := parseClientMessage(msg)
+	m, typ, err := message.Parse(msg)
 	if err != nil {
 		why := "message refused: " + err.Error()
 		return p.violation(why, "("+why+")")
@@ -43,7 +45,7 @@ func (p *settingsPolicy) check(msg []byte, service string) policyVerdict {
 		if k != "type" && keyFold(k, "type") {
 			// Read as the type by a decoder that folds case, it could
 			// make the message another than the one judged here.
-			return p.violation(strconv.Quote(boundKey(k))+" reads as type", "("+boundKey(k)+" reads as type)")
+			return p.violation(strconv.Quote(message.BoundKey(k))+" reads as type", "("+message.BoundKey(k)+" reads as type)")
 		}
 	}
 	if p.messages[service][typ] {
@@ -53,7 +55,7 @@ func (p *settingsPolicy) check(msg []byte, service string) policyVerdict {
 	if service != "agent" || !isUpdate && typ != "Settings" {
 		// A type the policy neither governs nor lets pass; its name is
 		// the client's, so it is bounded.
-		return p.violation("message type "+strconv.Quote(boundKey(typ))+" is not allowed", "(message type "+boundKey(typ)+")")
+		return p.violation("message type "+strconv.Quote(message.BoundKey(typ))+" is not allowed", "(message type "+message.BoundKey(typ)+")")
 	}
 	if typ == "Settings" {
 		return p.checkSettings(m)
@@ -74,10 +76,10 @@ func (p *settingsPolicy) check(msg []byte, service string) policyVerdict {
 		switch {
 		case k == "type" || k == u.field:
 		case keyFold(k, u.field):
-			found = append(found, typ+"."+boundKey(k)+" (reads as "+u.field+")")
+			found = append(found, typ+"."+message.BoundKey(k)+" (reads as "+u.field+")")
 			delete(m, k)
 		case p.allow != nil:
-			found = append(found, typ+"."+boundKey(k))
+			found = append(found, typ+"."+message.BoundKey(k))
 			delete(m, k)
 		}
 	}
@@ -133,11 +135,11 @@ func (p *settingsPolicy) checkSettings(m map[string]any) policyVerdict {
 			continue
 		}
 		if p.allow != nil && (k == "" || strings.Contains(k, ".")) {
-			found = append(found, boundKey(k))
+			found = append(found, message.BoundKey(k))
 			delete(m, k)
 			continue
 		}
-		if out, kept := p.walk(v, []string{boundKey(k)}, k, &found); kept {
+		if out, kept := p.walk(v, []string{message.BoundKey(k)}, k, &found); kept {
 			m[k] = out
 		} else {
 			delete(m, k)
@@ -193,7 +195,7 @@ func (p *settingsPolicy) walk(v any, steps []string, path string, found *[]strin
 			return c, true
 		}
 		for k, child := range c {
-			below := append(steps[:len(steps):len(steps)], boundKey(k))
+			below := append(steps[:len(steps):len(steps)], message.BoundKey(k))
 			if k == "" || strings.Contains(k, ".") {
 				*found = append(*found, strings.Join(below, "."))
 				delete(c, k)
@@ -227,7 +229,7 @@ func (p *settingsPolicy) walk(v any, steps []string, path string, found *[]strin
 
 // encoded is the verdict that sends m, encoded again.
 func (p *settingsPolicy) encoded(m map[string]any, stripped []string) policyVerdict {
-	out, err := encodeJSON(m)
+	out, err := message.Encode(m)
 	if err != nil {
 		// Only values the decoder and the policy made are in m: this
 		// cannot happen, and nothing unjudged goes upstream if it does.

@@ -4,6 +4,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"dgrelay/internal/message"
 	"dgrelay/internal/wspipe"
 )
 
@@ -33,7 +34,7 @@ func (s *session) policyFilter(msg []byte) wspipe.Verdict {
 	if s.usageTag != "" && v.settings != nil && !v.drop && v.refused == "" {
 		// After the policy: its set may pin tags, the relay's goes too.
 		addUsageTag(v.settings, s.usageTag)
-		if out, err := encodeJSON(v.settings); err == nil {
+		if out, err := message.Encode(v.settings); err == nil {
 			v.out = out
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"dgrelay/internal/message"
 )
 
 // sealed, as a value in the policy's set, removes the client's value of
@@ -75,7 +77,7 @@ func checkPins(c, s any, steps []string, found *[]string) any {
 	switch cv := c.(type) {
 	case map[string]any:
 		for ck, cval := range cv {
-			below := append(steps[:len(steps):len(steps)], boundKey(ck))
+			below := append(steps[:len(steps):len(steps)], message.BoundKey(ck))
 			if _, exact := sobj[ck]; !exact && foldsToAny(ck, sobj) {
 				*found = append(*found, strings.Join(below, ".")+" (reads as a pinned key)")
 				delete(cv, ck)

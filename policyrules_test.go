@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/message"
 
 	"github.com/coder/websocket"
 	"github.com/sethvargo/go-envconfig"
@@ -284,7 +285,7 @@ func BenchmarkParseClientMessage(b *testing.B) {
 		return []byte(`{"type":"Settings","x":[` + strings.Repeat("0,", values-1) + `0]}`)
 	}
 	values := 1
-	for len(denseOf(values+1)) > 0 && values+1+7 <= valueLimit(len(denseOf(values+1))) {
+	for len(denseOf(values+1)) > 0 && values+1+7 <= message.ValueLimit(len(denseOf(values+1))) {
 		values++
 	}
 	dense := denseOf(values)
@@ -293,14 +294,14 @@ func BenchmarkParseClientMessage(b *testing.B) {
 		name string
 		msg  []byte
 	}{{"one-string", pad}, {"continuation-3000", realistic}, {"densest-allowed", dense}} {
-		if _, _, err := parseClientMessage(tc.msg); err != nil {
+		if _, _, err := message.Parse(tc.msg); err != nil {
 			b.Fatalf("%s: %v", tc.name, err)
 		}
 		b.Run(tc.name, func(b *testing.B) {
 			b.SetBytes(int64(len(tc.msg)))
 			b.ReportAllocs()
 			for b.Loop() {
-				_, _, _ = parseClientMessage(tc.msg)
+				_, _, _ = message.Parse(tc.msg)
 			}
 		})
 	}

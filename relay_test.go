@@ -15,17 +15,18 @@ import (
 	"github.com/coder/websocket"
 )
 
-type message struct {
+// wsMessage is one message a session carries: its type and its bytes.
+type wsMessage struct {
 	typ  websocket.MessageType
 	data []byte
 }
 
 // mixedMessages is a reproducible stream of text and binary messages from
 // 0 B to exactly 1 MiB, mostly audio-sized, as a session carries them.
-func mixedMessages(seed uint64, n int) []message {
+func mixedMessages(seed uint64, n int) []wsMessage {
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	sizes := []int{0, 1, wspipe.ReadBufferSize - 1, wspipe.ReadBufferSize, wspipe.ReadBufferSize + 1, 1 << 20}
-	out := make([]message, n)
+	out := make([]wsMessage, n)
 	for i := range out {
 		var size int
 		switch p := rng.IntN(100); {
@@ -51,7 +52,7 @@ func mixedMessages(seed uint64, n int) []message {
 				data[j] = byte(rng.Uint32())
 			}
 		}
-		out[i] = message{typ, data}
+		out[i] = wsMessage{typ, data}
 	}
 	rng.Shuffle(n-len(sizes), func(i, j int) {
 		i, j = i+len(sizes), j+len(sizes)

@@ -7,6 +7,8 @@ import (
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"dgrelay/internal/message"
 )
 
 // redactedMark stands where a secret was.
@@ -54,7 +56,7 @@ func (sc *scrubber) text(msg []byte) []byte {
 	dec := json.NewDecoder(bytes.NewReader(msg))
 	dec.UseNumber()
 	if dec.Decode(&v) == nil && !dec.More() {
-		if out, err := encodeJSON(sc.scrubValue(v)); err == nil {
+		if out, err := message.Encode(sc.scrubValue(v)); err == nil {
 			return out
 		}
 	}

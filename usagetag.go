@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"strings"
 
+	"dgrelay/internal/message"
 	"dgrelay/internal/wspipe"
 )
 
@@ -68,7 +69,7 @@ func addUsageTag(settings map[string]any, tag string) {
 // carry a tag of the relay's kind (Deepgram refuses such a session anyway:
 // NON_SETTINGS_MESSAGE_BEFORE_SETTINGS).
 func (s *session) tagFirstSettings(msg []byte) wspipe.Verdict {
-	m, typ, err := parseClientMessage(msg)
+	m, typ, err := message.Parse(msg)
 	if err != nil {
 		return wspipe.Verdict{Refused: "message refused: " + err.Error(), Last: true}
 	}
@@ -76,7 +77,7 @@ func (s *session) tagFirstSettings(msg []byte) wspipe.Verdict {
 		return wspipe.Verdict{Refused: "message refused: the first message must be Settings", Last: true}
 	}
 	addUsageTag(m, s.usageTag)
-	out, err := encodeJSON(m)
+	out, err := message.Encode(m)
 	if err != nil {
 		// Only values the decoder made are in m: this cannot happen.
 		return wspipe.Verdict{Refused: "message could not be encoded", Last: true}

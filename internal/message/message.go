@@ -1,4 +1,10 @@
-package main
+// Package message reads one client text message as a Settings policy must
+// judge it, and writes a message the relay changed back out. Parse refuses
+// any message two JSON parsers could read differently (a key twice, a byte
+// order mark, a second value, nesting or values past the bounds), so that
+// what a policy decides on is what Deepgram reads; Encode is the form such a
+// message goes on in.
+package message
 
 import (
 	"bytes"
@@ -8,15 +14,15 @@ import (
 	"io"
 )
 
-// maxMessageDepth bounds how deeply a client message a policy reads may
+// MaxDepth bounds how deeply a client message a policy reads may
 // nest. Settings nest about six deep, a function's JSON Schema parameters a
 // few more; past this the message is refused rather than read by a parser
 // (Deepgram's) that may stop at another depth than ours.
-const maxMessageDepth = 64
+const MaxDepth = 64
 
-// maxMessageValues and bytesPerValue bound how many values (keys, strings,
+// MaxValues and BytesPerValue bound how many values (keys, strings,
 // numbers, objects, ...) a client message a policy reads may hold: up to
-// maxMessageValues, plus one for every bytesPerValue bytes of the message.
+// MaxValues, plus one for every BytesPerValue bytes of the message.
 // A Settings holds a few hundred; one that goes on with a conversation
 // (Deepgram's documented way past its 2-hour limit: the prior turns in
 // agent.context.messages, AsyncAPI spec ...AgentOneOf0Context) holds seven
@@ -24,23 +30,23 @@ const maxMessageDepth = 64
 // bound keeps what one message costs to parse, and the tree it becomes,
 // near what its bytes cost, whatever its shape: a megabyte of "[0,0,0,..."
 // is half a million values, four times what the bound lets it have
-// (BenchmarkParseClientMessage measures both).
+// (internal/policy's BenchmarkParseClientMessage measures both).
 const (
-	maxMessageValues = 10000
-	bytesPerValue    = 8
+	MaxValues     = 10000
+	BytesPerValue = 8
 )
 
-// errMessageDepth is a message nested past maxMessageDepth.
-var errMessageDepth = fmt.Errorf("nested deeper than %d", maxMessageDepth)
+// errDepth is a message nested past MaxDepth.
+var errDepth = fmt.Errorf("nested deeper than %d", MaxDepth)
 
-// valueLimit is how many values a message of n bytes may hold.
-func valueLimit(n int) int { return maxMessageValues + n/bytesPerValue }
+// ValueLimit is how many values a message of n bytes may hold.
+func ValueLimit(n int) int { return MaxValues + n/BytesPerValue }
 
 // messageReader reads one message's tokens, counting them.
 type messageReader struct {
 	dec    *json.Decoder
 	values int
-	limit  int // valueLimit of the message
+	limit  int // ValueLimit of the message
 }
 
 // token is the next token, counted against the message's limit.
@@ -55,17 +61,17 @@ func (r *messageReader) token() (json.Token, error) {
 	return tok, nil
 }
 
-// parseClientMessage reads one client text message as a policy must: the
+// Parse reads one client text message as a policy must: the
 // policy decides on what Deepgram will read, so any message two JSON parsers
 // could read differently is refused instead of guessed at. It accepts one
 // JSON object and nothing after it, with no key twice in any object (Go
 // keeps the last, other parsers the first), no byte order mark, nesting at
-// most maxMessageDepth, and a string "type". Escapes are decoded, so
+// most MaxDepth, and a string "type". Escapes are decoded, so
 // "\u0053ettings" is Settings here as it is to Deepgram.
-func parseClientMessage(msg []byte) (m map[string]any, typ string, err error) {
+func Parse(msg []byte) (m map[string]any, typ string, err error) {
 	dec := json.NewDecoder(bytes.NewReader(msg))
 	dec.UseNumber()
-	r := &messageReader{dec: dec, limit: valueLimit(len(msg))}
+	r := &messageReader{dec: dec, limit: ValueLimit(len(msg))}
 	tok, err := r.token()
 	if err != nil {
 		return nil, "", err
@@ -98,7 +104,7 @@ func (r *messageReader) object(depth int) (map[string]any, error) {
 		}
 		key := tok.(string) // Token returns only a string where a key goes
 		if _, dup := m[key]; dup {
-			return nil, fmt.Errorf("duplicate key %q", boundKey(key))
+			return nil, fmt.Errorf("duplicate key %q", BoundKey(key))
 		}
 		v, err := r.value(depth)
 		if err != nil {
@@ -122,8 +128,8 @@ func (r *messageReader) value(depth int) (any, error) {
 	if !ok {
 		return tok, nil // string, json.Number, bool or nil
 	}
-	if depth >= maxMessageDepth {
-		return nil, errMessageDepth
+	if depth >= MaxDepth {
+		return nil, errDepth
 	}
 	if d == '{' {
 		return r.object(depth + 1)
@@ -142,8 +148,8 @@ func (r *messageReader) value(depth int) (any, error) {
 	return list, nil
 }
 
-// boundKey cuts a client's key for an error it reads back and a log line.
-func boundKey(k string) string {
+// BoundKey cuts a client's key for an error it reads back and a log line.
+func BoundKey(k string) string {
 	const max = 64
 	if len(k) <= max {
 		return k
@@ -151,10 +157,10 @@ func boundKey(k string) string {
 	return string(bytes.ToValidUTF8([]byte(k[:max]), nil)) + "…"
 }
 
-// encodeJSON is the form of a message the relay changed that goes on: a
+// Encode is the form of a message the relay changed that goes on: a
 // client's as the policy judged it, a scrubbed one from Deepgram. HTML
 // characters stay as they are (Go would escape <, > and &).
-func encodeJSON(m any) ([]byte, error) {
+func Encode(m any) ([]byte, error) {
 	var out bytes.Buffer
 	enc := json.NewEncoder(&out)
 	enc.SetEscapeHTML(false)

@@ -2,6 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
 
 	"dgrelay/internal/wspipe"
 
@@ -19,8 +22,9 @@ type answer struct {
 
 // ending is one way a session, or an upgraded request, ends: the cause its
 // log line and dgrelay_sessions_total name, who ended it, and what each side
-// is answered. Every close the relay decides comes from this table, and
-// TestEndingsInREADME holds the README's answers table to it.
+// is answered. Every close the relay decides comes from this table; each row
+// is listed by the constructor that makes it (sessionEndings,
+// refusalEndings), and TestEndingsInREADME holds docs/answers.md to them.
 type ending struct {
 	cause    string
 	closedBy string
@@ -28,41 +32,63 @@ type ending struct {
 	upstream answer
 }
 
-// The endings of a running session.
+// The endings of a session that was dialled: each counted in
+// dgrelay_sessions_total by its cause, and listed there in this order.
 var (
-	endClientVanished   = ending{"vanished", "client", answer{}, answer{code: websocket.StatusGoingAway, reason: "client went away"}}
-	endUpstreamVanished = ending{"vanished", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream went away", errorCode: "UPSTREAM_GONE"}, answer{}}
+	// endClosed is a peer's close passed on to the other side
+	// (closedOutcome): its answers are the peer's own, not the table's.
+	endClosed = sessionEnding(ending{cause: "closed"})
 
-	endClientTooBig   = ending{"too_big", "client", answer{code: websocket.StatusMessageTooBig, reason: "message too big", errorCode: "MESSAGE_TOO_BIG"}, answer{code: websocket.StatusNormalClosure, reason: "client message too big"}}
-	endUpstreamTooBig = ending{"too_big", "upstream", answer{code: websocket.StatusNormalClosure, reason: "upstream message too big"}, answer{code: websocket.StatusMessageTooBig, reason: "message too big"}}
+	endClientVanished   = sessionEnding(ending{"vanished", "client", answer{}, answer{code: websocket.StatusGoingAway, reason: "client went away"}})
+	endUpstreamVanished = sessionEnding(ending{"vanished", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream went away", errorCode: "UPSTREAM_GONE"}, answer{}})
 
-	endClientProtocol   = ending{"protocol_error", "client", answer{code: websocket.StatusProtocolError, reason: "protocol error"}, answer{code: websocket.StatusNormalClosure, reason: "client protocol error"}}
-	endUpstreamProtocol = ending{"protocol_error", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream protocol error", errorCode: "UPSTREAM_PROTOCOL_ERROR"}, answer{code: websocket.StatusProtocolError, reason: "protocol error"}}
+	endClientTooBig   = sessionEnding(ending{"too_big", "client", answer{code: websocket.StatusMessageTooBig, reason: "message too big", errorCode: "MESSAGE_TOO_BIG"}, answer{code: websocket.StatusNormalClosure, reason: "client message too big"}})
+	endUpstreamTooBig = sessionEnding(ending{"too_big", "upstream", answer{code: websocket.StatusNormalClosure, reason: "upstream message too big"}, answer{code: websocket.StatusMessageTooBig, reason: "message too big"}})
 
-	endClientBusy   = ending{"text_budget", "client", relayBusy, answer{code: websocket.StatusNormalClosure, reason: "client message refused: relay busy"}}
-	endUpstreamBusy = ending{"text_budget", "upstream", relayBusy, answer{code: websocket.StatusNormalClosure, reason: "upstream message refused: relay busy"}}
+	endClientProtocol   = sessionEnding(ending{"protocol_error", "client", answer{code: websocket.StatusProtocolError, reason: "protocol error"}, answer{code: websocket.StatusNormalClosure, reason: "client protocol error"}})
+	endUpstreamProtocol = sessionEnding(ending{"protocol_error", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream protocol error", errorCode: "UPSTREAM_PROTOCOL_ERROR"}, answer{code: websocket.StatusProtocolError, reason: "protocol error"}})
 
-	endClientSlowText   = ending{"text_timeout", "client", answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}, answer{code: websocket.StatusNormalClosure, reason: "client message not finished in time"}}
-	endUpstreamSlowText = ending{"text_timeout", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream stalled", errorCode: "UPSTREAM_STALLED"}, answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}}
-
-	endTextRate = ending{"text_rate", "client", answer{code: websocket.StatusPolicyViolation, reason: "too much text"}, answer{code: websocket.StatusNormalClosure, reason: "client sent too much text"}}
-
-	endSettingsRefused = ending{"settings_refused", "relay", answer{code: websocket.StatusPolicyViolation, reason: "settings refused", errorCode: "SETTINGS_REFUSED"}, answer{code: websocket.StatusNormalClosure, reason: "settings refused"}}
+	endClientBusy   = sessionEnding(ending{"text_budget", "client", relayBusy, answer{code: websocket.StatusNormalClosure, reason: "client message refused: relay busy"}})
+	endUpstreamBusy = sessionEnding(ending{"text_budget", "upstream", relayBusy, answer{code: websocket.StatusNormalClosure, reason: "upstream message refused: relay busy"}})
 
 	// The component treats idle_timeout and session_max_duration as
 	// expected endings and stays quiet for them: hence their case.
 	endIdle         = relayEnding("idle", websocket.StatusPolicyViolation, "idle timeout", "idle_timeout")
 	endDuration     = relayEnding("duration", websocket.StatusPolicyViolation, "session time limit reached", "session_max_duration")
+	endQuota        = relayEnding("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
 	endSlowClient   = relayEnding("slow_client", websocket.StatusPolicyViolation, "client not reading", "") // it would not read one
 	endSlowUpstream = relayEnding("slow_upstream", websocket.StatusBadGateway, "upstream not reading", "UPSTREAM_STALLED")
-	endQuota        = relayEnding("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
-	endDrain        = ending{"drain", "relay", answer{code: websocket.StatusServiceRestart, reason: "service restart", errorCode: "SERVICE_RESTART"}, answer{code: websocket.StatusNormalClosure, reason: "relay restarting"}}
+
+	endClientSlowText   = sessionEnding(ending{"text_timeout", "client", answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}, answer{code: websocket.StatusNormalClosure, reason: "client message not finished in time"}})
+	endUpstreamSlowText = sessionEnding(ending{"text_timeout", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream stalled", errorCode: "UPSTREAM_STALLED"}, answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}})
+
+	endTextRate = sessionEnding(ending{"text_rate", "client", answer{code: websocket.StatusPolicyViolation, reason: "too much text"}, answer{code: websocket.StatusNormalClosure, reason: "client sent too much text"}})
+
+	endDrain = sessionEnding(ending{"drain", "relay", answer{code: websocket.StatusServiceRestart, reason: "service restart", errorCode: "SERVICE_RESTART"}, answer{code: websocket.StatusNormalClosure, reason: "relay restarting"}})
+
+	// Deepgram did not answer, or refused: the client is upgraded to hear
+	// why (refuseUnreachable), and dgrelay_upstream_failures_total counts
+	// the Error code.
+	refuseUpstreamAuth        = dialFailure("upstream refused the relay's key", "UPSTREAM_AUTH")
+	refuseUpstreamRejected    = dialFailure("upstream refused the session", "UPSTREAM_REJECTED")
+	refuseUpstreamUnavailable = dialFailure("upstream unavailable", "UPSTREAM_UNAVAILABLE")
+
+	// endClientGone is a client that left while Deepgram was being
+	// dialled: its connection is dropped unanswered (clientGone), and it
+	// is not an upstream failure.
+	endClientGone = sessionEnding(ending{cause: "client_gone", closedBy: "client"})
+
+	endSettingsRefused = sessionEnding(ending{"settings_refused", "relay", answer{code: websocket.StatusPolicyViolation, reason: "settings refused", errorCode: "SETTINGS_REFUSED"}, answer{code: websocket.StatusNormalClosure, reason: "settings refused"}})
 )
 
+// relayBusy is the client's answer when the text budget refuses a message,
+// whichever side sent it.
 var relayBusy = answer{code: websocket.StatusTryAgainLater, reason: "relay busy, try again", errorCode: "RELAY_BUSY"}
 
 // The refusals of an upgraded request: the browser's WebSocket API shows
-// close codes, not HTTP statuses. Deepgram is not dialled, or did not answer.
+// close codes, not HTTP statuses. Deepgram is not dialled. Each is counted in
+// dgrelay_refusals_total by its cause, a token's in
+// dgrelay_auth_failures_total by the kind of failure instead.
 var (
 	refuseTokenMissing = refusal("token_missing", 4401, "token missing", "TOKEN_MISSING")
 	refuseTokenExpired = refusal("token_expired", 4401, "token expired", "TOKEN_EXPIRED")
@@ -73,31 +99,141 @@ var (
 	refuseQuota        = refusal("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
 	// Redis cannot answer and REDIS_FAILURE=refuse.
 	refuseLimitsUnavailable = refusal("limits_unavailable", websocket.StatusTryAgainLater, "limits unavailable, try again", "LIMITS_UNAVAILABLE")
-
-	refuseUpstreamAuth        = refusal("upstream_failed", websocket.StatusBadGateway, "upstream refused the relay's key", "UPSTREAM_AUTH")
-	refuseUpstreamRejected    = refusal("upstream_failed", websocket.StatusBadGateway, "upstream refused the session", "UPSTREAM_REJECTED")
-	refuseUpstreamUnavailable = refusal("upstream_failed", websocket.StatusBadGateway, "upstream unavailable", "UPSTREAM_UNAVAILABLE")
+	// refuseUpstreamDown is a session held by a known outage, refused
+	// without a dial: refuseUpstreamUnavailable's answer, under the label
+	// upstream_down (relay.go refuses it so).
+	refuseUpstreamDown = refusal("upstream_down", websocket.StatusBadGateway, "upstream unavailable", "UPSTREAM_UNAVAILABLE")
 )
 
-// endings lists the table, for the test that holds it to the README.
-var endings = []ending{
-	endClientVanished, endUpstreamVanished, endClientTooBig, endUpstreamTooBig,
-	endClientProtocol, endUpstreamProtocol, endClientBusy, endUpstreamBusy,
-	endClientSlowText, endUpstreamSlowText, endTextRate, endSettingsRefused,
-	endIdle, endDuration, endSlowClient, endSlowUpstream, endQuota, endDrain,
-	refuseTokenMissing, refuseTokenExpired, refuseTokenInvalid, refuseUserSessions, refuseUserRate, refuseFull,
-	refuseQuota, refuseLimitsUnavailable,
-	refuseUpstreamAuth, refuseUpstreamRejected, refuseUpstreamUnavailable,
+// sessionEndings and refusalEndings are the rows of the table, in the order
+// written, each added by the constructor that made it: no list to keep by
+// hand beside the rows.
+var sessionEndings, refusalEndings []ending
+
+// endingRows is every row of the table.
+func endingRows() []ending {
+	return slices.Concat(sessionEndings, refusalEndings)
+}
+
+// sessionEnding adds e to sessionEndings and returns it.
+func sessionEnding(e ending) ending {
+	sessionEndings = append(sessionEndings, e)
+	return e
 }
 
 // relayEnding is a session the relay ends on its own account: the client
 // gets code and reason, Deepgram a normal close with the same reason.
 func relayEnding(cause string, code websocket.StatusCode, reason, errorCode string) ending {
-	return ending{cause, "relay", answer{code: code, reason: reason, errorCode: errorCode}, answer{code: websocket.StatusNormalClosure, reason: reason}}
+	return sessionEnding(ending{cause, "relay", answer{code: code, reason: reason, errorCode: errorCode}, answer{code: websocket.StatusNormalClosure, reason: reason}})
 }
 
+// dialFailure is a session whose Deepgram dial failed: close 1014 to the
+// client, after an Error message with errorCode.
+func dialFailure(reason, errorCode string) ending {
+	return sessionEnding(ending{"upstream_failed", "relay", answer{code: websocket.StatusBadGateway, reason: reason, errorCode: errorCode}, answer{}})
+}
+
+// refusal is an upgraded request refused before any dial, added to
+// refusalEndings.
 func refusal(cause string, code websocket.StatusCode, reason, errorCode string) ending {
-	return ending{cause, "relay", answer{code: code, reason: reason, errorCode: errorCode}, answer{}}
+	e := ending{cause, "relay", answer{code: code, reason: reason, errorCode: errorCode}, answer{}}
+	refusalEndings = append(refusalEndings, e)
+	return e
+}
+
+// sessionOutcomes are the causes dgrelay_sessions_total counts, from the
+// rows, each once: its help lists them.
+func sessionOutcomes() []string {
+	var out []string
+	for _, e := range sessionEndings {
+		if !slices.Contains(out, e.cause) {
+			out = append(out, e.cause)
+		}
+	}
+	return out
+}
+
+// repeatLabels are the reasons dgrelay_refusals_repeated_total counts: a
+// token's by the kind of failure, then the other in-band refusals' causes.
+func repeatLabels() []string {
+	out := []string{"token_<kind of failure>"}
+	for _, e := range refusalEndings {
+		if !strings.HasPrefix(e.cause, "token_") && !slices.Contains(out, e.cause) {
+			out = append(out, e.cause)
+		}
+	}
+	return out
+}
+
+// refusalLabels are the reasons dgrelay_refusals_total counts, from the
+// rows: the answers before the upgrade that are counted, then the in-band
+// refusals but a token's (those count in dgrelay_auth_failures_total).
+func refusalLabels() []string {
+	var out []string
+	for _, h := range httpRefusals {
+		if h.label != "" && !slices.Contains(out, h.label) {
+			out = append(out, h.label)
+		}
+	}
+	for _, e := range refusalEndings {
+		if !strings.HasPrefix(e.cause, "token_") && !slices.Contains(out, e.cause) {
+			out = append(out, e.cause)
+		}
+	}
+	return out
+}
+
+// httpRefusal is an answer before the upgrade, for a request that never
+// becomes a session: an HTTP status, with Retry-After or not. The browser's
+// WebSocket API shows none of it (a failed handshake); Deepgram's SDKs back
+// off from it. TestHTTPRefusalsInDocs holds docs/answers.md to these rows,
+// TestHTTPRefusalsAnswered the relay's answers.
+type httpRefusal struct {
+	label      string // its refusal in logs and dgrelay_refusals_total; "" when neither
+	when       string // the words that name it in the answers table of docs/answers.md
+	status     int
+	retryAfter bool
+	// repeats are the close codes of the in-band refusals whose repeats,
+	// within REFUSAL_WINDOW, get this status before the upgrade.
+	repeats []websocket.StatusCode
+}
+
+// The answers before the upgrade.
+var (
+	httpBadRoute      = httpRow(httpRefusal{when: "unknown `service`", status: http.StatusBadRequest})
+	httpBadHandshake  = httpRow(httpRefusal{when: "a WebSocket handshake `Accept` would refuse", status: http.StatusBadRequest})
+	httpNotWebSocket  = httpRow(httpRefusal{when: "plain HTTP (not an upgrade)", status: http.StatusUpgradeRequired})
+	httpOrigin        = httpRow(httpRefusal{label: "origin", when: "`Origin` not allowed", status: http.StatusForbidden})
+	httpNoBearer      = httpRow(httpRefusal{when: "subprotocols offered, but not `bearer`", status: http.StatusBadRequest})
+	httpDraining      = httpRow(httpRefusal{label: "draining", when: "the relay is draining", status: http.StatusServiceUnavailable, retryAfter: true})
+	httpHeadersTooBig = httpRow(httpRefusal{when: "handshake headers over 16 KiB", status: http.StatusRequestHeaderFieldsTooLarge})
+
+	// A refusal told in band once, repeated for the same identity
+	// (refusals.go): a token's, a user's limits, the instance or Deepgram.
+	httpRepeatToken = httpRow(httpRefusal{when: "the same refusal again", status: http.StatusUnauthorized, retryAfter: true, repeats: []websocket.StatusCode{4401}})
+	httpRepeatLimit = httpRow(httpRefusal{when: "the same refusal again", status: http.StatusTooManyRequests, retryAfter: true, repeats: []websocket.StatusCode{4429}})
+	httpRepeatBusy  = httpRow(httpRefusal{when: "the same refusal again", status: http.StatusServiceUnavailable, retryAfter: true, repeats: []websocket.StatusCode{websocket.StatusTryAgainLater, websocket.StatusBadGateway}})
+)
+
+// httpRefusals are the answers before the upgrade, in the order written,
+// each added by httpRow.
+var httpRefusals []httpRefusal
+
+// httpRow adds h to httpRefusals and returns it.
+func httpRow(h httpRefusal) httpRefusal {
+	httpRefusals = append(httpRefusals, h)
+	return h
+}
+
+// repeatedAs is the row that answers a repeat of the in-band refusal e
+// before the upgrade; ok is false for a close no refusal repeats.
+func repeatedAs(e ending) (httpRefusal, bool) {
+	for _, h := range httpRefusals {
+		if slices.Contains(h.repeats, e.client.code) {
+			return h, true
+		}
+	}
+	return httpRefusal{}, false
 }
 
 // pipeEnding is the table's entry for how a pipe ended its session (all but
@@ -157,7 +293,7 @@ func (e ending) outcome(description string) outcome {
 // it came; 1005 (a close frame without a code) goes on as a close frame
 // without a code, and src gets its own code back.
 func closedOutcome(src wspipe.Side, code websocket.StatusCode, reason string) outcome {
-	o := outcome{cause: "closed", closedBy: src.String(),
+	o := outcome{cause: endClosed.cause, closedBy: src.String(),
 		client: closeFor{code: code, reason: reason}, upstream: closeFor{code: code, reason: reason}}
 	// The side that sent the close gets its code back, without a reason.
 	if src == wspipe.Client {

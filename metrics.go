@@ -3,6 +3,7 @@ package main
 import (
 	"net/http"
 	"strconv"
+	"strings"
 
 	"dgrelay/internal/wspipe"
 
@@ -57,7 +58,7 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_sessions_active", Help: "Sessions relaying now.",
 		}, []string{"service"}),
 		sessionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (closed, vanished, too_big, protocol_error, text_budget, idle, duration, quota, slow_client, slow_upstream, text_timeout, text_rate, drain, upstream_failed, client_gone, settings_refused).",
+			Name: "dgrelay_sessions_total", Help: "Sessions ended, by how they ended (" + strings.Join(sessionOutcomes(), ", ") + ").",
 		}, []string{"service", "outcome"}),
 		sessionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "dgrelay_session_duration_seconds", Help: "How long relayed sessions lasted.",
@@ -86,10 +87,10 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_auth_failures_total", Help: "Tokens refused, by cause.",
 		}, []string{"reason"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dgrelay_refusals_total", Help: "Sessions refused by a limit or check (origin, rate, user_sessions, quota, limits_unavailable, instance_full, draining).",
+			Name: "dgrelay_refusals_total", Help: "Sessions refused by a limit or check (" + strings.Join(refusalLabels(), ", ") + ").",
 		}, []string{"reason"}),
 		refusalsRepeated: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dgrelay_refusals_repeated_total", Help: "Refusals answered before the upgrade (HTTP 401, 429, 503 with Retry-After) because the same identity met the same refusal within REFUSAL_WINDOW, by reason (token_expired, token_invalid, ..., user_sessions, rate, quota, upstream_down).",
+			Name: "dgrelay_refusals_repeated_total", Help: "Refusals answered before the upgrade (HTTP 401, 429, 503 with Retry-After) because the same identity met the same refusal within REFUSAL_WINDOW, by reason (" + strings.Join(repeatLabels(), ", ") + ").",
 		}, []string{"reason"}),
 		upstreamDown: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "dgrelay_upstream_down", Help: "1 while dials to Deepgram's service are held after failing in a row: sessions are refused with UPSTREAM_UNAVAILABLE, one at a time probes.",

@@ -17,6 +17,7 @@ import (
 
 	"dgrelay/internal/fakedeepgram"
 	"dgrelay/internal/message"
+	"dgrelay/internal/scrub"
 	"dgrelay/internal/wspipe"
 
 	"cloud.google.com/go/secretmanager/apiv1/secretmanagerpb"
@@ -347,7 +348,7 @@ func TestPolicyResolvesInArrays(t *testing.T) {
 		t.Errorf("an array in a map in an array: %v", got)
 	}
 	leak := "fn-ENV-SECRET-1 deep-ENV-SECRET-2 mapped-ENV-SECRET-3"
-	if got := string(newScrubber(testAPIKey, p.secretValues()).text([]byte(leak))); got != "[redacted] [redacted] [redacted]" {
+	if got := string(scrub.New(testAPIKey, p.secretValues()).Text([]byte(leak))); got != "[redacted] [redacted] [redacted]" {
 		t.Errorf("the values are not all scrubbed: %q", got)
 	}
 	_, err = loadPolicy(context.Background(), `{"set": {"a": [{"b": "${env:NOT_SET_ANYWHERE}"}]}}`, env, nil)

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"dgrelay/internal/scrub"
 	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
@@ -41,7 +42,7 @@ type relay struct {
 	watchdog    watchdog
 	metrics     *metrics
 	policy      *settingsPolicy // nil: Settings pass untouched
-	scrub       *scrubber
+	scrub       *scrub.Scrubber
 	texts       *textBudget
 	// tryPage is the try-it page's responses by route (nil: TRY_PAGE off).
 	tryPage map[string]tryAsset
@@ -102,7 +103,7 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 	rl := &relay{
 		cfg:          cfg,
 		policy:       policy,
-		scrub:        newScrubber(apiKey, secrets),
+		scrub:        scrub.New(apiKey, secrets),
 		auth:         auth,
 		origins:      origins,
 		users:        newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute, quota, cfg.MaxMessageBytes),
@@ -368,6 +369,6 @@ func (s *session) pipes() (up, down *wspipe.Pipe) {
 	// Binary messages are audio, relayed as they came.
 	sc := s.relay.scrub
 	down = wspipe.New(s, s.upstream, s.client, &s.down, wspipe.Options{MaxMessage: maxMsg,
-		Text: func(msg []byte) wspipe.Verdict { return wspipe.Verdict{Out: sc.text(msg)} }, Budget: s.budget(wspipe.Upstream), Scrub: sc.short})
+		Text: func(msg []byte) wspipe.Verdict { return wspipe.Verdict{Out: sc.Text(msg)} }, Budget: s.budget(wspipe.Upstream), Scrub: sc.Short})
 	return up, down
 }

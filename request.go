@@ -76,7 +76,7 @@ func (rl *relay) checkRequest(w http.ResponseWriter, r *http.Request) (service s
 		// The origin is logged (bounded) with the entry that would allow
 		// it, so that a missing ALLOWED_ORIGINS entry is easy to fix; it is
 		// a page's address, not a secret. A browser does not show the body.
-		fix := rl.scrub.cleanTo(originFix(r.Header.Get("Origin")), errorDetailLimit)
+		fix := rl.scrub.CleanTo(originFix(r.Header.Get("Origin")), errorDetailLimit)
 		rl.logFor(cloudTrace(r, rl.cfg.GoogleCloudProject)).Info("session refused", "refusal", "origin", "origin", rl.redact(r.Header.Get("Origin")),
 			"fix", fix, "remote", clientIP(r, rl.cfg.TrustProxyHeaders))
 		http.Error(w, "origin not allowed: "+fix, http.StatusForbidden)

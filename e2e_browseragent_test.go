@@ -46,19 +46,19 @@ func policyEnv(t *testing.T, p e2ePolicy, extra map[string]string) map[string]st
 // policyCut is where the relay's policy ends a real client's scripted call
 // (Settings, then an UpdatePrompt, then the rest), as the event the client
 // sent last before the refusal; "" when it lets the whole call through.
-// The rules themselves are tested in policyrules_test.go; here the real
+// The rules themselves are tested in internal/policy; here the real
 // clients must meet them as the relay applies them.
 func policyCut(t *testing.T, h *harness, settings map[string]any) string {
 	p := h.relay.policy
 	if p == nil {
 		return ""
 	}
-	if v := p.check([]byte(mustJSON(t, settings)), "agent"); v.refused != "" {
+	if v := p.Check([]byte(mustJSON(t, settings)), "agent"); v.Refused != "" {
 		return "Settings"
 	}
-	if v := p.check([]byte(`{"type":"UpdatePrompt","prompt":"Also be brief."}`), "agent"); v.refused != "" {
+	if v := p.Check([]byte(`{"type":"UpdatePrompt","prompt":"Also be brief."}`), "agent"); v.Refused != "" {
 		return "UpdatePrompt"
-	} else if v.drop {
+	} else if v.Drop {
 		t.Fatalf("the policy drops the scripted UpdatePrompt; the clients' scripts wait for its ack")
 	}
 	return ""

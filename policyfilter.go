@@ -19,26 +19,26 @@ func (s *session) policyFilter(msg []byte) wspipe.Verdict {
 		s.end(endTextRate.outcome(""))
 		return wspipe.Verdict{Drop: true}
 	}
-	v := s.relay.policy.check(msg, s.service)
-	if len(v.stripped) > 0 {
-		s.relay.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.stripped)))
+	v := s.relay.policy.Check(msg, s.service)
+	if len(v.Stripped) > 0 {
+		s.relay.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.Stripped)))
 		switch s.strippedLines++; {
 		case s.strippedLines <= maxStrippedLines:
 			s.log().Info("settings policy: stripped", "session", s.id, "user", s.user,
-				"paths", loggedPaths(v.stripped, s.relay.redact), "paths_total", len(v.stripped))
+				"paths", loggedPaths(v.Stripped, s.relay.redact), "paths_total", len(v.Stripped))
 		case s.strippedLines == maxStrippedLines+1:
 			s.log().Info("settings policy: stripped, and more this session; the metric counts them",
 				"session", s.id, "user", s.user)
 		}
 	}
-	if s.usageTag != "" && v.settings != nil && !v.drop && v.refused == "" {
+	if s.usageTag != "" && v.Settings != nil && !v.Drop && v.Refused == "" {
 		// After the policy: its set may pin tags, the relay's goes too.
-		addUsageTag(v.settings, s.usageTag)
-		if out, err := message.Encode(v.settings); err == nil {
-			v.out = out
+		addUsageTag(v.Settings, s.usageTag)
+		if out, err := message.Encode(v.Settings); err == nil {
+			v.Out = out
 		}
 	}
-	return wspipe.Verdict{Out: v.out, Drop: v.drop, Refused: v.refused}
+	return wspipe.Verdict{Out: v.Out, Drop: v.Drop, Refused: v.Refused}
 }
 
 // clientTextRate is the rate at which a user's text messages, all its

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"dgrelay/internal/policy"
 	"dgrelay/internal/scrub"
 	"dgrelay/internal/wspipe"
 
@@ -41,7 +42,7 @@ type relay struct {
 	userHashKey []byte
 	watchdog    watchdog
 	metrics     *metrics
-	policy      *settingsPolicy // nil: Settings pass untouched
+	policy      *policy.Policy // nil: Settings pass untouched
 	scrub       *scrub.Scrubber
 	texts       *textBudget
 	// tryPage is the try-it page's responses by route (nil: TRY_PAGE off).
@@ -68,7 +69,7 @@ type relay struct {
 	background sync.WaitGroup
 }
 
-func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logger) (*relay, error) {
+func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logger) (*relay, error) {
 	agent, err := newUpstream(cfg.AgentURL)
 	if err != nil {
 		return nil, fmt.Errorf("DEEPGRAM_AGENT_URL: %w", err)
@@ -86,7 +87,7 @@ func newRelay(cfg *Config, apiKey string, policy *settingsPolicy, log *slog.Logg
 		return nil, err
 	}
 	m := newMetrics(version)
-	secrets := policy.secretValues()
+	secrets := policy.SecretValues()
 	var shared *sharedLimits
 	if cfg.RedisURL != "" {
 		if shared, err = newSharedLimits(cfg, log, m); err != nil {

@@ -9,8 +9,11 @@ import (
 	"strings"
 	"time"
 
+	"dgrelay/internal/policy"
+
 	secretmanager "cloud.google.com/go/secretmanager/apiv1"
 	"cloud.google.com/go/secretmanager/apiv1/secretmanagerpb"
+	"github.com/sethvargo/go-envconfig"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -151,4 +154,17 @@ func loadJWTSecret(ctx context.Context, cfg *Config, secrets *secretReader) erro
 	}
 	cfg.JWTSecret = secret
 	return nil
+}
+
+// loadPolicy reads SETTINGS_POLICY (internal/policy), its ${env:}
+// references resolved from env and its ${secret:} ones from Secret Manager.
+// An empty value is no policy.
+func loadPolicy(ctx context.Context, value string, env envconfig.Lookuper, secrets *secretReader) (*policy.Policy, error) {
+	return policy.Load(ctx, value, func(ctx context.Context, kind, name string) (string, error) {
+		if kind == "secret" {
+			return secrets.access(ctx, name)
+		}
+		v, _ := env.Lookup(name)
+		return v, nil
+	})
 }

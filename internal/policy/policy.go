@@ -1,4 +1,11 @@
-package main
+// Package policy is the operator's say over what clients send in Settings
+// and the Update messages (SETTINGS_POLICY): values the server pins,
+// provider keys among them, resolved once from ${env:} and ${secret:}
+// references; the paths a client may set; and which other messages pass on
+// each service. Load reads a policy; Check judges one client text message
+// and returns a Verdict: what goes on to Deepgram, or that nothing does, or
+// that the session is refused.
+package policy
 
 import (
 	"bytes"
@@ -11,15 +18,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-
-	"github.com/sethvargo/go-envconfig"
 )
 
-// settingsPolicy is the operator's say over what clients send in Settings
+// Policy is the operator's say over what clients send in Settings
 // and the Update messages: values the server sets (provider keys included),
 // the paths a client may set, and which updates and other messages it may
 // send on each service. It is read once at start and never changes.
-type settingsPolicy struct {
+type Policy struct {
 	set   map[string]any
 	allow []string // nil: no allow list
 	// pinned are the dotted paths whose value set replaces the client's
@@ -78,11 +83,18 @@ var updateFields = map[string]struct{ field, path string }{
 	"UpdateListen": {"listen", "agent.listen"},
 }
 
-var policyReference = regexp.MustCompile(`\$\{(env|secret):([^}]*)\}`)
+// Reference matches a ${env:NAME} or ${secret:NAME} reference in a
+// policy's values: its submatches are the kind and the name.
+var Reference = regexp.MustCompile(`\$\{(env|secret):([^}]*)\}`)
 
-// loadPolicy reads SETTINGS_POLICY (inline JSON or @path) and resolves its
-// references. An empty value is no policy.
-func loadPolicy(ctx context.Context, value string, env envconfig.Lookuper, secrets *secretReader) (*settingsPolicy, error) {
+// Lookup returns the value a policy's reference names: kind "env" (an
+// environment variable; "" when it is not set) or "secret" (a Secret
+// Manager version's name). An error names the reference, never a value.
+type Lookup func(ctx context.Context, kind, name string) (string, error)
+
+// Load reads SETTINGS_POLICY (inline JSON or @path) and resolves its
+// references with lookup (nil: none is set). An empty value is no policy.
+func Load(ctx context.Context, value string, lookup Lookup) (*Policy, error) {
 	if value == "" {
 		return nil, nil
 	}
@@ -100,7 +112,7 @@ func loadPolicy(ctx context.Context, value string, env envconfig.Lookuper, secre
 	if err := dec.Decode(&pf); err != nil {
 		return nil, fmt.Errorf("SETTINGS_POLICY: not a valid policy: %w", err)
 	}
-	p := &settingsPolicy{set: pf.Set, updates: pf.Updates}
+	p := &Policy{set: pf.Set, updates: pf.Updates}
 	switch pf.OnViolation {
 	case "", "strip":
 	case "refuse":
@@ -145,7 +157,15 @@ func loadPolicy(ctx context.Context, value string, env envconfig.Lookuper, secre
 	}
 	// p.set is a map: resolve changes it in place.
 	var refs []policyRef
-	if _, err := p.resolve(ctx, p.set, nil, env, secrets, &refs); err != nil {
+	if lookup == nil {
+		lookup = func(_ context.Context, kind, name string) (string, error) {
+			if kind == "secret" {
+				return "", fmt.Errorf("secret %s: no secret store", name)
+			}
+			return "", nil
+		}
+	}
+	if _, err := p.resolve(ctx, p.set, nil, lookup, &refs); err != nil {
 		return nil, err
 	}
 	if err := checkEndpoints(p.set, nil); err != nil {
@@ -184,11 +204,11 @@ type policyRef []any
 // stood (refs); it returns v with them replaced. It walks arrays as well as
 // objects, at any depth: agent.think.functions[].endpoint.headers is where a
 // function's credentials go. An error names the reference, never a value.
-func (p *settingsPolicy) resolve(ctx context.Context, v any, at policyRef, env envconfig.Lookuper, secrets *secretReader, refs *[]policyRef) (any, error) {
+func (p *Policy) resolve(ctx context.Context, v any, at policyRef, lookup Lookup, refs *[]policyRef) (any, error) {
 	switch c := v.(type) {
 	case map[string]any:
 		for k, child := range c {
-			out, err := p.resolve(ctx, child, append(at[:len(at):len(at)], k), env, secrets, refs)
+			out, err := p.resolve(ctx, child, append(at[:len(at):len(at)], k), lookup, refs)
 			if err != nil {
 				return nil, err
 			}
@@ -196,35 +216,27 @@ func (p *settingsPolicy) resolve(ctx context.Context, v any, at policyRef, env e
 		}
 	case []any:
 		for i, child := range c {
-			out, err := p.resolve(ctx, child, append(at[:len(at):len(at)], i), env, secrets, refs)
+			out, err := p.resolve(ctx, child, append(at[:len(at):len(at)], i), lookup, refs)
 			if err != nil {
 				return nil, err
 			}
 			c[i] = out
 		}
 	case string:
-		if !policyReference.MatchString(c) {
+		if !Reference.MatchString(c) {
 			return c, nil
 		}
 		*refs = append(*refs, at)
 		var failed error
-		out := policyReference.ReplaceAllStringFunc(c, func(ref string) string {
-			m := policyReference.FindStringSubmatch(ref)
+		out := Reference.ReplaceAllStringFunc(c, func(ref string) string {
+			m := Reference.FindStringSubmatch(ref)
 			kind, name := m[1], m[2]
-			var val string
-			switch kind {
-			case "env":
-				got, ok := env.Lookup(name)
-				if !ok || got == "" {
-					failed = fmt.Errorf("SETTINGS_POLICY: %s: ${env:%s} is not set", displayPath("set", at), name)
-				}
-				val = got
-			case "secret":
-				got, err := secrets.access(ctx, name)
-				if err != nil {
-					failed = fmt.Errorf("SETTINGS_POLICY: %s: %w", displayPath("set", at), err)
-				}
-				val = got
+			val, err := lookup(ctx, kind, name)
+			switch {
+			case err != nil:
+				failed = fmt.Errorf("SETTINGS_POLICY: %s: %w", displayPath("set", at), err)
+			case kind == "env" && val == "":
+				failed = fmt.Errorf("SETTINGS_POLICY: %s: ${env:%s} is not set", displayPath("set", at), name)
 			}
 			if val != "" {
 				p.secrets = append(p.secrets, []byte(val))
@@ -365,9 +377,9 @@ func valueAt(v any, steps []any) any {
 	return v
 }
 
-// secretValues is what the policy resolved from references, for the scrub;
+// SecretValues is what the policy resolved from references, for the scrub;
 // none without a policy.
-func (p *settingsPolicy) secretValues() [][]byte {
+func (p *Policy) SecretValues() [][]byte {
 	if p == nil {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package main
+package policy
 
 import (
 	"slices"
@@ -8,34 +8,34 @@ import (
 	"dgrelay/internal/message"
 )
 
-// policyVerdict is what the policy makes of one client text message.
-type policyVerdict struct {
-	out      []byte   // what goes upstream (the message itself when untouched)
-	drop     bool     // send nothing (a stripped Update, or a malformed message under strip)
-	refused  string   // non-empty: refuse the session; what the client is told
-	stripped []string // paths removed, for the log
-	// settings is a Settings message as it goes (out, parsed), for the
+// Verdict is what the policy makes of one client text message.
+type Verdict struct {
+	Out      []byte   // what goes upstream (the message itself when untouched)
+	Drop     bool     // send nothing (a stripped Update, or a malformed message under strip)
+	Refused  string   // non-empty: refuse the session; what the client is told
+	Stripped []string // paths removed, for the log
+	// Settings is a Settings message as it goes (Out, parsed), for the
 	// usage tag; nil for any other message.
-	settings map[string]any
+	Settings map[string]any
 }
 
 // violation is the verdict on one message that breaks the policy: refused,
 // or dropped with what to log.
-func (p *settingsPolicy) violation(why, logged string) policyVerdict {
+func (p *Policy) violation(why, logged string) Verdict {
 	if p.refuse {
-		return policyVerdict{refused: why}
+		return Verdict{Refused: why}
 	}
-	return policyVerdict{drop: true, stripped: []string{logged}}
+	return Verdict{Drop: true, Stripped: []string{logged}}
 }
 
-// check applies the policy to one client text message of a service (agent
+// Check applies the policy to one client text message of a service (agent
 // or transcription). Every message is parsed, whatever its bytes look like,
 // and what goes upstream is always the parsed message encoded again: the
 // decision is made on what Deepgram reads, never on raw bytes, which
 // escapes, duplicate keys and the like could make say something else. A
 // message that cannot be read one way only is refused (or dropped under
 // strip).
-func (p *settingsPolicy) check(msg []byte, service string) policyVerdict {
+func (p *Policy) Check(msg []byte, service string) Verdict {
 	m, typ, err := message.Parse(msg)
 	if err != nil {
 		why := "message refused: " + err.Error()
@@ -97,12 +97,12 @@ func (p *settingsPolicy) check(msg []byte, service string) policyVerdict {
 		}
 	}
 	if len(found) > 0 && p.refuse {
-		return policyVerdict{refused: firstPath(found) + " is not allowed"}
+		return Verdict{Refused: firstPath(found) + " is not allowed"}
 	}
 	if _, still := m[u.field]; !still {
 		// Nothing the client may change is left: drop the update
 		// rather than send the pinned values again.
-		return policyVerdict{drop: true, stripped: sortedPaths(found)}
+		return Verdict{Drop: true, Stripped: sortedPaths(found)}
 	}
 	m[u.field] = mergePinned(view, lookupPath(p.set, u.path))
 	return p.encoded(m, sortedPaths(found))
@@ -110,7 +110,7 @@ func (p *settingsPolicy) check(msg []byte, service string) policyVerdict {
 
 // checkSettings applies the allow list, the stored agent ids and the pins
 // to a Settings message.
-func (p *settingsPolicy) checkSettings(m map[string]any) policyVerdict {
+func (p *Policy) checkSettings(m map[string]any) Verdict {
 	var found []string
 	// Deepgram's Model Improvement Program opt-out (AsyncAPI spec,
 	// AgentV1Settings.mip_opt_out): a user's choice to keep its data out is
@@ -147,7 +147,7 @@ func (p *settingsPolicy) checkSettings(m map[string]any) policyVerdict {
 	}
 	checkPins(m, p.set, nil, &found)
 	if len(found) > 0 && p.refuse {
-		return policyVerdict{refused: firstPath(found) + " is not allowed"}
+		return Verdict{Refused: firstPath(found) + " is not allowed"}
 	}
 	for k, sv := range p.set {
 		for ck := range m {
@@ -164,7 +164,7 @@ func (p *settingsPolicy) checkSettings(m map[string]any) policyVerdict {
 		m["mip_opt_out"] = true
 	}
 	v := p.encoded(m, sortedPaths(found))
-	v.settings = m
+	v.Settings = m
 	return v
 }
 
@@ -181,7 +181,7 @@ func (p *settingsPolicy) checkSettings(m map[string]any) policyVerdict {
 // (AsyncAPI spec: agent.think and agent.speak are an object or an array). A
 // key that is empty or holds a dot is always a violation: no allow entry can
 // name it, and as a dotted path it would read as another.
-func (p *settingsPolicy) walk(v any, steps []string, path string, found *[]string) (any, bool) {
+func (p *Policy) walk(v any, steps []string, path string, found *[]string) (any, bool) {
 	if p.allow == nil || p.allowed(path) || underAny(p.pinned, path) {
 		return v, true
 	}
@@ -228,18 +228,22 @@ func (p *settingsPolicy) walk(v any, steps []string, path string, found *[]strin
 }
 
 // encoded is the verdict that sends m, encoded again.
-func (p *settingsPolicy) encoded(m map[string]any, stripped []string) policyVerdict {
+func (p *Policy) encoded(m map[string]any, stripped []string) Verdict {
 	out, err := message.Encode(m)
 	if err != nil {
 		// Only values the decoder and the policy made are in m: this
 		// cannot happen, and nothing unjudged goes upstream if it does.
-		return policyVerdict{drop: true, stripped: []string{"(message could not be encoded)"}}
+		return Verdict{Drop: true, Stripped: []string{"(message could not be encoded)"}}
 	}
-	return policyVerdict{out: out, stripped: stripped}
+	return Verdict{Out: out, Stripped: stripped}
 }
 
 // allowed reports whether path is an allowed path or lies under one.
-func (p *settingsPolicy) allowed(path string) bool { return underAny(p.allow, path) }
+func (p *Policy) allowed(path string) bool { return underAny(p.allow, path) }
+
+// Pins reports whether the policy pins the dotted path, or a path above
+// it, whole: a client's value there is replaced, whatever it was.
+func (p *Policy) Pins(path string) bool { return underAny(p.pinned, path) }
 
 // underAny reports whether path is one of paths or lies under one.
 func underAny(paths []string, path string) bool {
@@ -253,7 +257,7 @@ func underAny(paths []string, path string) bool {
 
 // isAncestor reports whether an allowed or pinned path lies under path, so
 // that the walk must look inside it.
-func (p *settingsPolicy) isAncestor(path string) bool {
+func (p *Policy) isAncestor(path string) bool {
 	for _, list := range [][]string{p.allow, p.pinned} {
 		for _, a := range list {
 			if strings.HasPrefix(a, path+".") {

@@ -87,7 +87,7 @@ func TestProxyPatterns(t *testing.T) {
 	}
 }
 
-// TestReadmeConfigTable holds the README's configuration table to the
+// TestReadmeConfigTable holds docs/configuration.md's table to the
 // Config struct: every variable in both, with the same default.
 func TestReadmeConfigTable(t *testing.T) {
 	table := docSection(t, "docs/configuration.md", "Configuration")
@@ -110,16 +110,16 @@ func TestReadmeConfigTable(t *testing.T) {
 		}
 		got, ok := documented[name]
 		if !ok {
-			t.Errorf("%s is not in the README's configuration table", name)
+			t.Errorf("%s is not in docs/configuration.md's table", name)
 			continue
 		}
 		if got != def {
-			t.Errorf("%s: README says default %q, the code %q", name, got, def)
+			t.Errorf("%s: docs/configuration.md says default %q, the code %q", name, got, def)
 		}
 		delete(documented, name)
 	}
 	for name := range documented {
-		t.Errorf("the README documents %s, which the code does not read", name)
+		t.Errorf("docs/configuration.md documents %s, which the code does not read", name)
 	}
 }
 

@@ -373,7 +373,7 @@ func flagValues(words []string) map[string]string {
 	return flags
 }
 
-// TestReadmeRedisSetup holds the README's Redis setup to the code: every
+// TestReadmeRedisSetup holds docs/limits.md's Redis setup to the code: every
 // variable its commands set is one dgrelay reads, REDIS_URL goes only as a
 // secret, Cloud Run reaches Memorystore through Direct VPC egress for
 // private ranges, the deploy keeps the sizing of cloudbuild.yaml, and

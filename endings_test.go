@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// TestEndingsInREADME: every close the relay decides is in the README's
+// TestEndingsInREADME: every close the relay decides is in docs/answers.md's
 // answers table, with its code and reason for each side, and its Error code
 // in the same row as the client's close, as the config and metrics tables
 // are held to the code.
@@ -204,6 +204,19 @@ func TestMetricHelpFromTheTable(t *testing.T) {
 				t.Errorf("dgrelay_sessions_total's help %s lacks the table's causes %s", desc, want)
 			}
 		}
+	}
+}
+
+// TestRowsSpelledElsewhere: rows whose values other files still spell as
+// literals agree with them (refuse.go's clientGone counts "client_gone";
+// relay.go refuses a known outage with refuseUpstreamUnavailable under the
+// label "upstream_down"), until those files use the rows.
+func TestRowsSpelledElsewhere(t *testing.T) {
+	if endClientGone.cause != "client_gone" || endClientGone.client.code != 0 || endClientGone.upstream.code != 0 {
+		t.Errorf("endClientGone %+v: refuse.go counts client_gone and answers nothing", endClientGone)
+	}
+	if refuseUpstreamDown.cause != "upstream_down" || refuseUpstreamDown.client != refuseUpstreamUnavailable.client {
+		t.Errorf("refuseUpstreamDown %+v: relay.go answers %+v under upstream_down", refuseUpstreamDown, refuseUpstreamUnavailable.client)
 	}
 }
 

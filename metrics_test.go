@@ -97,7 +97,7 @@ func TestPprofOnlyWhenEnabled(t *testing.T) {
 }
 
 // TestReadmeMetricsTable: every dgrelay_ metric the registry holds is in the
-// README's metrics table.
+// metrics table of docs/operations.md.
 func TestReadmeMetricsTable(t *testing.T) {
 	section := docSection(t, "docs/operations.md", "Metrics")
 	descs := make(chan *prometheus.Desc)
@@ -114,7 +114,7 @@ func TestReadmeMetricsTable(t *testing.T) {
 		}
 		seen++
 		if !strings.Contains(section, "`"+m[1]+"`") {
-			t.Errorf("%s is not in the README's metrics table", m[1])
+			t.Errorf("%s is not in docs/operations.md's metrics table", m[1])
 		}
 	}
 	if seen < 10 {

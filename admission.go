@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"dgrelay/internal/redislimits"
+
 	"golang.org/x/time/rate"
 )
 
@@ -25,7 +27,7 @@ type admission struct {
 	identity string
 	user     string   // the identity hashed (userKey): its name in Redis and at Deepgram
 	id       string   // the lease's name in Redis: the session's id
-	keys     []string // the lease's keys in Redis (leaseKeys; nil without Redis)
+	keys     []string // the lease's keys in Redis (LeaseKeys; nil without Redis)
 	// remaining is the user's quota left when it was admitted.
 	remaining time.Duration
 
@@ -74,14 +76,15 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 	// Then Redis decides when it answers; when it cannot, the instance's
 	// counters have (REDIS_FAILURE=local).
 	if sl := rl.shared; sl != nil {
-		refused, sharedUsed, err := sl.admit(a.user, a.id)
-		if err != nil && sl.refuse {
+		kind, sharedUsed, err := sl.Admit(a.user, a.id)
+		refused := sharedRefusal(kind)
+		if err != nil && sl.Refuses() {
 			refused = refuseLimitsUnavailable
-			if !errors.Is(err, errRedisDown) {
+			if !errors.Is(err, redislimits.ErrDown) {
 				// Redis may have run it and lost the answer: the
 				// refused user would hold a lease and a rate token.
-				keys, id := sl.leaseKeys(a.user, a.id), a.id
-				rl.redisAfter.run(func() { _ = sl.end(keys, id, 0, 0, true) })
+				keys, id := sl.LeaseKeys(a.user, a.id), a.id
+				rl.redisAfter.run(func() { _ = sl.End(keys, id, 0, 0, true) })
 			}
 		}
 		if refused.cause != "" {
@@ -92,7 +95,7 @@ func (rl *relay) admit(s *session) (a *admission, refused ending, draining bool)
 		if err == nil {
 			used = sharedUsed
 		}
-		a.keys = sl.leaseKeys(a.user, a.id)
+		a.keys = sl.LeaseKeys(a.user, a.id)
 	}
 	a.remaining = rl.quota - used
 	rl.leases.add(a)
@@ -118,7 +121,7 @@ func (a *admission) release() {
 			// After a round that renews it, never before.
 			a.mu.Lock()
 			defer a.mu.Unlock()
-			_ = sl.end(a.keys, a.id, total.Milliseconds(), a.acked, false)
+			_ = sl.End(a.keys, a.id, total.Milliseconds(), a.acked, false)
 		})
 	}
 }

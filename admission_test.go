@@ -142,7 +142,7 @@ func BenchmarkAdmission(b *testing.B) {
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N), "cpu-ns/op")
-			if rl.shared != nil && rl.shared.down.Load() {
+			if rl.shared != nil && rl.shared.Down() {
 				b.Fatal("Redis failed during the benchmark")
 			}
 		})
@@ -224,6 +224,6 @@ func TestTimedOutAdmissionWithdrawn(t *testing.T) {
 		t.Fatal("the admission did not reach Redis")
 	}
 	rc := redisClient(t, rs.url())
-	leases, rate, _ := h.relay.shared.keys(userKey(h.relay.userHashKey, "sub:quin"))
+	leases, rate, _ := h.relay.shared.Keys(userKey(h.relay.userHashKey, "sub:quin"))
 	waitFor(t, func() bool { return rc.Exists(context.Background(), leases, rate).Val() == 0 })
 }

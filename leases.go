@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"dgrelay/internal/redislimits"
 )
 
 // Leases and the daily quota. Every leaseRenewEvery one goroutine per
@@ -122,7 +124,7 @@ func (rl *relay) renewLeases(now time.Time) {
 	all := rl.leases.snapshot()
 	held := make([]*admission, 0, len(all))
 	local := make([]time.Duration, 0, len(all))
-	updates := make([]leaseUpdate, 0, len(all))
+	updates := make([]redislimits.Lease, 0, len(all))
 	for _, a := range all {
 		a.mu.Lock()
 		used, total, live := a.count(now)
@@ -131,16 +133,16 @@ func (rl *relay) renewLeases(now time.Time) {
 			continue
 		}
 		held, local = append(held, a), append(local, used)
-		updates = append(updates, leaseUpdate{keys: a.keys, id: a.id, total: total.Milliseconds(), base: a.acked})
+		updates = append(updates, redislimits.Lease{Keys: a.keys, ID: a.id, Total: total.Milliseconds(), Base: a.acked})
 	}
 	shared := false
 	if rl.shared != nil {
-		shared = rl.shared.renew(updates) == nil
+		shared = rl.shared.Renew(updates) == nil
 	}
 	for i, a := range held {
 		if shared {
-			a.acked = updates[i].total
-			a.counted(now, updates[i].used)
+			a.acked = updates[i].Total
+			a.counted(now, updates[i].Used)
 		} else {
 			a.counted(now, local[i])
 		}

@@ -122,7 +122,7 @@ func TestRedisOutageLocal(t *testing.T) {
 	// one of them only, refuses on Redis's word.
 	expectRefused(t, a, lee, nil, 4429, "too many sessions")
 	rc := redisClient(t, rs.url())
-	leases, _, _ := a.relay.shared.keys(userKey(a.relay.userHashKey, "sub:lee"))
+	leases, _, _ := a.relay.shared.Keys(userKey(a.relay.userHashKey, "sub:lee"))
 	if n := rc.ZCard(context.Background(), leases).Val(); n != 3 {
 		t.Errorf("%d leases in Redis after the outage, want 3", n)
 	}
@@ -242,7 +242,7 @@ func BenchmarkLeaseRenewal(b *testing.B) {
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N*sessions), "cpu-ns/session")
-			if rl.shared != nil && rl.shared.down.Load() {
+			if rl.shared != nil && rl.shared.Down() {
 				b.Fatal("Redis failed during the benchmark")
 			}
 		})

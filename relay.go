@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"dgrelay/internal/policy"
+	"dgrelay/internal/redislimits"
 	"dgrelay/internal/scrub"
 	"dgrelay/internal/wspipe"
 
@@ -33,7 +34,7 @@ type relay struct {
 	// leases are this instance's admissions, renewed there every
 	// renewEvery (leaseRenewEvery; tests shorten it); quota is
 	// MAX_USER_SECONDS_PER_DAY.
-	shared     *sharedLimits
+	shared     *redislimits.Limits
 	leases     leaseSet
 	redisAfter redisAfter
 	quota      time.Duration
@@ -88,7 +89,7 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 	}
 	m := newMetrics(version)
 	secrets := policy.SecretValues()
-	var shared *sharedLimits
+	var shared *redislimits.Limits
 	if cfg.RedisURL != "" {
 		if shared, err = newSharedLimits(cfg, log, m); err != nil {
 			return nil, err
@@ -129,13 +130,13 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 		if rl.tryPage, err = tryPageAssets(cfg.ProxyPath, auth.enabled()); err != nil {
 			auth.stop()
 			if shared != nil {
-				shared.close()
+				shared.Close()
 			}
 			return nil, err
 		}
 	}
 	if shared != nil {
-		shared.redact = rl.redact
+		shared.SetRedact(rl.redact)
 	}
 	rl.sessions.init()
 	rl.dials, rl.endDials = context.WithCancel(context.Background())
@@ -161,7 +162,7 @@ func (rl *relay) close() {
 	rl.background.Wait()
 	rl.redisAfter.close()
 	if rl.shared != nil {
-		rl.shared.close()
+		rl.shared.Close()
 	}
 }
 

@@ -1,4 +1,4 @@
-package main
+package redislimits
 
 import (
 	"time"
@@ -6,7 +6,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The Lua scripts of the limits in Redis (sharedlimits.go). Each reads the
+// The Lua scripts of the limits in Redis (limits.go). Each reads the
 // Redis server's clock (TIME), and each is one atomic step: no
 // read-then-write across calls.
 //

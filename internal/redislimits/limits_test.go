@@ -1,0 +1,247 @@
+package redislimits
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// startRedis runs Debian's redis-server on a free loopback port, with no
+// persistence, until t ends, and returns its URL. Without redis-server the
+// test is skipped, or fails where the end-to-end tools are required
+// (DGRELAY_E2E=require, or CI set), as in package main.
+func startRedis(t *testing.T) string {
+	t.Helper()
+	mode := os.Getenv("DGRELAY_E2E")
+	if mode == "" && os.Getenv("CI") != "" {
+		mode = "require"
+	}
+	if mode == "off" {
+		t.Skip("DGRELAY_E2E=off: tests with a redis-server skipped")
+	}
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if mode == "require" {
+			t.Fatal("redis-server is not installed (apt-get install redis-server); .ci/run installs it")
+		}
+		t.Skip("redis-server is not installed (apt-get install redis-server)")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("redis-server: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.DialTimeout("tcp", "127.0.0.1:"+port, time.Second); err == nil {
+			_ = c.SetDeadline(time.Now().Add(time.Second))
+			_, _ = io.WriteString(c, "PING\r\n")
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if strings.HasPrefix(line, "+PONG") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("redis-server did not answer")
+		}
+	}
+	return "redis://127.0.0.1:" + port
+}
+
+// testMetrics are series of the names the relay gives them, unregistered.
+func testMetrics() Metrics {
+	return Metrics{
+		Admission: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "a"}, []string{"result"}),
+		Errors:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "e"}, []string{"op"}),
+		Fallback:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "f"}),
+	}
+}
+
+// newLimits makes the limits on url with cfg's limits, closed when t ends.
+func newLimits(t *testing.T, url string, cfg Config) *Limits {
+	t.Helper()
+	cfg.URL, cfg.Timeout, cfg.KeyPrefix, cfg.LeaseTTL, cfg.Metrics = url, 2*time.Second, "dgrelay:", 15*time.Second, testMetrics()
+	sl, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sl.Close)
+	return sl
+}
+
+// redisClient is a client of url for the test to look inside.
+func redisClient(t *testing.T, url string) *redis.Client {
+	t.Helper()
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestAdmitRefusals: each limit is named by its Refusal, the quota's with
+// the day's time so far.
+func TestAdmitRefusals(t *testing.T) {
+	url := startRedis(t)
+	sl := newLimits(t, url, Config{MaxSessionsPerUser: 2, SessionRatePerMinute: 3, MaxUserSecondsPerDay: 1})
+	for i, want := range []Refusal{None, None, UserSessions} {
+		if got, _, err := sl.Admit("u1", "s"+strconv.Itoa(i)); err != nil || got != want {
+			t.Errorf("u1's session %d: %v %v, want %v", i, got, err, want)
+		}
+	}
+	// The rate: u1 has opened 2 (the refused one took no token), so one
+	// more passes the cap once a place is free.
+	if err := sl.End(sl.LeaseKeys("u1", "s0"), "s0", 0, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := sl.Admit("u1", "s3"); err != nil || got != None {
+		t.Errorf("u1's third: %v %v", got, err)
+	}
+	if err := sl.End(sl.LeaseKeys("u1", "s1"), "s1", 0, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := sl.Admit("u1", "s4"); err != nil || got != UserRate {
+		t.Errorf("u1's fourth in a minute: %v %v, want UserRate", got, err)
+	}
+	// The quota: a second of session time spends the day's.
+	if got, _, err := sl.Admit("u2", "q1"); err != nil || got != None {
+		t.Fatalf("u2: %v %v", got, err)
+	}
+	if err := sl.End(sl.LeaseKeys("u2", "q1"), "q1", 1000, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, used, err := sl.Admit("u2", "q2"); err != nil || got != Quota || used != time.Second {
+		t.Errorf("u2 past the quota: %v %v %v", got, used, err)
+	}
+}
+
+// TestLateCallsChangeNothing: a renewal sent again (its answer lost) adds
+// nothing twice; a renewal or an admission of a session that lands after
+// the session's end (held in the network past REDIS_TIMEOUT) neither brings
+// its lease back nor adds time nor takes a rate token. The scripts in a
+// real redis-server, called as the relay calls them.
+func TestLateCallsChangeNothing(t *testing.T) {
+	url := startRedis(t)
+	sl := newLimits(t, url, Config{MaxSessionsPerUser: 2, MaxUserSecondsPerDay: 3600, SessionRatePerMinute: 2})
+	const user = "0123456789abcdef0123456789abcdef" // a userKey
+	leases, rate, day := sl.Keys(user)
+	rc := redisClient(t, url)
+	ctx := context.Background()
+	expect := func(what string, ms, live int64) {
+		t.Helper()
+		if got, _ := rc.HGet(ctx, day, "ms").Int64(); got != ms {
+			t.Errorf("%s: the day holds %d ms, want %d", what, got, ms)
+		}
+		if got := rc.ZCard(ctx, leases).Val(); got != live {
+			t.Errorf("%s: %d leases, want %d", what, got, live)
+		}
+	}
+	renew := func(total, base int64) {
+		t.Helper()
+		if err := sl.Renew([]Lease{{Keys: sl.LeaseKeys(user, "s1"), ID: "s1", Total: total, Base: base}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if refused, _, err := sl.Admit(user, "s1"); err != nil || refused != None {
+		t.Fatalf("admit: %v %v", err, refused)
+	}
+	renew(1000, 0)
+	renew(1000, 0) // the same round sent again: its answer was lost
+	expect("a renewal sent twice", 1000, 1)
+	renew(2500, 0)
+	renew(2000, 0) // an older renewal landing after a newer one
+	expect("renewals out of order", 2500, 1)
+	if err := sl.End(sl.LeaseKeys(user, "s1"), "s1", 3000, 2500, false); err != nil {
+		t.Fatal(err)
+	}
+	expect("the end", 3000, 0)
+	renew(2500, 2500) // held in the network until after the end
+	expect("a renewal after the end", 3000, 0)
+
+	// A withdrawal that lands before the admission it withdraws.
+	tat := rc.Get(ctx, rate).Val()
+	if err := sl.End(sl.LeaseKeys(user, "s2"), "s2", 0, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if refused, _, err := sl.Admit(user, "s2"); err != nil || refused != Withdrawn {
+		t.Errorf("a withdrawn session's admission: %v %v", err, refused)
+	}
+	expect("an admission after its withdrawal", 3000, 0)
+	if got := rc.Get(ctx, rate).Val(); got != tat {
+		t.Errorf("an admission after its withdrawal took a rate token: %s, was %s", got, tat)
+	}
+}
+
+// TestDown: a Redis that cannot be reached fails the call, counts it and
+// begins an outage, during which Admit answers ErrDown at once; the first
+// answered call ends it.
+func TestDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there
+	sl := newLimits(t, "redis://"+addr, Config{MaxSessionsPerUser: 1})
+	if _, _, err := sl.Admit("u", "s1"); err == nil || err == ErrDown || !sl.Down() {
+		t.Fatalf("first call: %v, down %v", err, sl.Down())
+	}
+	if _, _, err := sl.Admit("u", "s2"); err != ErrDown {
+		t.Fatalf("during the outage: %v", err)
+	}
+	if sl.Host() != addr {
+		t.Errorf("host %q", sl.Host())
+	}
+}
+
+// FuzzParseURL: whatever REDIS_URL holds, ParseURL does not panic, and its
+// error never quotes a password. Seeded at the edges of what it takes.
+func FuzzParseURL(f *testing.F) {
+	for _, raw := range []string{
+		"redis://127.0.0.1:6379", "rediss://default:pass@db.upstash.io:6379", "redis://:pass@10.0.0.3:6379/2",
+		"redis://:pass@10.0.0.3:6379/15", "redis://:pass@10.0.0.3:6379/x", "http://user:pass@redis.internal:6379",
+		"redis://user:pass@redis.internal:port", "rediss://user:pass@/0", "redis.internal:6379", "redis://[::1]:6379",
+		"redis://:p%41ss@h:1", "redis://:pass@h:1?dial_timeout=x", "",
+	} {
+		f.Add(raw)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		_, err := ParseURL(raw)
+		if err == nil {
+			return
+		}
+		if u, perr := parseUserinfo(raw); perr == nil && len(u) >= 4 && strings.Contains(err.Error(), u) {
+			t.Fatalf("%q: the error quotes the password: %v", raw, err)
+		}
+	})
+}
+
+// parseUserinfo is the password in raw, as a URL parser reads it.
+func parseUserinfo(raw string) (string, error) {
+	opts, err := redis.ParseURL(raw)
+	if err != nil {
+		return "", err
+	}
+	return opts.Password, nil
+}

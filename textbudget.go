@@ -52,7 +52,8 @@ type textBudget struct {
 	reserved atomic.Int64
 	// waitFor bounds how long a message waits for room: most of its
 	// gather time, so that it ends busy before the watchdog ends it late.
-	waitFor time.Duration
+	// Nanoseconds, atomic: tests shorten it while sessions run.
+	waitFor atomic.Int64
 	// waiting counts the messages waiting for room; room is closed (and
 	// made anew) when bytes come back while any waits.
 	waiting atomic.Int32
@@ -71,7 +72,8 @@ type textPool struct {
 // pool holds at least two such messages.
 func newTextBudget(maxMsg int64) *textBudget {
 	b := &textBudget{perUser: 2 * maxMsg, reserve: min(sessionTextReserve, maxMsg),
-		waitFor: textGatherTimeout * 9 / 10, room: make(chan struct{})}
+		room: make(chan struct{})}
+	b.waitFor.Store(int64(textGatherTimeout * 9 / 10))
 	b.client.limit = max(clientTextBytes, 2*maxMsg)
 	b.upstream.limit = max(textBudgetBytes-clientTextBytes, 2*maxMsg)
 	return b
@@ -183,7 +185,7 @@ func (u *sessionBudget) wait(n int64) bool {
 	b := u.texts
 	b.waiting.Add(1)
 	defer b.waiting.Add(-1)
-	timer := time.NewTimer(time.Until(u.since.Add(b.waitFor)))
+	timer := time.NewTimer(time.Until(u.since.Add(time.Duration(b.waitFor.Load()))))
 	defer timer.Stop()
 	for {
 		// The signal is taken before the try, so that bytes given back

@@ -165,5 +165,5 @@ const echoPolicy = `{"set":{"agent":{"think":{"provider":{"model":"pinned"}}}},"
 // pools with small messages: no session reserve, and a short wait for room.
 func poolsOnly(h *harness) {
 	h.relay.texts.reserve = 0
-	h.relay.texts.waitFor = 100 * time.Millisecond
+	h.relay.texts.waitFor.Store(int64(100 * time.Millisecond))
 }

@@ -29,7 +29,7 @@ func TestTextReserveKeepsOrdinaryMessages(t *testing.T) {
 	h := newHarness(t, authEnv(map[string]string{"SETTINGS_POLICY": echoPolicy}), fakedeepgram.Options{})
 	const beyond = 1000 // what each holder holds of the pool
 	h.relay.texts.client.limit = holders * beyond
-	h.relay.texts.waitFor = 2 * time.Second
+	h.relay.texts.waitFor.Store(int64(2 * time.Second))
 	reserve := int(h.relay.texts.reserve)
 	held := make([]*rawClient, holders)
 	for i := range held {
@@ -61,7 +61,7 @@ func TestTextReserveKeepsOrdinaryMessages(t *testing.T) {
 	}
 
 	// With no room coming back, a large message ends busy after its wait.
-	h.relay.texts.waitFor = 200 * time.Millisecond
+	h.relay.texts.waitFor.Store(int64(200 * time.Millisecond))
 	for _, hc := range held[5:10] {
 		hc.send(clientFrame(0x00, bytes.Repeat([]byte("a"), beyond))) // the pool full again
 	}
@@ -78,7 +78,7 @@ func TestTextReserveKeepsOrdinaryMessages(t *testing.T) {
 func TestTextReserveDeepgram(t *testing.T) {
 	h := newHarness(t, nil, fakedeepgram.Options{})
 	h.relay.texts.upstream.limit = 1000
-	h.relay.texts.waitFor = 100 * time.Millisecond
+	h.relay.texts.waitFor.Store(int64(100 * time.Millisecond))
 	reserve := int(h.relay.texts.reserve)
 	holder := h.rawDial("")
 	unfinished := append([]byte{0x01, 127, 0, 0, 0, 0, 0, 0, 0, 0}, bytes.Repeat([]byte("a"), reserve+1000)...)

@@ -207,19 +207,6 @@ func TestMetricHelpFromTheTable(t *testing.T) {
 	}
 }
 
-// TestRowsSpelledElsewhere: rows whose values other files still spell as
-// literals agree with them (refuse.go's clientGone counts "client_gone";
-// relay.go refuses a known outage with refuseUpstreamUnavailable under the
-// label "upstream_down"), until those files use the rows.
-func TestRowsSpelledElsewhere(t *testing.T) {
-	if endClientGone.cause != "client_gone" || endClientGone.client.code != 0 || endClientGone.upstream.code != 0 {
-		t.Errorf("endClientGone %+v: refuse.go counts client_gone and answers nothing", endClientGone)
-	}
-	if refuseUpstreamDown.cause != "upstream_down" || refuseUpstreamDown.client != refuseUpstreamUnavailable.client {
-		t.Errorf("refuseUpstreamDown %+v: relay.go answers %+v under upstream_down", refuseUpstreamDown, refuseUpstreamUnavailable.client)
-	}
-}
-
 // expectErrorThenClose reads c until the relay's Error frame and checks that
 // it carries e's Error code and the close's reason, and that the close comes
 // next, with e's code and reason: nothing between them.

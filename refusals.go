@@ -182,13 +182,10 @@ func (rl *relay) refuseRepeated(w http.ResponseWriter, e ending, label string, r
 // httpStatusOf is the HTTP status that says before the upgrade what e's
 // close code says after it.
 func httpStatusOf(e ending) int {
-	switch e.client.code {
-	case 4401:
-		return http.StatusUnauthorized
-	case 4429:
-		return http.StatusTooManyRequests
+	if h, ok := repeatedAs(e); ok {
+		return h.status
 	}
-	return http.StatusServiceUnavailable // 1013, 1014: try again later
+	return http.StatusServiceUnavailable // try again later
 }
 
 // untilUTCMidnight is how long a daily quota stays spent.

@@ -20,11 +20,13 @@ const closeWriteTimeout = 5 * time.Second
 // refuseDraining answers an upgrade that arrives during the drain: the
 // client should retry, and will land on another instance.
 func (rl *relay) refuseDraining(w http.ResponseWriter, r *http.Request) {
-	rl.metrics.refusals.WithLabelValues("draining").Inc()
-	rl.logFor(cloudTrace(r, rl.cfg.GoogleCloudProject)).Info("session refused", "refusal", "draining",
-		"status", http.StatusServiceUnavailable, "remote", clientIP(r, rl.cfg.TrustProxyHeaders))
-	w.Header().Set("Retry-After", "2")
-	http.Error(w, "dgrelay is restarting; retry", http.StatusServiceUnavailable)
+	rl.metrics.refusals.WithLabelValues(httpDraining.label).Inc()
+	rl.logFor(cloudTrace(r, rl.cfg.GoogleCloudProject)).Info("session refused", "refusal", httpDraining.label,
+		"status", httpDraining.status, "remote", clientIP(r, rl.cfg.TrustProxyHeaders))
+	if httpDraining.retryAfter {
+		w.Header().Set("Retry-After", "2")
+	}
+	http.Error(w, "dgrelay is restarting; retry", httpDraining.status)
 	// Sent now, not when the handler returns: the drain may end, and the
 	// process with it, as soon as this request gives its place back.
 	_ = http.NewResponseController(w).Flush()
@@ -77,10 +79,10 @@ func (rl *relay) refuseUnreachable(client *websocket.Conn, s *session, f *upstre
 // is not counted or logged as an upstream failure: clients opening and
 // dropping connections must not look like a Deepgram outage.
 func (rl *relay) clientGone(s *session) {
-	rl.metrics.sessionsTotal.WithLabelValues(s.service, "client_gone").Inc()
+	rl.metrics.sessionsTotal.WithLabelValues(s.service, endClientGone.cause).Inc()
 	rl.metrics.closeCodes.WithLabelValues("client", codeLabel(0)).Inc()
 	s.log().Info("client left during the upstream dial",
-		"session", s.id, "service", s.service, "cause", "client_gone",
+		"session", s.id, "service", s.service, "cause", endClientGone.cause,
 		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "remote", s.remote)
 }
 

@@ -212,7 +212,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// user's rate, or the user would be rate limited when Deepgram is back.
 	g := rl.outageFor(service).gate(s.started)
 	if !g.ok {
-		rl.refuse(w, r, s, refuseUpstreamUnavailable, "upstream_down", s.identity, g.wait)
+		rl.refuse(w, r, s, refuseUpstreamDown, refuseUpstreamDown.cause, s.identity, g.wait)
 		return
 	}
 	a, refused, draining := rl.admit(s)
@@ -269,10 +269,10 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, up ups
 		dropUnanswered(w)
 		return false
 	}
-	if d.failure != nil && !reachedDeepgram(d.failure) && rl.refused.repeat(s.identity, "upstream_down", time.Now()) {
+	if d.failure != nil && !reachedDeepgram(d.failure) && rl.refused.repeat(s.identity, refuseUpstreamDown.cause, time.Now()) {
 		// A probe that failed, or a dial that met an outage the client
 		// was told of already: the repeat is answered before the upgrade.
-		rl.refuseRepeated(w, d.failure.end, "upstream_down", rl.outageFor(s.service).wait(time.Now()))
+		rl.refuseRepeated(w, d.failure.end, refuseUpstreamDown.cause, rl.outageFor(s.service).wait(time.Now()))
 		return false
 	}
 	client, clientRaw, err := rl.accept(w, r)

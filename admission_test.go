@@ -132,8 +132,8 @@ func BenchmarkAdmission(b *testing.B) {
 			cpu := cpuTime()
 			b.ResetTimer()
 			for i := range b.N {
-				s := &session{relay: rl, id: strconv.Itoa(i), identity: "ip:127.0.0.1", started: time.Now()}
-				s.userKey = userKey(rl.userHashKey, s.identity)
+				s := &session{tools: &rl.tools, facts: &facts{identity: "ip:127.0.0.1"}, id: strconv.Itoa(i), started: time.Now()}
+				s.identityKey = identityKey(rl.identityHashKey, s.identity)
 				a, refused, _ := rl.admit(s)
 				if a == nil {
 					b.Fatalf("refused: %s", refused.cause)
@@ -224,6 +224,6 @@ func TestTimedOutAdmissionWithdrawn(t *testing.T) {
 		t.Fatal("the admission did not reach Redis")
 	}
 	rc := redisClient(t, rs.url())
-	leases, rate, _ := h.relay.shared.Keys(userKey(h.relay.userHashKey, "sub:quin"))
+	leases, rate, _ := h.relay.shared.Keys(identityKey(h.relay.identityHashKey, "sub:quin"))
 	waitFor(t, func() bool { return rc.Exists(context.Background(), leases, rate).Val() == 0 })
 }

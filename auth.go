@@ -62,6 +62,11 @@ var (
 
 func (f *authFailure) Error() string { return f.label }
 
+// refusal is f as the relay refuses it: f's row, under token_ and its kind.
+func (f *authFailure) refusal() refusal {
+	return refusal{end: f.end, label: "token_" + f.label, token: f}
+}
+
 // authenticator verifies users' tokens. With neither a secret nor a JWKS URL
 // (ALLOW_UNAUTHENTICATED) it verifies nothing and the client's address is
 // the identity.
@@ -178,7 +183,7 @@ func (a *authenticator) mode(cfg *Config) string {
 func (a *authenticator) enabled() bool { return a.parser != nil }
 
 // verify checks token and returns its subject, the user's identity.
-func (a *authenticator) verify(token string) (string, error) {
+func (a *authenticator) verify(token string) (string, *authFailure) {
 	if token == "" {
 		return "", errTokenMissing
 	}

@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strconv"
 	"syscall"
 	"time"
@@ -331,8 +330,88 @@ func retryCause(resp *http.Response, err error) string {
 	return ""
 }
 
-// urlQuery matches the query of a URL quoted in an error: the dial error
-// names the target, and a log line carries no query string. The URL is
-// quoted with Go's %q, so a " in a client's raw query stands there as \",
-// which is the query still: escapes are taken whole.
-var urlQuery = regexp.MustCompile(`\?(?:[^"\\\s]|\\.)*`)
+// outageFor is the outage state of service's Deepgram endpoint.
+func (rl *relay) outageFor(service string) *outage {
+	if service == "transcription" {
+		return rl.listenOutage
+	}
+	return rl.agentOutage
+}
+
+// reachedDeepgram says whether a failed dial still heard Deepgram answer:
+// any HTTP status but the 502, 503 and 504 its front end gives while a
+// backend is away.
+func reachedDeepgram(f *upstreamFailure) bool {
+	switch f.status {
+	case 0, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return false
+	}
+	return true
+}
+
+// dialed reports s's dial to its gate, logs and counts an outage's start and
+// end, and says nothing when the client left during the dial.
+func (rl *relay) dialed(s *session, g gate, d dialed) {
+	if d.failure != nil && d.failure.cancelled {
+		g.abandon()
+		return
+	}
+	answered := d.failure == nil || reachedDeepgram(d.failure)
+	failed := d.tries
+	if answered {
+		failed = 0
+	}
+	change, downFor, refused := g.report(answered, failed, time.Now())
+	switch change {
+	case outageBegan:
+		rl.metrics.upstreamDown.WithLabelValues(s.service).Set(1)
+		rl.log.Warn("upstream down: sessions are refused without a dial, one probes Deepgram", "service", s.service,
+			"failed_dials", failed, "hold_ms", outageFirstHold.Milliseconds())
+	case outageEnded:
+		rl.metrics.upstreamDown.WithLabelValues(s.service).Set(0)
+		rl.log.Info("upstream back", "service", s.service, "down_ms", downFor.Milliseconds(), "refused_without_dial", refused)
+	}
+}
+
+// handoffSlotKey is the context key under which dial leaves a handoffSlot for
+// the transport to put the upgraded connection in: coder/websocket's Dial
+// returns a Conn, not the connection under it.
+type handoffSlotKey struct{}
+
+type handoffSlot struct{ conn *handoffConn }
+
+// withHandoffSlot is ctx carrying slot, for a dial through upgradeTransport.
+func withHandoffSlot(ctx context.Context, slot *handoffSlot) context.Context {
+	return context.WithValue(ctx, handoffSlotKey{}, slot)
+}
+
+// dialOnce is one try at Deepgram's WebSocket.
+func (rl *relay) dialOnce(ctx context.Context, up upstream, forwarded string) (*websocket.Conn, *handoffConn, *http.Response, error) {
+	slot := new(handoffSlot)
+	opts := rl.dialOpts
+	opts.Host = up.host
+	conn, resp, err := websocket.Dial(withHandoffSlot(ctx, slot), up.target(forwarded), &opts)
+	if err == nil && slot.conn == nil {
+		// Only upgradeTransport dials; anything else is a bug here.
+		conn.CloseNow()
+		conn, err = nil, errors.New("upgraded connection not handed over")
+	}
+	return conn, slot.conn, resp, err
+}
+
+// newDialOptions is how every dial to Deepgram goes: through
+// upgradeTransport, with the key, without compression.
+func newDialOptions(apiKey string) websocket.DialOptions {
+	return websocket.DialOptions{
+		HTTPClient: &http.Client{
+			Transport: newUpgradeTransport(),
+			// A 3xx is Deepgram's answer, never a place to go: following
+			// it would send the key (and the forwarded query, in a
+			// Referer) to whatever Location names. The 3xx itself reaches
+			// dial, which answers UPSTREAM_REJECTED.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		HTTPHeader:      http.Header{"Authorization": {"Token " + apiKey}},
+		CompressionMode: websocket.CompressionDisabled,
+	}
+}

@@ -90,19 +90,19 @@ var relayBusy = answer{code: websocket.StatusTryAgainLater, reason: "relay busy,
 // dgrelay_refusals_total by its cause, a token's in
 // dgrelay_auth_failures_total by the kind of failure instead.
 var (
-	refuseTokenMissing = refusal("token_missing", 4401, "token missing", "TOKEN_MISSING")
-	refuseTokenExpired = refusal("token_expired", 4401, "token expired", "TOKEN_EXPIRED")
-	refuseTokenInvalid = refusal("token_invalid", 4401, "token invalid", "TOKEN_INVALID")
-	refuseUserSessions = refusal("user_sessions", 4429, "too many sessions", "TOO_MANY_SESSIONS")
-	refuseUserRate     = refusal("rate", 4429, "too many new sessions", "SESSION_RATE_LIMITED")
-	refuseFull         = refusal("instance_full", websocket.StatusTryAgainLater, "relay full, try again", "INSTANCE_FULL")
-	refuseQuota        = refusal("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
+	refuseTokenMissing = refusalRow("token_missing", 4401, "token missing", "TOKEN_MISSING")
+	refuseTokenExpired = refusalRow("token_expired", 4401, "token expired", "TOKEN_EXPIRED")
+	refuseTokenInvalid = refusalRow("token_invalid", 4401, "token invalid", "TOKEN_INVALID")
+	refuseUserSessions = refusalRow("user_sessions", 4429, "too many sessions", "TOO_MANY_SESSIONS")
+	refuseUserRate     = refusalRow("rate", 4429, "too many new sessions", "SESSION_RATE_LIMITED")
+	refuseFull         = refusalRow("instance_full", websocket.StatusTryAgainLater, "relay full, try again", "INSTANCE_FULL")
+	refuseQuota        = refusalRow("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
 	// Redis cannot answer and REDIS_FAILURE=refuse.
-	refuseLimitsUnavailable = refusal("limits_unavailable", websocket.StatusTryAgainLater, "limits unavailable, try again", "LIMITS_UNAVAILABLE")
+	refuseLimitsUnavailable = refusalRow("limits_unavailable", websocket.StatusTryAgainLater, "limits unavailable, try again", "LIMITS_UNAVAILABLE")
 	// refuseUpstreamDown is a session held by a known outage, refused
 	// without a dial: refuseUpstreamUnavailable's answer, under the label
 	// upstream_down (relay.go refuses it so).
-	refuseUpstreamDown = refusal("upstream_down", websocket.StatusBadGateway, "upstream unavailable", "UPSTREAM_UNAVAILABLE")
+	refuseUpstreamDown = refusalRow("upstream_down", websocket.StatusBadGateway, "upstream unavailable", "UPSTREAM_UNAVAILABLE")
 )
 
 // sessionEndings and refusalEndings are the rows of the table, in the order
@@ -133,9 +133,9 @@ func dialFailure(reason, errorCode string) ending {
 	return sessionEnding(ending{"upstream_failed", "relay", answer{code: websocket.StatusBadGateway, reason: reason, errorCode: errorCode}, answer{}})
 }
 
-// refusal is an upgraded request refused before any dial, added to
+// refusalRow is an upgraded request refused before any dial, added to
 // refusalEndings.
-func refusal(cause string, code websocket.StatusCode, reason, errorCode string) ending {
+func refusalRow(cause string, code websocket.StatusCode, reason, errorCode string) ending {
 	e := ending{cause, "relay", answer{code: code, reason: reason, errorCode: errorCode}, answer{}}
 	refusalEndings = append(refusalEndings, e)
 	return e

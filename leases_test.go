@@ -122,7 +122,7 @@ func TestRedisOutageLocal(t *testing.T) {
 	// one of them only, refuses on Redis's word.
 	expectRefused(t, a, lee, nil, 4429, "too many sessions")
 	rc := redisClient(t, rs.url())
-	leases, _, _ := a.relay.shared.Keys(userKey(a.relay.userHashKey, "sub:lee"))
+	leases, _, _ := a.relay.shared.Keys(identityKey(a.relay.identityHashKey, "sub:lee"))
 	if n := rc.ZCard(context.Background(), leases).Val(); n != 3 {
 		t.Errorf("%d leases in Redis after the outage, want 3", n)
 	}
@@ -220,8 +220,8 @@ func BenchmarkLeaseRenewal(b *testing.B) {
 			rl := benchRelay(b, env)
 			var live []*admission
 			for i := range sessions {
-				s := &session{relay: rl, id: strconv.Itoa(i), identity: "ip:10.0.0." + strconv.Itoa(i%users), started: time.Now()}
-				s.userKey = userKey(rl.userHashKey, s.identity)
+				s := &session{tools: &rl.tools, facts: &facts{identity: "ip:10.0.0." + strconv.Itoa(i%users)}, id: strconv.Itoa(i), started: time.Now()}
+				s.identityKey = identityKey(rl.identityHashKey, s.identity)
 				a, refused, _ := rl.admit(s)
 				if a == nil {
 					b.Fatalf("refused: %s", refused.cause)
@@ -238,7 +238,7 @@ func BenchmarkLeaseRenewal(b *testing.B) {
 			cpu := cpuTime()
 			b.ResetTimer()
 			for range b.N {
-				rl.renewLeases(time.Now())
+				rl.renew(time.Now())
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N*sessions), "cpu-ns/session")

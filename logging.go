@@ -66,11 +66,3 @@ func cloudTrace(r *http.Request, project string) string {
 	}
 	return "projects/" + project + "/traces/" + id
 }
-
-// logFor is the relay's logger with trace, when there is one.
-func (rl *relay) logFor(trace string) *slog.Logger {
-	if trace == "" {
-		return rl.log
-	}
-	return rl.log.With(traceKey, trace)
-}

@@ -19,9 +19,6 @@ import (
 	"github.com/sethvargo/go-envconfig"
 )
 
-// version is set at build time: -ldflags "-X main.version=...".
-var version = "dev"
-
 const (
 	// readHeaderTimeout and maxHeaderBytes bound a handshake that is slow or
 	// bloated before any of the relay's code runs.
@@ -162,7 +159,7 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		"upstream_retries", cfg.UpstreamRetries,
 		"max_user_seconds_per_day", cfg.MaxUserSecondsPerDay,
 		"usage_tag", cfg.UsageTag,
-		"limits", rl.limitsWhere())
+		"limits", limitsWhere(rl.shared, rl.cfg.RedisFailure))
 
 	select {
 	case s := <-sig:

@@ -5,8 +5,6 @@ import (
 	"strconv"
 	"strings"
 
-	"dgrelay/internal/wspipe"
-
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -153,37 +151,5 @@ func codeLabel(code websocket.StatusCode) string {
 	return "other"
 }
 
-// flush adds what s relayed since the last flush to the byte and message
-// counters. The watchdog calls it every tick and the handler once at the
-// end, so the counters move while long sessions run and no frame touches a
-// shared counter.
-func (m *metrics) flush(s *session) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, d := range [...]struct {
-		f        *wspipe.Flow
-		reported *flowReported
-		counters directionCounters
-	}{{&s.up, &s.upReported, m.up}, {&s.down, &s.downReported, m.down}} {
-		msgs, bytes := d.f.Messages.Load(), d.f.Bytes.Load()
-		if msgs == d.reported.messages && bytes == d.reported.bytes {
-			continue // a quiet direction
-		}
-		// A Prometheus counter panics on a negative Add, which would end
-		// the process and every call on it: a count that ever went back
-		// is reported from where it is now, never subtracted.
-		if n := msgs - d.reported.messages; n > 0 {
-			d.counters.messages.Add(float64(n))
-		}
-		if n := bytes - d.reported.bytes; n > 0 {
-			d.counters.bytes.Add(float64(n))
-		}
-		d.reported.messages, d.reported.bytes = msgs, bytes
-	}
-}
-
-// flowReported is how much of a flow the counters have seen; guarded by the
-// session's mutex.
-type flowReported struct {
-	messages, bytes int64
-}
+// version is set at build time: -ldflags "-X main.version=...".
+var version = "dev"

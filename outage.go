@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 )
@@ -157,47 +156,4 @@ func (o *outage) status(now time.Time) string {
 	}
 	return fmt.Sprintf("upstream %s: down for %s, %d failed dials, %d sessions refused without a dial, next probe %s\n",
 		o.service, now.Sub(o.since).Round(time.Second), o.failures, o.refused, next)
-}
-
-// outageFor is the outage state of service's Deepgram endpoint.
-func (rl *relay) outageFor(service string) *outage {
-	if service == "transcription" {
-		return rl.listenOutage
-	}
-	return rl.agentOutage
-}
-
-// reachedDeepgram says whether a failed dial still heard Deepgram answer:
-// any HTTP status but the 502, 503 and 504 its front end gives while a
-// backend is away.
-func reachedDeepgram(f *upstreamFailure) bool {
-	switch f.status {
-	case 0, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return false
-	}
-	return true
-}
-
-// dialed reports s's dial to its gate, logs and counts an outage's start and
-// end, and says nothing when the client left during the dial.
-func (rl *relay) dialed(s *session, g gate, d dialed) {
-	if d.failure != nil && d.failure.cancelled {
-		g.abandon()
-		return
-	}
-	answered := d.failure == nil || reachedDeepgram(d.failure)
-	failed := d.tries
-	if answered {
-		failed = 0
-	}
-	change, downFor, refused := g.report(answered, failed, time.Now())
-	switch change {
-	case outageBegan:
-		rl.metrics.upstreamDown.WithLabelValues(s.service).Set(1)
-		rl.log.Warn("upstream down: sessions are refused without a dial, one probes Deepgram", "service", s.service,
-			"failed_dials", failed, "hold_ms", outageFirstHold.Milliseconds())
-	case outageEnded:
-		rl.metrics.upstreamDown.WithLabelValues(s.service).Set(0)
-		rl.log.Info("upstream back", "service", s.service, "down_ms", downFor.Milliseconds(), "refused_without_dial", refused)
-	}
 }

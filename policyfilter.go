@@ -1,45 +1,8 @@
 package main
 
 import (
-	"time"
 	"unicode/utf8"
-
-	"dgrelay/internal/message"
-	"dgrelay/internal/wspipe"
 )
-
-// policyFilter applies the Settings policy to a client text message and logs
-// what it stripped: paths only, never values.
-// Only the client's pipe calls it, so its count needs no lock.
-func (s *session) policyFilter(msg []byte) wspipe.Verdict {
-	if !s.textRate.AllowN(time.Now(), len(msg)) {
-		// Parsing is the one per-message cost a client can make large
-		// (a megabyte of small values costs some 35 times a megabyte of
-		// audio): past its rate the session ends.
-		s.end(endTextRate.outcome(""))
-		return wspipe.Verdict{Drop: true}
-	}
-	v := s.relay.policy.Check(msg, s.service)
-	if len(v.Stripped) > 0 {
-		s.relay.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.Stripped)))
-		switch s.strippedLines++; {
-		case s.strippedLines <= maxStrippedLines:
-			s.log().Info("settings policy: stripped", "session", s.id, "user", s.user,
-				"paths", loggedPaths(v.Stripped, s.relay.redact), "paths_total", len(v.Stripped))
-		case s.strippedLines == maxStrippedLines+1:
-			s.log().Info("settings policy: stripped, and more this session; the metric counts them",
-				"session", s.id, "user", s.user)
-		}
-	}
-	if s.usageTag != "" && v.Settings != nil && !v.Drop && v.Refused == "" {
-		// After the policy: its set may pin tags, the relay's goes too.
-		addUsageTag(v.Settings, s.usageTag)
-		if out, err := message.Encode(v.Settings); err == nil {
-			v.Out = out
-		}
-	}
-	return wspipe.Verdict{Out: v.Out, Drop: v.Drop, Refused: v.Refused}
-}
 
 // clientTextRate is the rate at which a user's text messages, all its
 // sessions together, may come under a policy, in bytes a second, after a
@@ -80,16 +43,4 @@ func loggedPath(p string) string {
 		n--
 	}
 	return p[:n] + "…"
-}
-
-// settingsRefused ends a session whose message the policy refused: the client
-// is told in band why, then closed 1008; Deepgram received nothing of that
-// message and gets a normal close.
-func (s *session) settingsRefused(why string) {
-	s.relay.metrics.policyViolations.WithLabelValues("refuse").Inc()
-	// why names the client's own keys: bounded and cleaned for the log
-	// and the Error frame alike.
-	why = s.relay.redact(why)
-	s.log().Info("settings policy: refused", "session", s.id, "user", s.user, "why", why)
-	s.end(endSettingsRefused.outcome(why))
 }

@@ -24,7 +24,7 @@ func TestLostAnswersCountedOnce(t *testing.T) {
 		"MAX_USER_SECONDS_PER_DAY": "3600"}), fakedeepgram.Options{})
 	rc := redisClient(t, rs.url())
 	ctx := context.Background()
-	_, _, day := h.relay.shared.Keys(userKey(h.relay.userHashKey, "sub:olive"))
+	_, _, day := h.relay.shared.Keys(identityKey(h.relay.identityHashKey, "sub:olive"))
 	dayMillis := func() int64 { ms, _ := rc.HGet(ctx, day, "ms").Int64(); return ms }
 
 	began := time.Now()

@@ -3,11 +3,8 @@ package main
 import (
 	"cmp"
 	"container/list"
-	"context"
-	"math"
 	"net/http"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -37,6 +34,18 @@ const (
 	// end the relay cannot tell (a token, a user's sessions, its rate).
 	refusalRetryAfter = 10 * time.Second
 )
+
+// refusal is why a request is answered without a session: the row that
+// answers it and the label that names it in the refusal memory, the metrics
+// and the logs (the row's cause, or a token's failure under token_).
+type refusal struct {
+	end   ending
+	label string
+	token *authFailure // the token's failure, counted by its kind; nil for any other refusal
+}
+
+// refusedBy is the refusal by row e, under its cause.
+func refusedBy(e ending) refusal { return refusal{end: e, label: e.cause} }
 
 // refusalMemory remembers recent refusals by who was refused and why. It is
 // touched once per refused request, never per frame or session.
@@ -123,60 +132,6 @@ func (m *refusalMemory) take(now time.Time) (repeated []refusalEntry, evicted in
 	evicted, m.evicted = m.evicted, 0
 	slices.SortStableFunc(repeated, func(a, b refusalEntry) int { return cmp.Compare(b.repeats, a.repeats) })
 	return repeated, evicted
-}
-
-// summarizeRefusals logs the repeated refusals every period until ctx ends.
-func (rl *relay) summarizeRefusals(ctx context.Context, every time.Duration) {
-	defer rl.background.Done()
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-tick.C:
-			rl.logRefusalSummary(now, every)
-		}
-	}
-}
-
-// logRefusalSummary writes one line per identity and reason repeated in the
-// last period (refusalSummaryLines at most, the most repeated), then one
-// line with the rest.
-func (rl *relay) logRefusalSummary(now time.Time, period time.Duration) {
-	repeated, evicted := rl.refused.take(now)
-	var restWho, restRepeats int
-	for i, e := range repeated {
-		if i >= refusalSummaryLines {
-			restWho++
-			restRepeats += e.repeats
-			continue
-		}
-		rl.log.Info("refusals repeated", "who", e.who, "refusal", e.reason, "repeats", e.repeats, "period_s", int(period.Seconds()))
-	}
-	if restWho > 0 || evicted > 0 {
-		rl.log.Info("refusals repeated, the rest", "who", restWho, "repeats", restRepeats, "forgotten", evicted, "period_s", int(period.Seconds()))
-	}
-}
-
-// refuse answers a refused request: in band the first time (refuseUpgraded:
-// upgrade, Error frame, close, a log line), before the upgrade with e's HTTP
-// status and Retry-After when who met the same refusal within the window.
-// label names the refusal in the memory, the metrics and the logs.
-func (rl *relay) refuse(w http.ResponseWriter, r *http.Request, s *session, e ending, label, who string, retryAfter time.Duration) {
-	if !rl.refused.repeat(who, label, time.Now()) {
-		rl.refuseUpgraded(w, r, s, e, label)
-		return
-	}
-	rl.refuseRepeated(w, e, label, retryAfter)
-}
-
-// refuseRepeated answers a repeated refusal before the upgrade: e's HTTP
-// status and Retry-After, counted, not logged (the summary does).
-func (rl *relay) refuseRepeated(w http.ResponseWriter, e ending, label string, retryAfter time.Duration) {
-	rl.metrics.refusalsRepeated.WithLabelValues(label).Inc()
-	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(retryAfter, time.Second).Seconds()))))
-	http.Error(w, e.client.reason+" (as before; retry later)", httpStatusOf(e))
 }
 
 // httpStatusOf is the HTTP status that says before the upgrade what e's

@@ -2,8 +2,9 @@ package main
 
 import (
 	"context"
+	"math"
 	"net/http"
-	"strings"
+	"strconv"
 	"time"
 
 	"github.com/coder/websocket"
@@ -19,10 +20,10 @@ const closeWriteTimeout = 5 * time.Second
 
 // refuseDraining answers an upgrade that arrives during the drain: the
 // client should retry, and will land on another instance.
-func (rl *relay) refuseDraining(w http.ResponseWriter, r *http.Request) {
+func (rl *relay) refuseDraining(w http.ResponseWriter, f *facts) {
 	rl.metrics.refusals.WithLabelValues(httpDraining.label).Inc()
-	rl.logFor(cloudTrace(r, rl.cfg.GoogleCloudProject)).Info("session refused", "refusal", httpDraining.label,
-		"status", httpDraining.status, "remote", clientIP(r, rl.cfg.TrustProxyHeaders))
+	rl.logFor(f.trace).Info("session refused", "refusal", httpDraining.label,
+		"status", httpDraining.status, "remote", f.remote)
 	if httpDraining.retryAfter {
 		w.Header().Set("Retry-After", "2")
 	}
@@ -32,22 +33,22 @@ func (rl *relay) refuseDraining(w http.ResponseWriter, r *http.Request) {
 	_ = http.NewResponseController(w).Flush()
 }
 
-// refuseUpgraded accepts the upgrade only to close it as e says: a refusal
+// refuseUpgraded accepts the upgrade only to close it as rf says: a refusal
 // that must be a close code (a token, a user's limits, a full instance).
-// Nothing is dialled upstream. label is the metric's finer cause: an auth
-// failure's kind, else e's cause.
-func (rl *relay) refuseUpgraded(w http.ResponseWriter, r *http.Request, s *session, e ending, label string) {
-	if cause, ok := strings.CutPrefix(label, "token_"); ok {
-		rl.metrics.authFailures.WithLabelValues(cause).Inc()
+// Nothing is dialled upstream. A token's failure counts by its kind, any
+// other refusal by its label.
+func (rl *relay) refuseUpgraded(w http.ResponseWriter, r *http.Request, f *facts, rf refusal) {
+	if rf.token != nil {
+		rl.metrics.authFailures.WithLabelValues(rf.token.label).Inc()
 	} else {
-		rl.metrics.refusals.WithLabelValues(label).Inc()
+		rl.metrics.refusals.WithLabelValues(rf.label).Inc()
 	}
-	s.log().Info("session refused", "refusal", label, "close", int(e.client.code), "user", s.user, "remote", s.remote)
+	rl.logFor(f.trace).Info("session refused", "refusal", rf.label, "close", int(rf.end.client.code), "user", f.user, "remote", f.remote)
 	c, _, err := rl.accept(w, r)
 	if err != nil {
 		return
 	}
-	rl.closeWithError(c, e.outcome(""))
+	rl.closeWithError(c, rf.end.outcome(""))
 }
 
 // closeWithError writes o's Error message to a client the library still
@@ -91,4 +92,57 @@ func dropUnanswered(w http.ResponseWriter) {
 	if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
 		_ = conn.Close()
 	}
+}
+
+// summarizeRefusals logs the repeated refusals every period until ctx ends.
+func (rl *relay) summarizeRefusals(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			rl.logRefusalSummary(now, every)
+		}
+	}
+}
+
+// logRefusalSummary writes one line per identity and reason repeated in the
+// last period (refusalSummaryLines at most, the most repeated), then one
+// line with the rest.
+func (rl *relay) logRefusalSummary(now time.Time, period time.Duration) {
+	repeated, evicted := rl.refused.take(now)
+	var restWho, restRepeats int
+	for i, e := range repeated {
+		if i >= refusalSummaryLines {
+			restWho++
+			restRepeats += e.repeats
+			continue
+		}
+		rl.log.Info("refusals repeated", "who", e.who, "refusal", e.reason, "repeats", e.repeats, "period_s", int(period.Seconds()))
+	}
+	if restWho > 0 || evicted > 0 {
+		rl.log.Info("refusals repeated, the rest", "who", restWho, "repeats", restRepeats, "forgotten", evicted, "period_s", int(period.Seconds()))
+	}
+}
+
+// refuse answers a refused request: in band the first time (refuseUpgraded:
+// upgrade, Error frame, close, a log line), before the upgrade with its
+// row's HTTP status and Retry-After when who met the same refusal within
+// the window.
+func (rl *relay) refuse(w http.ResponseWriter, r *http.Request, f *facts, rf refusal, who string, retryAfter time.Duration) {
+	if !rl.refused.repeat(who, rf.label, time.Now()) {
+		rl.refuseUpgraded(w, r, f, rf)
+		return
+	}
+	rl.refuseRepeated(w, rf.end, rf.label, retryAfter)
+}
+
+// refuseRepeated answers a repeated refusal before the upgrade: e's HTTP
+// status and Retry-After, counted, not logged (the summary does).
+func (rl *relay) refuseRepeated(w http.ResponseWriter, e ending, label string, retryAfter time.Duration) {
+	rl.metrics.refusalsRepeated.WithLabelValues(label).Inc()
+	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(retryAfter, time.Second).Seconds()))))
+	http.Error(w, e.client.reason+" (as before; retry later)", httpStatusOf(e))
 }

@@ -3,13 +3,8 @@ package main
 import (
 	"encoding/base64"
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
-	"path"
-	"strconv"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -48,45 +43,84 @@ func isWebSocketUpgrade(r *http.Request) bool {
 		httpguts.HeaderValuesContainsToken(r.Header["Upgrade"], "websocket")
 }
 
-// checkRequest checks what an upgrade request says of itself (a WebSocket
+// read is what r says of where it comes from: the client's address and
+// the trace, the first facts of every answer, read once.
+func (rl *relay) read(r *http.Request) *facts {
+	return &facts{remote: clientIP(r, rl.cfg.TrustProxyHeaders), trace: cloudTrace(r, rl.cfg.GoogleCloudProject)}
+}
+
+// check reads what an upgrade request says of itself into f (a WebSocket
 // handshake the library would accept, the service, the origin, where the
 // token is) and answers it with an HTTP status when it fails.
-func (rl *relay) checkRequest(w http.ResponseWriter, r *http.Request) (service string, up upstream, forwarded, token string, ok bool) {
+func (rl *relay) check(w http.ResponseWriter, r *http.Request, f *facts) bool {
 	if !isWebSocketUpgrade(r) {
 		w.Header().Set("Connection", "Upgrade")
 		w.Header().Set("Upgrade", "websocket")
 		http.Error(w, "this endpoint speaks WebSocket only", http.StatusUpgradeRequired)
-		return
+		return false
 	}
 	if msg := badHandshake(r); msg != "" {
 		w.Header().Set("Sec-WebSocket-Version", "13")
 		http.Error(w, msg, http.StatusBadRequest)
-		return
+		return false
 	}
 	byPath, _ := pathService(rl.cfg.ProxyPath, r.URL.Path)
-	service, up, forwarded, err := rl.routeAt(byPath, r.URL.RawQuery)
-	if err != nil {
-		var re *routeError
-		errors.As(err, &re)
-		http.Error(w, re.msg, re.status)
-		return
+	service, forwarded, rerr := routeAt(byPath, r.URL.RawQuery)
+	if rerr != nil {
+		http.Error(w, rerr.msg, rerr.status)
+		return false
+	}
+	f.service, f.endpoint, f.forwarded = service, rl.agent, forwarded
+	if service == "transcription" {
+		f.endpoint = rl.listen
 	}
 	if !rl.origins.allowed(r) {
-		rl.metrics.refusals.WithLabelValues("origin").Inc()
+		rl.metrics.refusals.WithLabelValues(httpOrigin.label).Inc()
 		// The origin is logged (bounded) with the entry that would allow
 		// it, so that a missing ALLOWED_ORIGINS entry is easy to fix; it is
 		// a page's address, not a secret. A browser does not show the body.
 		fix := rl.scrub.CleanTo(originFix(r.Header.Get("Origin")), errorDetailLimit)
-		rl.logFor(cloudTrace(r, rl.cfg.GoogleCloudProject)).Info("session refused", "refusal", "origin", "origin", rl.redact(r.Header.Get("Origin")),
-			"fix", fix, "remote", clientIP(r, rl.cfg.TrustProxyHeaders))
-		http.Error(w, "origin not allowed: "+fix, http.StatusForbidden)
-		return
+		rl.logFor(f.trace).Info("session refused", "refusal", httpOrigin.label, "origin", rl.redact(r.Header.Get("Origin")),
+			"fix", fix, "remote", f.remote)
+		http.Error(w, "origin not allowed: "+fix, httpOrigin.status)
+		return false
 	}
-	if token, err = tokenFrom(r); err != nil {
+	token, err := tokenFrom(r)
+	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
+		return false
 	}
-	return service, up, forwarded, token, true
+	f.token = token
+	return true
+}
+
+// identify names who f is: the token's user, or the address when tokens are
+// off, with the identity's hash and usage tag. It returns the token's
+// failure when the token is refused.
+func (rl *relay) identify(f *facts) *authFailure {
+	if rl.auth.enabled() {
+		sub, fail := rl.auth.verify(f.token)
+		if fail != nil {
+			return fail
+		}
+		f.user, f.identity = sub, "sub:"+sub
+		f.token = "" // verified: it is not kept
+	} else {
+		f.identity = addressIdentity(f.remote)
+	}
+	f.identityKey = identityKey(rl.identityHashKey, f.identity)
+	if f.usageTag = usageTagOf(rl.cfg.UsageTag, f.identityKey); f.usageTag != "" && f.service == "transcription" {
+		f.forwarded = taggedQuery(f.forwarded, f.usageTag)
+	}
+	return nil
+}
+
+// credentialWho is who a refused token is, for the refusal memory: no
+// identity, so the address and the credential, hashed (a token is never
+// stored), so that another user at the same address, or this one with a
+// fresh token, is not affected.
+func (rl *relay) credentialWho(f *facts) string {
+	return addressIdentity(f.remote) + " token:" + identityKey(rl.identityHashKey, "token\x00"+f.token)[:12]
 }
 
 // errNoBearer is a handshake that offers subprotocols but not "bearer": the
@@ -132,131 +166,4 @@ func headerTokens(h http.Header, name string) []string {
 		}
 	}
 	return out
-}
-
-// originChecker allows a browser's Origin by the coder/websocket
-// OriginPatterns rules (a pattern match on host[:port], or on scheme://host
-// when the pattern has a scheme), and a page on the request's own host when
-// that host is this machine (isLoopbackHost). A request without Origin is not
-// from a browser and passes, to meet authentication. The own host is not
-// allowed in general: a DNS-rebinding page (its name pointed at the relay's
-// address) sends its own name as both Host and Origin, so the two agree for
-// a foreign page. The README's origin section says so at length.
-type originChecker struct {
-	patterns []string
-}
-
-// newOriginChecker checks ALLOWED_ORIGINS' patterns once, so that a bad one
-// stops the start instead of refusing every browser.
-func newOriginChecker(patterns []string) (*originChecker, error) {
-	for _, p := range patterns {
-		if _, err := path.Match(strings.ToLower(p), ""); err != nil {
-			return nil, fmt.Errorf("ALLOWED_ORIGINS: bad pattern %q: %w", p, err)
-		}
-	}
-	return &originChecker{patterns: patterns}, nil
-}
-
-// allowed reports whether r's Origin may open a session.
-func (oc *originChecker) allowed(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		return false
-	}
-	if strings.EqualFold(r.Host, u.Host) && isLoopbackHost(u.Hostname()) {
-		return true
-	}
-	for _, p := range oc.patterns {
-		target := u.Host
-		if strings.Contains(p, "://") {
-			target = u.Scheme + "://" + u.Host
-		}
-		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(target)); ok {
-			return true
-		}
-	}
-	return false
-}
-
-// isLoopbackHost reports whether host, a URL's hostname, names this machine
-// whatever DNS says: "localhost" (browsers resolve it to loopback themselves,
-// RFC 6761 and WHATWG's "potentially trustworthy origin") or a loopback
-// address (127.0.0.0/8, ::1). A rebinding page cannot be served from such a
-// name: its attacker controls no server there. "*.localhost" is left out:
-// not every client keeps it off DNS.
-func isLoopbackHost(host string) bool {
-	if strings.EqualFold(host, hostLocal) {
-		return true
-	}
-	addr, err := netip.ParseAddr(host)
-	return err == nil && addr.Unmap().IsLoopback()
-}
-
-// originFix says what to add to ALLOWED_ORIGINS for origin to pass. The
-// entry is the origin's host with its port, since a page on
-// http://localhost:5173 is another origin than one on localhost:3000, and
-// it matches that host alone: an IPv6 literal's brackets are escaped (the
-// matcher reads [::1] as a character class). A host that is itself a
-// pattern or a list ("*", "*.com", "a.com,*") gets no entry: no browser
-// sends one, and anyone could send it to have the log advise allowing
-// every origin.
-func originFix(origin string) string {
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" || strings.ContainsAny(u.Host, `*?\,`) {
-		return "a browser origin is scheme://host[:port]; ALLOWED_ORIGINS cannot allow " + strconv.Quote(origin)
-	}
-	entry := strings.NewReplacer("[", `\[`, "]", `\]`).Replace(u.Host)
-	return "to allow this page, add " + entry + " to ALLOWED_ORIGINS (comma-separated; the port is part of the origin)"
-}
-
-// addressIdentity is the identity of a client without a token, from its
-// address: an IPv4 address as it is, an IPv6 one by its /64. One host is
-// routinely given a whole /64 (SLAAC, privacy addresses, every cloud VM's
-// range), so counting single IPv6 addresses would let it be 2^64 users to
-// the per-user limits. An IPv4-mapped address counts as its IPv4 address.
-func addressIdentity(ip string) string {
-	addr, err := netip.ParseAddr(ip)
-	if err != nil {
-		return "ip:" + ip
-	}
-	addr = addr.Unmap().WithZone("")
-	if addr.Is4() {
-		return "ip:" + addr.String()
-	}
-	return "ip:" + netip.PrefixFrom(addr, 64).Masked().String()
-}
-
-// clientIP is the caller's address: from the header of the platform proxy
-// named by TRUST_PROXY_HEADERS, else from the socket. A header is the
-// client's own words unless that proxy writes it: Fly's proxy sets
-// Fly-Client-IP, and Cloud Run's front end puts the address it saw last in
-// X-Forwarded-For, after anything the client sent there. Believing any other
-// header would let a client pick its rate-limit bucket and its address in
-// the logs.
-func clientIP(r *http.Request, trustProxy string) string {
-	var fromProxy string
-	switch trustProxy {
-	case proxyFly:
-		fromProxy = r.Header.Get("Fly-Client-IP")
-	case proxyCloudRun:
-		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
-			last := xff[len(xff)-1]
-			if i := strings.LastIndexByte(last, ','); i >= 0 {
-				last = last[i+1:]
-			}
-			fromProxy = last
-		}
-	}
-	if ip := net.ParseIP(strings.TrimSpace(fromProxy)); ip != nil {
-		return ip.String()
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }

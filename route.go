@@ -80,16 +80,11 @@ func pathService(proxyPath, urlPath string) (service string, ok bool) {
 	return "", false
 }
 
-// route picks the upstream from ?service= and returns the query to forward:
-// every parameter but service and token, in the client's order and encoding.
-func (rl *relay) route(rawQuery string) (service string, up upstream, forwarded string, err error) {
-	return rl.routeAt("", rawQuery)
-}
-
-// routeAt is route for a request whose path names byPath ("" for
+// routeAt picks the service of a request whose path names byPath ("" for
 // PROXY_PATH): the path's service unless ?service= names another, which is
-// refused rather than guessed.
-func (rl *relay) routeAt(byPath, rawQuery string) (service string, up upstream, forwarded string, err error) {
+// refused rather than guessed. It returns the query to forward: every
+// parameter but service and token, in the client's order and encoding.
+func routeAt(byPath, rawQuery string) (service, forwarded string, err *routeError) {
 	var kept []string
 	seen := false
 	for part := range strings.SplitSeq(rawQuery, "&") {
@@ -100,12 +95,12 @@ func (rl *relay) routeAt(byPath, rawQuery string) (service string, up upstream, 
 		key, kerr := url.QueryUnescape(rawKey)
 		value, verr := url.QueryUnescape(rawValue)
 		if kerr != nil || verr != nil {
-			return "", upstream{}, "", &routeError{http.StatusBadRequest, "malformed query string"}
+			return "", "", &routeError{http.StatusBadRequest, "malformed query string"}
 		}
 		switch {
 		case key == "service":
 			if seen && value != service {
-				return "", upstream{}, "", &routeError{http.StatusBadRequest, "conflicting service parameters"}
+				return "", "", &routeError{http.StatusBadRequest, "conflicting service parameters"}
 			}
 			service, seen = value, true
 		case strings.EqualFold(key, "token"):
@@ -116,16 +111,16 @@ func (rl *relay) routeAt(byPath, rawQuery string) (service string, up upstream, 
 	}
 	if byPath != "" {
 		if seen && service != byPath {
-			return "", upstream{}, "", &routeError{http.StatusBadRequest, fmt.Sprintf(
+			return "", "", &routeError{http.StatusBadRequest, fmt.Sprintf(
 				"this path is the %s service, but ?service=%s asks for another: drop service= or use the matching path", byPath, service)}
 		}
 		service = byPath
 	}
 	switch service {
 	case "", "agent":
-		return "agent", rl.agent, strings.Join(kept, "&"), nil
+		return "agent", strings.Join(kept, "&"), nil
 	case "transcription":
-		return "transcription", rl.listen, strings.Join(kept, "&"), nil
+		return "transcription", strings.Join(kept, "&"), nil
 	}
-	return "", upstream{}, "", &routeError{http.StatusBadRequest, "unknown service: use agent or transcription"}
+	return "", "", &routeError{http.StatusBadRequest, "unknown service: use agent or transcription"}
 }

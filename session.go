@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"dgrelay/internal/message"
 	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
@@ -24,15 +25,11 @@ const closeTimeout = 10 * time.Second
 // session is one client and its Deepgram connection. It is the owner both of
 // its pipes report to (wspipe.Owner).
 type session struct {
-	relay       *relay
+	tools *tools
+	// facts are its request's, read once: the service, the address, the
+	// trace, the user and the identity.
+	*facts
 	id          string
-	service     string
-	remote      string // client IP
-	trace       string // the request's Cloud Trace name, for log lines; may be empty
-	user        string // the token's sub; empty when unauthenticated
-	identity    string // what the per-user limits count: sub or IP
-	userKey     string // identity hashed: its name in Redis and in the usage tag
-	usageTag    string // the tag naming the user at Deepgram (USAGE_TAG=user), else ""
 	dgRequestID string
 	dialTime    time.Duration // opening Deepgram's socket, retries included
 	dialTries   int
@@ -70,14 +67,15 @@ type session struct {
 	endedCh chan struct{}
 }
 
+// newSessionID is a fresh session id: 16 hex digits, random.
 func newSessionID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
 
-// log is the relay's logger for lines about s.
-func (s *session) log() *slog.Logger { return s.relay.logFor(s.trace) }
+// log is the logger for lines about s.
+func (s *session) log() *slog.Logger { return s.tools.logFor(s.trace) }
 
 // end starts closing the session as o says, once; later calls do nothing. It
 // does not wait: it wakes both pipes, each of which writes its destination's
@@ -156,7 +154,7 @@ func (s *session) kill() {
 // budget is the text budget as the pipe reading src sees it: its reserve,
 // src's pool and s's identity's share.
 func (s *session) budget(src wspipe.Side) wspipe.Budget {
-	return &sessionBudget{texts: s.relay.texts, pool: s.relay.texts.pool(src), user: s.userText, ended: s.endedSignal()}
+	return &sessionBudget{texts: s.tools.texts, pool: s.tools.texts.pool(src), user: s.userText, ended: s.endedSignal()}
 }
 
 // endedSignal is a channel closed once end has run.
@@ -175,8 +173,8 @@ func (s *session) endedSignal() <-chan struct{} {
 // ended records a relayed session in the metrics and its log line.
 func (s *session) ended() {
 	o := s.result()
-	m := s.relay.metrics
-	m.flush(s)
+	m := s.tools.metrics
+	s.flush(m)
 	m.sessionsTotal.WithLabelValues(s.service, o.cause).Inc()
 	m.sessionDuration.WithLabelValues(s.service).Observe(time.Since(s.started).Seconds())
 	// The codes are those written: a close the relay meant to send but
@@ -201,4 +199,162 @@ func (s *session) ended() {
 		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries,
 		"user", s.user,
 		"remote", s.remote}, tag...)...)
+}
+
+// timers is the watchdog's view of one session. Only the watchdog goroutine
+// touches it.
+type timers struct {
+	lastUp, lastDown int64     // message counts at the last change
+	lastChange       time.Time // when either count last moved
+	upStuck          time.Time // when the client→upstream write was first seen stuck
+	downStuck        time.Time
+}
+
+// flush adds what s relayed since the last flush to the byte and message
+// counters. The watchdog calls it every tick and the handler once at the
+// end, so the counters move while long sessions run and no frame touches a
+// shared counter.
+func (s *session) flush(m *metrics) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range [...]struct {
+		f        *wspipe.Flow
+		reported *flowReported
+		counters directionCounters
+	}{{&s.up, &s.upReported, m.up}, {&s.down, &s.downReported, m.down}} {
+		msgs, bytes := d.f.Messages.Load(), d.f.Bytes.Load()
+		if msgs == d.reported.messages && bytes == d.reported.bytes {
+			continue // a quiet direction
+		}
+		// A Prometheus counter panics on a negative Add, which would end
+		// the process and every call on it: a count that ever went back
+		// is reported from where it is now, never subtracted.
+		if n := msgs - d.reported.messages; n > 0 {
+			d.counters.messages.Add(float64(n))
+		}
+		if n := bytes - d.reported.bytes; n > 0 {
+			d.counters.bytes.Add(float64(n))
+		}
+		d.reported.messages, d.reported.bytes = msgs, bytes
+	}
+}
+
+// flowReported is how much of a flow the counters have seen; guarded by the
+// session's mutex.
+type flowReported struct {
+	messages, bytes int64
+}
+
+// run relays both directions until each has finished, then closes both
+// connections: the two pipes of the session, one on the calling goroutine,
+// the other on its own. The first to end the session wakes the other.
+func (s *session) run() {
+	up, down := s.pipes()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		down.Run()
+	}()
+	up.Run()
+	<-done
+	_ = s.client.Conn.Close()
+	_ = s.upstream.Conn.Close()
+}
+
+// pipes makes the session's two pipes. Apart from run, like the accounting
+// in serveSession, so that the frames an idle session's goroutines wait
+// under stay small: the GC gives a goroutine's stack back only when little
+// of it is in use.
+//
+//go:noinline
+func (s *session) pipes() (up, down *wspipe.Pipe) {
+	maxMsg := s.tools.cfg.MaxMessageBytes
+	var upText wspipe.TextFilter
+	switch {
+	case s.tools.policy != nil:
+		upText = s.policyFilter
+	case s.usageTag != "" && s.service == "agent":
+		// The Settings alone is read, to be tagged.
+		upText = s.tagFirstSettings
+	}
+	up = wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)})
+	// Deepgram's words are scrubbed of the key and the policy's secrets
+	// before a client reads them: text, control payloads, close reasons.
+	// Binary messages are audio, relayed as they came.
+	sc := s.tools.scrub
+	down = wspipe.New(s, s.upstream, s.client, &s.down, wspipe.Options{MaxMessage: maxMsg,
+		Text: func(msg []byte) wspipe.Verdict { return wspipe.Verdict{Out: sc.Text(msg)} }, Budget: s.budget(wspipe.Upstream), Scrub: sc.Short})
+	return up, down
+}
+
+// policyFilter applies the Settings policy to a client text message and logs
+// what it stripped: paths only, never values.
+// Only the client's pipe calls it, so its count needs no lock.
+func (s *session) policyFilter(msg []byte) wspipe.Verdict {
+	if !s.textRate.AllowN(time.Now(), len(msg)) {
+		// Parsing is the one per-message cost a client can make large
+		// (a megabyte of small values costs some 35 times a megabyte of
+		// audio): past its rate the session ends.
+		s.end(endTextRate.outcome(""))
+		return wspipe.Verdict{Drop: true}
+	}
+	v := s.tools.policy.Check(msg, s.service)
+	if len(v.Stripped) > 0 {
+		s.tools.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.Stripped)))
+		switch s.strippedLines++; {
+		case s.strippedLines <= maxStrippedLines:
+			s.log().Info("settings policy: stripped", "session", s.id, "user", s.user,
+				"paths", loggedPaths(v.Stripped, s.tools.redact), "paths_total", len(v.Stripped))
+		case s.strippedLines == maxStrippedLines+1:
+			s.log().Info("settings policy: stripped, and more this session; the metric counts them",
+				"session", s.id, "user", s.user)
+		}
+	}
+	if s.usageTag != "" && v.Settings != nil && !v.Drop && v.Refused == "" {
+		// After the policy: its set may pin tags, the relay's goes too.
+		addUsageTag(v.Settings, s.usageTag)
+		if out, err := message.Encode(v.Settings); err == nil {
+			v.Out = out
+		}
+	}
+	return wspipe.Verdict{Out: v.Out, Drop: v.Drop, Refused: v.Refused}
+}
+
+// settingsRefused ends a session whose message the policy refused: the client
+// is told in band why, then closed 1008; Deepgram received nothing of that
+// message and gets a normal close.
+func (s *session) settingsRefused(why string) {
+	s.tools.metrics.policyViolations.WithLabelValues("refuse").Inc()
+	// why names the client's own keys: bounded and cleaned for the log
+	// and the Error frame alike.
+	why = s.tools.redact(why)
+	s.log().Info("settings policy: refused", "session", s.id, "user", s.user, "why", why)
+	s.end(endSettingsRefused.outcome(why))
+}
+
+// tagFirstSettings is the client's text filter with USAGE_TAG=user and no
+// Settings policy: it reads the first text message only, which clients send
+// as the Settings, tags it, and asks for no more (every later message goes
+// on unread). A first message that is not one JSON object with a string
+// type, read one way only (as a policy reads, so that duplicate keys
+// cannot hide a tags list from the relay and show it to Deepgram), is
+// refused: SETTINGS_REFUSED. So is one that is not the Settings: passed
+// on, it would leave the Settings after it unread, untagged and free to
+// carry a tag of the relay's kind (Deepgram refuses such a session anyway:
+// NON_SETTINGS_MESSAGE_BEFORE_SETTINGS).
+func (s *session) tagFirstSettings(msg []byte) wspipe.Verdict {
+	m, typ, err := message.Parse(msg)
+	if err != nil {
+		return wspipe.Verdict{Refused: "message refused: " + err.Error(), Last: true}
+	}
+	if typ != "Settings" {
+		return wspipe.Verdict{Refused: "message refused: the first message must be Settings", Last: true}
+	}
+	addUsageTag(m, s.usageTag)
+	out, err := message.Encode(m)
+	if err != nil {
+		// Only values the decoder made are in m: this cannot happen.
+		return wspipe.Verdict{Refused: "message could not be encoded", Last: true}
+	}
+	return wspipe.Verdict{Out: out, Last: true}
 }

@@ -70,30 +70,30 @@ func sharedRefusal(r redislimits.Refusal) ending {
 
 // limitsWhere says, for the start line, where the per-user limits count:
 // Redis's host (never the URL, which may hold a password) and what happens
-// while it is away, or the instance.
-func (rl *relay) limitsWhere() string {
-	if rl.shared == nil {
+// while it is away (failure, REDIS_FAILURE), or the instance.
+func limitsWhere(shared *redislimits.Limits, failure string) string {
+	if shared == nil {
 		return "instance"
 	}
-	return "redis " + rl.shared.Host() + ", " + rl.cfg.RedisFailure + " while unreachable"
+	return "redis " + shared.Host() + ", " + failure + " while unreachable"
 }
 
-// userKey is what Redis and Deepgram's usage reports know of an identity:
+// identityKey is what Redis and Deepgram's usage reports know of an identity:
 // HMAC-SHA256 keyed with a key derived from the Deepgram key (a secret the
 // relay holds anyway, the same on every instance of a deployment), so that
 // neither a sub nor an IP can be read back from it, nor guessed by hashing
 // candidates, by anyone without that key. Deepgram has it: to Deepgram a
 // usage tag is a plain hash of the identity, whose guesses it can test
 // (every IPv4 address in about 16 CPU-minutes). 128 bits in hex.
-func userKey(hashKey []byte, identity string) string {
+func identityKey(hashKey []byte, identity string) string {
 	mac := hmac.New(sha256.New, hashKey)
 	mac.Write([]byte(identity))
 	return hex.EncodeToString(mac.Sum(nil)[:16])
 }
 
-// userHashKey derives userKey's key from the Deepgram key: not the key, and
+// identityHashKey derives identityKey's key from the Deepgram key: not the key, and
 // the key cannot be had back from it.
-func userHashKey(apiKey string) []byte {
+func identityHashKey(apiKey string) []byte {
 	mac := hmac.New(sha256.New, []byte(apiKey))
 	mac.Write([]byte("dgrelay user identity v1"))
 	return mac.Sum(nil)

@@ -50,7 +50,7 @@ func TestUsageTagAgent(t *testing.T) {
 	h.upstreamClosed()
 	h.settled()
 
-	want := usageTagPrefix + userKey(h.relay.userHashKey, "sub:nina")
+	want := usageTagPrefix + identityKey(h.relay.identityHashKey, "sub:nina")
 	tags, settings, later := receivedSettings(t, h)
 	if !reflect.DeepEqual(tags, []any{"app-v2", want}) {
 		t.Errorf("tags %v, want [app-v2 %s]", tags, want)
@@ -78,7 +78,7 @@ func TestUsageTagWithPolicy(t *testing.T) {
 	write(t, c, websocket.MessageText, []byte(`{"type":"Settings","tags":["client"],"audio":{},"agent":{}}`))
 	expectType(t, c, "SettingsApplied")
 	tags, _, _ := receivedSettings(t, h)
-	if want := []any{"pinned", usageTagPrefix + userKey(h.relay.userHashKey, "sub:omar")}; !reflect.DeepEqual(tags, want) {
+	if want := []any{"pinned", usageTagPrefix + identityKey(h.relay.identityHashKey, "sub:omar")}; !reflect.DeepEqual(tags, want) {
 		t.Errorf("tags %v, want %v", tags, want)
 	}
 }
@@ -89,7 +89,7 @@ func TestUsageTagTranscription(t *testing.T) {
 	h := newHarness(t, authEnv(map[string]string{"USAGE_TAG": "user"}), fakedeepgram.Options{})
 	h.dial("service=transcription&model=nova-3&tag=app&tag=dgrelay-user-spoof&token=" + userToken(t, "pia"))
 	hs := h.fake.Handshakes()
-	want := "model=nova-3&tag=app&tag=" + usageTagPrefix + userKey(h.relay.userHashKey, "sub:pia")
+	want := "model=nova-3&tag=app&tag=" + usageTagPrefix + identityKey(h.relay.identityHashKey, "sub:pia")
 	if len(hs) != 1 || hs[0].RawQuery != want {
 		t.Fatalf("Deepgram was asked %v, want the query %s", hs, want)
 	}

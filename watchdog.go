@@ -36,15 +36,6 @@ func quotaStep(quota, renewEvery time.Duration) time.Duration {
 	return renewEvery
 }
 
-// timers is the watchdog's view of one session. Only the watchdog goroutine
-// touches it.
-type timers struct {
-	lastUp, lastDown int64     // message counts at the last change
-	lastChange       time.Time // when either count last moved
-	upStuck          time.Time // when the client→upstream write was first seen stuck
-	downStuck        time.Time
-}
-
 // check returns the outcome that ends s now, if any.
 func (w watchdog) check(s *session, now time.Time) (outcome, bool) {
 	t := &s.timers
@@ -93,11 +84,10 @@ func stalled(since *time.Time, holds bool, now time.Time) time.Duration {
 	return now.Sub(*since)
 }
 
-// watch runs the watchdog over the live sessions until ctx ends, and now and
-// then forgets idle identities.
-func (rl *relay) watch(ctx context.Context) {
-	defer close(rl.stopped)
-	tick := time.NewTicker(rl.watchdog.tick)
+// watch enforces the timers of sessions until ctx ends, flushing their
+// counts into m each tick, and now and then forgets users' idle identities.
+func (w watchdog) watch(ctx context.Context, sessions *sessionSet, m *metrics, users *userLimits) {
+	tick := time.NewTicker(w.tick)
 	defer tick.Stop()
 	lastForget := time.Now()
 	for {
@@ -105,17 +95,17 @@ func (rl *relay) watch(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			for _, s := range rl.sessions.snapshot() {
-				rl.metrics.flush(s)
+			for _, s := range sessions.snapshot() {
+				s.flush(m)
 				if s.Closing() {
 					continue // closing already
 				}
-				if o, ok := rl.watchdog.check(s, now); ok {
+				if o, ok := w.check(s, now); ok {
 					go s.end(o)
 				}
 			}
 			if now.Sub(lastForget) >= time.Minute {
-				rl.users.forget(now)
+				users.forget(now)
 				lastForget = now
 			}
 		}

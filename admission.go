@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -252,4 +254,42 @@ func (as *admissions) renewals(ctx context.Context) {
 			as.renew(now)
 		}
 	}
+}
+
+// Leases and the daily quota. Every leaseRenewEvery one goroutine per
+// instance counts each live session's time since the last round (into its
+// user's day, here and in Redis), renews all the instance's leases in Redis
+// in one pipeline, and sets each session's quota deadline from the answer,
+// which the watchdog enforces. A goroutine or timer per session would cost
+// more and buy nothing: the step is what bounds how far past a lapsed lease
+// or a spent quota anything runs.
+
+// leaseSet holds the admissions of this instance, from admission to release:
+// a session still dialling Deepgram holds its place in Redis too.
+type leaseSet struct {
+	mu sync.Mutex
+	m  map[*admission]struct{}
+	// round is held by a renewal round.
+	round sync.Mutex
+}
+
+func (ls *leaseSet) add(a *admission) {
+	ls.mu.Lock()
+	if ls.m == nil {
+		ls.m = make(map[*admission]struct{})
+	}
+	ls.m[a] = struct{}{}
+	ls.mu.Unlock()
+}
+
+func (ls *leaseSet) remove(a *admission) {
+	ls.mu.Lock()
+	delete(ls.m, a)
+	ls.mu.Unlock()
+}
+
+func (ls *leaseSet) snapshot() []*admission {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return slices.Collect(maps.Keys(ls.m))
 }

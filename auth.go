@@ -62,11 +62,6 @@ var (
 
 func (f *authFailure) Error() string { return f.label }
 
-// refusal is f as the relay refuses it: f's row, under token_ and its kind.
-func (f *authFailure) refusal() refusal {
-	return refusal{end: f.end, label: "token_" + f.label, token: f}
-}
-
 // authenticator verifies users' tokens. With neither a secret nor a JWKS URL
 // (ALLOW_UNAUTHENTICATED) it verifies nothing and the client's address is
 // the identity.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"dgrelay/internal/redislimits"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/sethvargo/go-envconfig"
 )
 
@@ -446,3 +448,7 @@ func parseLogLevel(s string) (slog.Level, error) {
 	}
 	return 0, fmt.Errorf("%q is not one of debug, info, warn, error", s)
 }
+
+// redisOptions parses REDIS_URL (redislimits.ParseURL): its errors never
+// quote it, as it may hold a password.
+func redisOptions(raw string) (*redis.Options, error) { return redislimits.ParseURL(raw) }

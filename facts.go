@@ -1,6 +1,9 @@
 package main
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"net"
 	"net/http"
 	"net/netip"
@@ -70,4 +73,25 @@ func clientIP(r *http.Request, trustProxy string) string {
 		return r.RemoteAddr
 	}
 	return host
+}
+
+// identityKey is what Redis and Deepgram's usage reports know of an identity:
+// HMAC-SHA256 keyed with a key derived from the Deepgram key (a secret the
+// relay holds anyway, the same on every instance of a deployment), so that
+// neither a sub nor an IP can be read back from it, nor guessed by hashing
+// candidates, by anyone without that key. Deepgram has it: to Deepgram a
+// usage tag is a plain hash of the identity, whose guesses it can test
+// (every IPv4 address in about 16 CPU-minutes). 128 bits in hex.
+func identityKey(hashKey []byte, identity string) string {
+	mac := hmac.New(sha256.New, hashKey)
+	mac.Write([]byte(identity))
+	return hex.EncodeToString(mac.Sum(nil)[:16])
+}
+
+// identityHashKey derives identityKey's key from the Deepgram key: not the key, and
+// the key cannot be had back from it.
+func identityHashKey(apiKey string) []byte {
+	mac := hmac.New(sha256.New, []byte(apiKey))
+	mac.Write([]byte("dgrelay user identity v1"))
+	return mac.Sum(nil)
 }

@@ -47,6 +47,12 @@ type refusal struct {
 // refusedBy is the refusal by row e, under its cause.
 func refusedBy(e ending) refusal { return refusal{end: e, label: e.cause} }
 
+// tokenRefused is the refusal of a token that failed as f says: f's row,
+// under token_ and its kind.
+func tokenRefused(f *authFailure) refusal {
+	return refusal{end: f.end, label: "token_" + f.label, token: f}
+}
+
 // refusalMemory remembers recent refusals by who was refused and why. It is
 // touched once per refused request, never per frame or session.
 type refusalMemory struct {

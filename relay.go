@@ -137,7 +137,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if fail := rl.identify(f); fail != nil {
-		rl.refuse(w, r, f, fail.refusal(), rl.credentialWho(f), refusalRetryAfter)
+		rl.refuse(w, r, f, tokenRefused(fail), rl.credentialWho(f), refusalRetryAfter)
 		return
 	}
 	s := &session{tools: &rl.tools, facts: f, id: newSessionID(), started: time.Now()}

@@ -1,16 +1,11 @@
 package main
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"dgrelay/internal/redislimits"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // The limits shared across instances through Redis are internal/redislimits;
@@ -47,10 +42,6 @@ func newSharedLimits(cfg *Config, log *slog.Logger, m *metrics) (*redislimits.Li
 	return sl, nil
 }
 
-// redisOptions parses REDIS_URL (redislimits.ParseURL): its errors never
-// quote it, as it may hold a password.
-func redisOptions(raw string) (*redis.Options, error) { return redislimits.ParseURL(raw) }
-
 // sharedRefusal is the ending of the limit that Redis refused a session by;
 // a zero ending when it admitted it. A withdrawn admission (one the relay
 // had given up on) is told as Redis unreachable.
@@ -76,25 +67,4 @@ func limitsWhere(shared *redislimits.Limits, failure string) string {
 		return "instance"
 	}
 	return "redis " + shared.Host() + ", " + failure + " while unreachable"
-}
-
-// identityKey is what Redis and Deepgram's usage reports know of an identity:
-// HMAC-SHA256 keyed with a key derived from the Deepgram key (a secret the
-// relay holds anyway, the same on every instance of a deployment), so that
-// neither a sub nor an IP can be read back from it, nor guessed by hashing
-// candidates, by anyone without that key. Deepgram has it: to Deepgram a
-// usage tag is a plain hash of the identity, whose guesses it can test
-// (every IPv4 address in about 16 CPU-minutes). 128 bits in hex.
-func identityKey(hashKey []byte, identity string) string {
-	mac := hmac.New(sha256.New, hashKey)
-	mac.Write([]byte(identity))
-	return hex.EncodeToString(mac.Sum(nil)[:16])
-}
-
-// identityHashKey derives identityKey's key from the Deepgram key: not the key, and
-// the key cannot be had back from it.
-func identityHashKey(apiKey string) []byte {
-	mac := hmac.New(sha256.New, []byte(apiKey))
-	mac.Write([]byte("dgrelay user identity v1"))
-	return mac.Sum(nil)
 }

@@ -213,6 +213,11 @@ func (c *Config) validate() error {
 	if err := checkListenHost("LISTEN_HOST", c.ListenHost); err != nil {
 		return err
 	}
+	if c.MetricsHost == "" {
+		// Set but empty: envconfig's default is for an unset variable,
+		// and empty would mean every interface, /debug/pprof included.
+		return fmt.Errorf("METRICS_HOST: empty: use localhost (the default), an IP address, or :: for every interface")
+	}
 	if err := checkListenHost("METRICS_HOST", c.MetricsHost); err != nil {
 		return err
 	}

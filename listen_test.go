@@ -348,3 +348,14 @@ func TestUnauthenticatedIPv6CountsBy64(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsHostEmpty (issue 22's attacker's read): METRICS_HOST set but
+// empty stops the start, instead of opening the metrics port (and pprof) on
+// every interface.
+func TestMetricsHostEmpty(t *testing.T) {
+	_, err := loadConfig(context.Background(), envconfig.MapLookuper(map[string]string{
+		"DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true", "METRICS_HOST": ""}))
+	if err == nil || !strings.Contains(err.Error(), "METRICS_HOST: empty") {
+		t.Fatalf("METRICS_HOST empty: %v", err)
+	}
+}

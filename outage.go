@@ -34,8 +34,18 @@ const (
 type outage struct {
 	service string
 	mu      sync.Mutex
-	// failures counts failed dial tries since the last success.
+	// failures counts failed dial tries since the last success; failedBy
+	// is the identity of the first of them, and others that another
+	// identity failed too. One identity alone never holds everyone's
+	// dials: its query (forwarded to Deepgram as it sent it) may be what
+	// fails, and its own repeats are refusals.go's to answer.
 	failures int
+	failedBy string
+	others   bool
+	// probeFailedBy is the identity whose probe failed last: for one hold
+	// more it does not probe, so that no one client can keep the hold
+	// going by taking every probe with a query that fails.
+	probeFailedBy string
 	// down is set once failures reach outageAfter; since is when.
 	down  bool
 	since time.Time
@@ -55,21 +65,25 @@ type gate struct {
 	ok    bool
 	probe bool
 	wait  time.Duration
+	// identity is the session's, for the failures it reports.
+	identity string
 }
 
-// gate says whether a session may dial now.
-func (o *outage) gate(now time.Time) gate {
+// gate says whether a session of identity may dial now.
+func (o *outage) gate(now time.Time, identity string) gate {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	switch {
 	case !o.down:
-		return gate{o: o, ok: true}
-	case o.probing || now.Before(o.until):
+		return gate{o: o, ok: true, identity: identity}
+	case o.probing || now.Before(o.until) || identity == o.probeFailedBy && now.Before(o.until.Add(o.hold)):
+		// The identity whose probe failed last waits one hold more: any
+		// other session probes first, and alone it still may.
 		o.refused++
 		return gate{o: o, wait: max(o.until.Sub(now), outageFirstHold)}
 	}
 	o.probing = true
-	return gate{o: o, ok: true, probe: true}
+	return gate{o: o, ok: true, probe: true, identity: identity}
 }
 
 // abandon gives a probe's turn back when its session did not dial (the
@@ -104,7 +118,7 @@ func (g gate) report(answered bool, tries int, now time.Time) (change outageChan
 		o.probing = false
 	}
 	if answered {
-		o.failures = 0
+		o.failures, o.failedBy, o.others, o.probeFailedBy = 0, "", false, ""
 		if !o.down {
 			return outageSame, 0, 0
 		}
@@ -114,10 +128,17 @@ func (g gate) report(answered bool, tries int, now time.Time) (change outageChan
 	}
 	o.failures += tries
 	switch {
+	case o.failedBy == "":
+		o.failedBy = g.identity
+	case g.identity != o.failedBy:
+		o.others = true
+	}
+	switch {
 	case g.probe && o.down:
 		o.hold = min(2*o.hold, outageMaxHold)
 		o.until = now.Add(o.hold)
-	case !o.down && o.failures >= outageAfter:
+		o.probeFailedBy = g.identity
+	case !o.down && o.failures >= outageAfter && o.others:
 		o.down, o.since, o.hold = true, now, outageFirstHold
 		o.until = now.Add(o.hold)
 		return outageBegan, 0, 0

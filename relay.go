@@ -144,7 +144,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	// Before admission: a session held by an outage must not spend its
 	// user's rate, or the user would be rate limited when Deepgram is back.
-	g := rl.outageFor(f.service).gate(s.started)
+	g := rl.outageFor(f.service).gate(s.started, f.identity)
 	if !g.ok {
 		rl.refuse(w, r, f, refusedBy(refuseUpstreamDown), f.identity, g.wait)
 		return

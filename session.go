@@ -281,9 +281,8 @@ func (s *session) pipes() (up, down *wspipe.Pipe) {
 	// Deepgram's words are scrubbed of the key and the policy's secrets
 	// before a client reads them: text, control payloads, close reasons.
 	// Binary messages are audio, relayed as they came.
-	sc := s.tools.scrub
 	down = wspipe.New(s, s.upstream, s.client, &s.down, wspipe.Options{MaxMessage: maxMsg,
-		Text: func(msg []byte) wspipe.Verdict { return wspipe.Verdict{Out: sc.Text(msg)} }, Budget: s.budget(wspipe.Upstream), Scrub: sc.Short})
+		Text: s.upstreamText, Budget: s.budget(wspipe.Upstream), Scrub: s.tools.scrub.Short})
 	return up, down
 }
 

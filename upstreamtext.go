@@ -1,0 +1,28 @@
+package main
+
+import (
+	"dgrelay/internal/message"
+	"dgrelay/internal/wspipe"
+)
+
+// upstreamText is the filter of Deepgram's text messages on their way to the
+// client. Each is scrubbed of the key and the policy's secrets before the
+// client reads it. In an agent session the kind of each is read too (once,
+// without a copy: message.Type) and given to heard, since the session follows
+// the conversation Deepgram reports: its record, its latencies, its speech.
+// Binary messages (audio) never come here.
+func (s *session) upstreamText(msg []byte) wspipe.Verdict {
+	out := s.tools.scrub.Text(msg)
+	if s.service == "agent" {
+		s.heard(message.Type(msg), msg)
+	}
+	return wspipe.Verdict{Out: out}
+}
+
+// heard is where an agent session acts on one of Deepgram's text messages,
+// read whole, by its kind (nil when message.Type could not be sure of one).
+// Only the pipe from Deepgram calls it, one message at a time.
+func (s *session) heard(kind, msg []byte) {
+	switch string(kind) {
+	}
+}

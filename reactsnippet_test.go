@@ -43,9 +43,11 @@ func TestReactSnippetTokens(t *testing.T) {
 			Token  string
 			Events []string
 		}
-		Fetched  []string
-		TimedOut bool
-		Status   string
+		Fetched          []string
+		TimedOut         bool
+		Status           string
+		SignedOut        []string
+		SocketsSignedOut int
 	}
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &got); err != nil {
 		t.Fatalf("run.mjs printed %s: %v", out, err)
@@ -66,6 +68,13 @@ func TestReactSnippetTokens(t *testing.T) {
 		if i >= len(got.Fetched) || s.Token != got.Fetched[i] || !slices.Contains(s.Events, "SettingsApplied") {
 			t.Errorf("Talk %d opened a socket with %s (fetched %d tokens), which saw %q", i+1, names[s.Token], len(got.Fetched), s.Events)
 		}
+	}
+	// Signed out, the token routes answer 401 {"error"}: the snippet shows
+	// it; a page without a token (a login redirect) is shown as such.
+	if len(got.SignedOut) != 2 || !strings.Contains(got.SignedOut[0], "voice token: sign in first") ||
+		!strings.Contains(got.SignedOut[1], "voice token: HTTP 200, no token") || got.SocketsSignedOut != 0 {
+		t.Errorf("signed out, the snippet showed %q and opened %d sockets; want the route's error, then \"no token\", and none",
+			got.SignedOut, got.SocketsSignedOut)
 	}
 	if !strings.Contains(got.Status, "agent: ") {
 		t.Errorf("the snippet shows no connection state: %q", got.Status)

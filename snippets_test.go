@@ -177,9 +177,9 @@ func getVoiceToken(t *testing.T, base, user string) voiceTokenResponse {
 
 // TestDjangoTokenSnippet runs views.py and urls.py in a Django project
 // (mint_token.py: settings.configure, the session and auth middleware,
-// Django's test client): signed out the view sends the user to log in;
-// signed in, its token opens a session through the relay exactly as the
-// React component sends it. The same view with another secret mints tokens
+// Django's test client): signed out the view answers 401 JSON, as the
+// Express route does; signed in, its token opens a session through the
+// relay exactly as the React component sends it. The same view with another secret mints tokens
 // the relay refuses. Needs Django and PyJWT (Debian: python3-django
 // python3-jwt; PyPI is not used).
 func TestDjangoTokenSnippet(t *testing.T) {
@@ -187,8 +187,15 @@ func TestDjangoTokenSnippet(t *testing.T) {
 	h := newHarness(t, authEnv(nil), fakedeepgram.Options{})
 
 	got := runDjangoSnippet(t, python, testJWTSecret)
-	if got.SignedOutStatus != http.StatusFound || got.Status != http.StatusOK {
-		t.Fatalf("the view answered %d signed out (want 302 to the login page) and %d signed in", got.SignedOutStatus, got.Status)
+	if got.SignedOutStatus != http.StatusUnauthorized || got.Status != http.StatusOK {
+		t.Fatalf("the view answered %d signed out (want 401, as the Express route) and %d signed in", got.SignedOutStatus, got.Status)
+	}
+	// The React snippet reads the error from the body, as it does Express's.
+	var signedOut struct{ Error, Token string }
+	if err := json.Unmarshal([]byte(got.SignedOutBody), &signedOut); err != nil || signedOut.Error == "" || signedOut.Token != "" ||
+		got.SignedOutType != "application/json" || !strings.Contains(got.SignedOutCacheControl, "no-store") {
+		t.Errorf("signed out, the view answered %s %q (Cache-Control %q); want JSON {\"error\": ...}, no token, no-store",
+			got.SignedOutType, got.SignedOutBody, got.SignedOutCacheControl)
 	}
 	if !strings.Contains(got.CacheControl, "no-store") {
 		t.Errorf("the token's Cache-Control is %q, want no-store", got.CacheControl)
@@ -201,11 +208,14 @@ func TestDjangoTokenSnippet(t *testing.T) {
 }
 
 type djangoResult struct {
-	User            string
-	SignedOutStatus int `json:"signed_out_status"`
-	Status          int
-	CacheControl    string `json:"cache_control"`
-	Token           string
+	User                  string
+	SignedOutStatus       int    `json:"signed_out_status"`
+	SignedOutType         string `json:"signed_out_type"`
+	SignedOutBody         string `json:"signed_out_body"`
+	SignedOutCacheControl string `json:"signed_out_cache_control"`
+	Status                int
+	CacheControl          string `json:"cache_control"`
+	Token                 string
 }
 
 func runDjangoSnippet(t *testing.T, python, secret string) djangoResult {

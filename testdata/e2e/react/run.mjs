@@ -2,7 +2,8 @@
 // Node against a relay: esbuild compiles it with React and the component
 // replaced by fake-react.mjs and the stand-in voice-agent-react.mjs. Each
 // press of Talk fetches the next of TOKENS (fresh JWTs). RELAY is the
-// relay's WebSocket URL. Prints {sockets, fetched} as JSON.
+// relay's WebSocket URL. The first two presses are signed out. Prints
+// {sockets, fetched, signedOut, ...} as JSON.
 import { createRequire } from "node:module";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import * as react from "./fake-react.mjs";
@@ -20,10 +21,21 @@ const out = await esbuild.build({
 const tokens = process.env.TOKENS.split(",");
 const fetched = [];
 globalThis.__h = react.h;
+// The token routes' answers: signed out, the Express and Django routes' 401
+// JSON, then an HTML page (a route that redirects to its login page); then a
+// token for each press.
+let signedOut = ["401", "html"];
 globalThis.fetch = async () => {
+  const answer = signedOut.shift();
+  if (answer === "401") {
+    return new Response(JSON.stringify({ error: "sign in first" }), { status: 401, headers: { "Content-Type": "application/json" } });
+  }
+  if (answer === "html") {
+    return new Response("<!doctype html><title>Sign in</title>", { status: 200, headers: { "Content-Type": "text/html" } });
+  }
   const token = tokens[fetched.length];
   fetched.push(token);
-  return { ok: true, json: async () => ({ token }) };
+  return new Response(JSON.stringify({ token }), { status: 200, headers: { "Content-Type": "application/json" } });
 };
 const code = out.outputFiles[0].text
   .replace("wss://relay.example.com/ws/deepgram-proxy/", process.env.RELAY)
@@ -38,6 +50,16 @@ const last = () => sockets[sockets.length - 1];
 const applied = () => last()?.events.includes("SettingsApplied");
 setTimeout(() => { console.log(JSON.stringify({ sockets, fetched, timedOut: true })); process.exit(0); }, 15000);
 react.mount(VoiceAgent);
+
+// 0. signed out: Talk shows the route's error and opens no socket; then a
+// page without a token.
+const shown = [];
+for (const expect of ["sign in first", "no token"]) {
+  react.click("Talk");
+  await until(() => react.text().includes(expect));
+  shown.push(react.text());
+}
+const socketsSignedOut = sockets.length;
 
 // 1. talk, stop, talk.
 react.click("Talk");
@@ -60,6 +82,6 @@ const before3 = sockets.length;
 react.click("Talk");
 await until(() => sockets.length > before3 && applied(), 8000);
 await sleep(100);
-console.log(JSON.stringify({ sockets, fetched, status: react.text() }));
+console.log(JSON.stringify({ sockets, fetched, status: react.text(), signedOut: shown, socketsSignedOut }));
 process.exit(0);
 

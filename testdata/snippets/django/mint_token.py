@@ -44,6 +44,9 @@ signed_in = client.get("/api/voice-token")
 print(json.dumps({
     "user": str(user.pk),
     "signed_out_status": signed_out.status_code,
+    "signed_out_type": signed_out.get("Content-Type", ""),
+    "signed_out_body": signed_out.content.decode(),
+    "signed_out_cache_control": signed_out.get("Cache-Control", ""),
     "status": signed_in.status_code,
     "cache_control": signed_in.get("Cache-Control", ""),
     "token": signed_in.json().get("token", "") if signed_in.status_code == 200 else "",

@@ -8,9 +8,13 @@ const RELAY_URL = "wss://relay.example.com/ws/deepgram-proxy/";
 // call: the relay checks it once, when the socket opens, and it lives 60 s.
 async function fetchVoiceToken() {
   const res = await fetch("/api/voice-token", { credentials: "same-origin" });
-  if (!res.ok) throw new Error(`voice token: HTTP ${res.status}`);
-  const { token } = await res.json();
-  return token;
+  // Both routes answer JSON: {"token"}, or {"error"} with 401 when signed out.
+  // Anything else (a login page, a proxy's error page) has no token.
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok || typeof body.token !== "string") {
+    throw new Error(`voice token: ${body.error ?? `HTTP ${res.status}, no token`}`);
+  }
+  return body.token;
 }
 
 export function VoiceAgent() {

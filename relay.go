@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
+	"strings"
 	"time"
 
 	"dgrelay/internal/policy"
@@ -121,6 +124,117 @@ func (rl *relay) close() {
 	if rl.shared != nil {
 		rl.shared.Close()
 	}
+}
+
+// The bounds of the relay's HTTP servers.
+const (
+	// readHeaderTimeout and maxHeaderBytes bound a handshake that is slow or
+	// bloated before any of the relay's code runs.
+	readHeaderTimeout = 10 * time.Second
+	maxHeaderBytes    = 16 << 10
+)
+
+// The HTTP timeouts past the handshake's; tests shorten them.
+var (
+	// httpReadTimeout bounds reading a whole request, body included: no
+	// route reads a body, but net/http drains a small unread one before it
+	// answers, and a client that trickled it held the connection and its
+	// goroutine for as long as it liked. It does not cut a handler that
+	// runs long: net/http lifts the read deadline once a request without a
+	// body is read (so a pprof profile runs its course), and the hijack
+	// clears it, so a WebSocket upgrade's wait for Deepgram's handshake and
+	// the session are bounded by their own limits
+	// (TestUpgradeOutlivesReadTimeout holds that).
+	httpReadTimeout = 30 * time.Second
+	// httpIdleTimeout closes a keep-alive connection that sends no next
+	// request (a probe, a scrape, a 426), which otherwise held a descriptor
+	// and ~20 KB for ever. Two minutes, not less: a proxy in front that
+	// pools connections (Go's keeps an idle one 90 s, nginx's 60 s) should
+	// be the one to close it, or the relay's close can race the request the
+	// proxy sends on it; and probes and scrapes come more often than that.
+	httpIdleTimeout = 120 * time.Second
+)
+
+// httpServer is the public server, with the handshake bounds that apply
+// before any of the relay's code runs, and the bounds on a plain request and
+// an idle connection.
+func (rl *relay) httpServer() *http.Server {
+	return &http.Server{
+		Handler:           rl.routes(),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       httpReadTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// metricsServer serves /metrics (and, with ENABLE_PPROF, /debug/pprof), on
+// its own port so that the public one never exposes them. It has the public
+// server's bounds on a request and an idle connection.
+func (rl *relay) metricsServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", rl.metrics.handler())
+	if rl.cfg.EnablePprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	return &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: httpReadTimeout, IdleTimeout: httpIdleTimeout,
+		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn)}
+}
+
+// routes is the public mux: the WebSocket route under PROXY_PATH, with and
+// without its trailing slash, the two probes, and with TRY_PAGE the try-it
+// page.
+func (rl *relay) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		// The key is loaded before the listener opens, so only a drain can
+		// make a serving relay unready.
+		if rl.draining.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "draining\n")
+			return
+		}
+		// An outage of Deepgram is detail, not unreadiness: every instance
+		// sees it at once, and a platform that took them all out of
+		// rotation would answer clients with its own error page in place
+		// of the relay's UPSTREAM_UNAVAILABLE and Retry-After.
+		_, _ = io.WriteString(w, "ready\n"+rl.agentOutage.status(time.Now())+rl.listenOutage.status(time.Now()))
+	})
+	for _, p := range proxyPatterns(rl.cfg.ProxyPath) {
+		mux.Handle(p, rl)
+	}
+	// Deepgram's own paths, with any prefix: what its SDKs append to a base
+	// URL (route.go's deepgramPaths). Everything else is 404, as before.
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := pathService(rl.cfg.ProxyPath, r.URL.Path); !ok {
+			http.NotFound(w, r)
+			return
+		}
+		rl.ServeHTTP(w, r)
+	})
+	if rl.tryPage != nil {
+		routeTryPage(mux, rl.tryPage)
+	}
+	return mux
+}
+
+// proxyPatterns turns PROXY_PATH into exact-match mux patterns for the path
+// with and without its trailing slash.
+func proxyPatterns(path string) []string {
+	bare := strings.TrimRight(path, "/")
+	if bare == "" {
+		return []string{"/{$}"}
+	}
+	return []string{bare, bare + "/{$}"}
 }
 
 // ServeHTTP is the WebSocket route. Its steps run in this order so that every

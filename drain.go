@@ -1,0 +1,41 @@
+package main
+
+import "time"
+
+// drainGrace is how long, after the drain deadline, peers get to answer
+// the 1012 close before their connections are dropped.
+const drainGrace = 750 * time.Millisecond
+
+// drain runs after the first shutdown signal. New upgrades get 503 from now
+// on; live sessions go on until they end or timeout passes. Then each client
+// gets 1012 (service restart) and its upstream a normal close; peers that do
+// not answer within drainGrace are dropped. It returns as soon as no session
+// is left.
+func (rl *relay) drain(timeout time.Duration) {
+	rl.draining.Store(true)
+	rl.metrics.drains.Inc()
+	rl.metrics.draining.Set(1)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	if rl.sessions.waitIdle(deadline.C) {
+		rl.sessions.close()
+		return
+	}
+	live := rl.sessions.close()
+	rl.endDials()
+	rl.log.Info("drain deadline: closing sessions", "sessions", len(live))
+	for _, s := range live {
+		go s.end(endDrain.outcome(""))
+	}
+	grace := time.NewTimer(drainGrace)
+	defer grace.Stop()
+	if rl.sessions.waitIdle(grace.C) {
+		return
+	}
+	if n := rl.sessions.active(); n > 0 {
+		rl.log.Warn("drain: dropping sessions that did not close in time", "sessions", n)
+		for _, s := range live {
+			s.kill()
+		}
+	}
+}

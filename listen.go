@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 )
 
 // Where the relay listens. A relay without authentication spends its key
@@ -61,24 +60,6 @@ func listenHosts(value string) []string {
 	return []string{addr.String()}
 }
 
-// publicListen is where PORT listens, and why, for the start line. Without
-// authentication (ALLOW_UNAUTHENTICATED=true and neither JWT_SECRET nor
-// JWKS_URL), an empty LISTEN_HOST means this machine alone.
-func (c *Config) publicListen(authenticated bool) (hosts []string, why string) {
-	switch {
-	case c.ListenHost != "":
-		return listenHosts(c.ListenHost), "LISTEN_HOST=" + c.ListenHost
-	case !authenticated:
-		return loopbackHosts, "no authentication: this machine only; LISTEN_HOST=0.0.0.0 opens it to the network"
-	}
-	return hostsAll, "authentication on: every interface"
-}
-
-// metricsListen is where METRICS_PORT listens.
-func (c *Config) metricsListen() []string {
-	return listenHosts(c.MetricsHost)
-}
-
 // listenOn opens port on every one of hosts. On a machine without IPv6 the
 // loopback pair's [::1] cannot be had, which is no reason not to start:
 // 127.0.0.1 serves alone then. Any other failure closes what was opened.
@@ -112,19 +93,4 @@ func listenAddrs(lns []net.Listener) string {
 		addrs[i] = ln.Addr().String()
 	}
 	return strings.Join(addrs, " ")
-}
-
-// keepAlivePeriod is how often Deepgram's browser agent SDK sends KeepAlive
-// (the React component: every 5 s); a shorter IDLE_TIMEOUT ends its quiet
-// sessions between two of them.
-const keepAlivePeriod = 10 * time.Second
-
-// idleWarning is the start warning for an IDLE_TIMEOUT shorter than the
-// browser SDKs' KeepAlive period, or "".
-func (c *Config) idleWarning() string {
-	if c.IdleTimeout <= 0 || c.IdleTimeout >= keepAlivePeriod {
-		return ""
-	}
-	return fmt.Sprintf("IDLE_TIMEOUT=%s is under %s, the period of Deepgram's browser SDK KeepAlive: a user who is quiet (listening, thinking) will be cut off as idle",
-		c.IdleTimeout, keepAlivePeriod)
 }

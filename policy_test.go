@@ -82,21 +82,8 @@ func at(m map[string]any, path string) any { return lookupPath(m, path) }
 // read the documented policies.
 var policyReference = policy.Reference
 
-// lookupPath returns the value at a dotted path in m, or nil.
-func lookupPath(m map[string]any, path string) any {
-	if path == "" {
-		return m
-	}
-	var cur any = m
-	for _, k := range strings.Split(path, ".") {
-		obj, ok := cur.(map[string]any)
-		if !ok {
-			return nil
-		}
-		cur = obj[k]
-	}
-	return cur
-}
+// lookupPath is the policy's own reading of a dotted path.
+var lookupPath = policy.ValueAt
 
 func TestPolicyStrip(t *testing.T) {
 	h := policyHarness(t, "strip", "")

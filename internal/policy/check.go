@@ -89,7 +89,7 @@ func (p *Policy) Check(msg []byte, service string) Verdict {
 		var kept bool
 		view, kept = p.walk(view, steps, u.path, &found)
 		if kept {
-			view = checkPins(view, lookupPath(p.set, u.path), steps, &found)
+			view = checkPins(view, ValueAt(p.set, u.path), steps, &found)
 			kept = view != nil
 		}
 		if !kept {
@@ -104,7 +104,7 @@ func (p *Policy) Check(msg []byte, service string) Verdict {
 		// rather than send the pinned values again.
 		return Verdict{Drop: true, Stripped: sortedPaths(found)}
 	}
-	m[u.field] = mergePinned(view, lookupPath(p.set, u.path))
+	m[u.field] = mergePinned(view, ValueAt(p.set, u.path))
 	return p.encoded(m, sortedPaths(found))
 }
 
@@ -150,11 +150,7 @@ func (p *Policy) checkSettings(m map[string]any) Verdict {
 		return Verdict{Refused: firstPath(found) + " is not allowed"}
 	}
 	for k, sv := range p.set {
-		for ck := range m {
-			if ck != k && keyFold(ck, k) {
-				delete(m, ck)
-			}
-		}
+		dropFoldedTwins(m, k)
 		if storedAgent && k == "agent" {
 			continue // never merged into: it is not an object
 		}

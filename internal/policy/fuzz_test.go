@@ -62,7 +62,7 @@ func FuzzCheck(f *testing.F) {
 			if err != nil || outType != typ {
 				t.Fatalf("%q went on as %q: %v, type %q", msg, v.Out, err, outType)
 			}
-			if ep, ok := lookupPath(out, "agent.think.endpoint").(map[string]any); ok && ep["url"] != "https://llm.example.com" {
+			if ep, ok := ValueAt(out, "agent.think.endpoint").(map[string]any); ok && ep["url"] != "https://llm.example.com" {
 				t.Fatalf("%q went on as %q: the secret's endpoint moved", msg, v.Out)
 			}
 		}

@@ -150,11 +150,7 @@ func foldRune(r rune) rune {
 // it) must not read the client's beside or instead of the pinned one.
 func mergeObject(c, s map[string]any) map[string]any {
 	for k, sv := range s {
-		for ck := range c {
-			if ck != k && keyFold(ck, k) {
-				delete(c, ck)
-			}
-		}
+		dropFoldedTwins(c, k)
 		switch {
 		case sv == sealed{}:
 			delete(c, k)
@@ -165,6 +161,17 @@ func mergeObject(c, s map[string]any) map[string]any {
 		}
 	}
 	return c
+}
+
+// dropFoldedTwins deletes m's keys other than k that a decoder ignoring
+// case reads as k (keyFold), before a pin is written at k, so that no
+// twin such a decoder could read in the pin's place stays beside it.
+func dropFoldedTwins(m map[string]any, k string) {
+	for ck := range m {
+		if ck != k && keyFold(ck, k) {
+			delete(m, ck)
+		}
+	}
 }
 
 // deepCopy copies a pinned value, leaving out sealed keys.
@@ -188,8 +195,10 @@ func deepCopy(v any) any {
 	return v
 }
 
-// lookupPath returns the value at a dotted path in m, or nil.
-func lookupPath(m map[string]any, path string) any {
+// ValueAt returns the value at a dotted path in m (the paths a policy's
+// allow list and pins are written in), or nil. The root package's tests
+// read messages with it.
+func ValueAt(m map[string]any, path string) any {
 	if path == "" {
 		return m
 	}

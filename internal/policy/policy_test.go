@@ -26,7 +26,7 @@ func envLookup(env map[string]string) Lookup {
 }
 
 // at is the value at a dotted path in m, or nil.
-func at(m map[string]any, path string) any { return lookupPath(m, path) }
+func at(m map[string]any, path string) any { return ValueAt(m, path) }
 
 // mustPolicy loads a policy or fails the test.
 func mustPolicy(t *testing.T, policy string, env map[string]string) *Policy {
@@ -73,7 +73,7 @@ func TestPolicyResolvesInArrays(t *testing.T) {
 		t.Fatal(err)
 	}
 	fn := at(p.set, "agent.think.functions").([]any)[0].(map[string]any)
-	if got := lookupPath(fn, "endpoint.headers.authorization"); got != "Bearer fn-ENV-SECRET-1" {
+	if got := ValueAt(fn, "endpoint.headers.authorization"); got != "Bearer fn-ENV-SECRET-1" {
 		t.Errorf("functions[0].endpoint.headers.authorization is %v", got)
 	}
 	x := at(p.set, "agent.think.provider.x").([]any)

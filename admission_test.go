@@ -125,7 +125,7 @@ func BenchmarkAdmission(b *testing.B) {
 		b.Run(where, func(b *testing.B) {
 			env := maps.Clone(limits)
 			if where == "redis" {
-				env["REDIS_URL"] = startRedis(b).url()
+				env["REDIS_URL"] = startRedis(b).URL()
 			}
 			rl := benchRelay(b, env)
 			b.ReportAllocs()
@@ -160,7 +160,7 @@ func TestLocalRefusalSparesRedis(t *testing.T) {
 	shortLeases(t, 100*time.Millisecond, 300*time.Millisecond)
 	rs := startRedis(t)
 	// REFUSAL_WINDOW=0: every refusal in band, as this test reads each one's close.
-	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.url(), "REDIS_FAILURE": "refuse", "REFUSAL_WINDOW": "0",
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.URL(), "REDIS_FAILURE": "refuse", "REFUSAL_WINDOW": "0",
 		"MAX_SESSIONS_PER_USER": "1", "SESSION_RATE_PER_MINUTE": "2", "MAX_USER_SECONDS_PER_DAY": "1"}), fakedeepgram.Options{})
 	const tries = 10
 	expectAsked := func(n int) {
@@ -208,7 +208,7 @@ func TestLocalRefusalSparesRedis(t *testing.T) {
 func TestTimedOutAdmissionWithdrawn(t *testing.T) {
 	shortLeases(t, time.Hour, 3*time.Hour) // a leftover lease would stay
 	rs := startRedis(t)
-	proxy := startSlowProxy(t, "127.0.0.1:"+rs.port)
+	proxy := startSlowProxy(t, "127.0.0.1:"+rs.Port)
 	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": proxy.url(), "REDIS_TIMEOUT": "200ms",
 		"REDIS_FAILURE": "refuse", "MAX_SESSIONS_PER_USER": "1", "SESSION_RATE_PER_MINUTE": "1"}), fakedeepgram.Options{})
 	// A session begun and ended: both scripts are loaded, a connection pooled.
@@ -223,7 +223,7 @@ func TestTimedOutAdmissionWithdrawn(t *testing.T) {
 	if proxy.requests.Load() == sent {
 		t.Fatal("the admission did not reach Redis")
 	}
-	rc := redisClient(t, rs.url())
+	rc := redisClient(t, rs.URL())
 	leases, rate, _ := h.relay.shared.Keys(identityKey(h.relay.identityHashKey, "sub:quin"))
 	waitFor(t, func() bool { return rc.Exists(context.Background(), leases, rate).Val() == 0 })
 }

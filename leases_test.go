@@ -61,7 +61,7 @@ func TestQuotaOnInstance(t *testing.T) {
 func TestSharedQuota(t *testing.T) {
 	shortLeases(t, 100*time.Millisecond, 300*time.Millisecond)
 	rs := startRedis(t)
-	a, b := twoInstances(t, rs.url(), map[string]string{"MAX_USER_SECONDS_PER_DAY": "1"})
+	a, b := twoInstances(t, rs.URL(), map[string]string{"MAX_USER_SECONDS_PER_DAY": "1"})
 
 	jack := "token=" + userToken(t, "jack")
 	first := a.dial(jack)
@@ -100,11 +100,11 @@ func TestSharedQuota(t *testing.T) {
 func TestRedisOutageLocal(t *testing.T) {
 	shortLeases(t, 100*time.Millisecond, 300*time.Millisecond)
 	rs := startRedis(t)
-	a, b := twoInstances(t, rs.url(), map[string]string{"MAX_SESSIONS_PER_USER": "2", "SESSION_RATE_PER_MINUTE": "0"})
+	a, b := twoInstances(t, rs.URL(), map[string]string{"MAX_SESSIONS_PER_USER": "2", "SESSION_RATE_PER_MINUTE": "0"})
 	lee := "token=" + userToken(t, "lee")
 	expectType(t, a.dial(lee), "Welcome")
 
-	rs.stop()
+	rs.Stop()
 	// b holds none of lee's sessions: its own cap of 2 admits two, no more.
 	expectType(t, b.dial(lee), "Welcome")
 	expectType(t, b.dial(lee), "Welcome")
@@ -115,13 +115,13 @@ func TestRedisOutageLocal(t *testing.T) {
 		t.Errorf("metrics during the outage:\n%s", grepLines(m, "redis"))
 	}
 
-	rs.start()
+	rs.Start()
 	waitForLog(t, a.logs, "Redis reachable again")
 	waitForLog(t, b.logs, "Redis reachable again")
 	// Redis holds lee's three leases again, over the cap: a, which holds
 	// one of them only, refuses on Redis's word.
 	expectRefused(t, a, lee, nil, 4429, "too many sessions")
-	rc := redisClient(t, rs.url())
+	rc := redisClient(t, rs.URL())
 	leases, _, _ := a.relay.shared.Keys(identityKey(a.relay.identityHashKey, "sub:lee"))
 	if n := rc.ZCard(context.Background(), leases).Val(); n != 3 {
 		t.Errorf("%d leases in Redis after the outage, want 3", n)
@@ -139,11 +139,11 @@ func TestRedisOutageLocal(t *testing.T) {
 func TestRedisOutageRefuse(t *testing.T) {
 	shortLeases(t, 100*time.Millisecond, 300*time.Millisecond)
 	rs := startRedis(t)
-	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.url(), "REDIS_FAILURE": "refuse"}), fakedeepgram.Options{EchoAudio: true})
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.URL(), "REDIS_FAILURE": "refuse"}), fakedeepgram.Options{EchoAudio: true})
 	mia := "token=" + userToken(t, "mia")
 	live := h.agentSession(mia)
 
-	rs.stop()
+	rs.Stop()
 	waitForLog(t, h.logs, "Redis unreachable")
 	expectErrorThenClose(t, h.dialOK(mia), refuseLimitsUnavailable)
 	write(t, live, websocket.MessageBinary, []byte("still here"))
@@ -151,7 +151,7 @@ func TestRedisOutageRefuse(t *testing.T) {
 		t.Fatalf("the live session echoed %q", data)
 	}
 
-	rs.start()
+	rs.Start()
 	waitForLog(t, h.logs, "Redis reachable again")
 	expectType(t, h.dial(mia), "Welcome")
 }
@@ -164,12 +164,12 @@ func TestLeaseLapsesAfterSIGKILL(t *testing.T) {
 	rs := startRedis(t)
 	fake := fakedeepgram.Start(fakedeepgram.Options{})
 	defer fake.Close()
-	env := []string{"REDIS_URL=" + rs.url(), "MAX_SESSIONS_PER_USER=1", "SESSION_RATE_PER_MINUTE=0"}
+	env := []string{"REDIS_URL=" + rs.URL(), "MAX_SESSIONS_PER_USER=1", "SESSION_RATE_PER_MINUTE=0"}
 	killed := startProcess(t, fake, env...)
 	killed.dial(t)
 	// The other instance, unauthenticated too: the same user, 127.0.0.1.
 	// REFUSAL_WINDOW=0: every refusal in band, as this test reads each one's close.
-	other := newHarness(t, map[string]string{"REDIS_URL": rs.url(), "MAX_SESSIONS_PER_USER": "1", "SESSION_RATE_PER_MINUTE": "0", "REFUSAL_WINDOW": "0"}, fakedeepgram.Options{})
+	other := newHarness(t, map[string]string{"REDIS_URL": rs.URL(), "MAX_SESSIONS_PER_USER": "1", "SESSION_RATE_PER_MINUTE": "0", "REFUSAL_WINDOW": "0"}, fakedeepgram.Options{})
 	expectRefused(t, other, "", nil, 4429, "too many sessions")
 
 	if err := killed.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -215,7 +215,7 @@ func BenchmarkLeaseRenewal(b *testing.B) {
 		b.Run(where, func(b *testing.B) {
 			env := map[string]string{"MAX_SESSIONS_PER_USER": "0", "SESSION_RATE_PER_MINUTE": "0", "MAX_USER_SECONDS_PER_DAY": "1000000000"}
 			if where == "redis" {
-				env["REDIS_URL"] = startRedis(b).url()
+				env["REDIS_URL"] = startRedis(b).URL()
 			}
 			rl := benchRelay(b, env)
 			var live []*admission
@@ -256,7 +256,7 @@ func BenchmarkLeaseRenewal(b *testing.B) {
 func TestOutageNotEndedByLateAnswer(t *testing.T) {
 	shortLeases(t, time.Hour, 3*time.Hour) // no renewal round: only admissions call Redis
 	rs := startRedis(t)
-	proxy := startSlowProxy(t, "127.0.0.1:"+rs.port)
+	proxy := startSlowProxy(t, "127.0.0.1:"+rs.Port)
 	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": proxy.url(), "REDIS_TIMEOUT": "2s",
 		"MAX_SESSIONS_PER_USER": "0", "SESSION_RATE_PER_MINUTE": "0"}), fakedeepgram.Options{})
 	expectType(t, h.dial("token="+userToken(t, "warm")), "Welcome") // a pooled connection
@@ -288,7 +288,7 @@ func TestOutageNotEndedByLateAnswer(t *testing.T) {
 func TestEndFreesPlaceWhileRedisHangs(t *testing.T) {
 	shortLeases(t, time.Hour, 3*time.Hour) // no renewal round: only admissions and ends call Redis
 	rs := startRedis(t)
-	proxy := startSlowProxy(t, "127.0.0.1:"+rs.port)
+	proxy := startSlowProxy(t, "127.0.0.1:"+rs.Port)
 	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": proxy.url(), "REDIS_TIMEOUT": "2s",
 		"MAX_SESSIONS": "1", "MAX_SESSIONS_PER_USER": "1"}), fakedeepgram.Options{})
 	tok := "token=" + userToken(t, "pia")

@@ -19,10 +19,10 @@ import (
 func TestLostAnswersCountedOnce(t *testing.T) {
 	shortLeases(t, 100*time.Millisecond, 2*time.Second)
 	rs := startRedis(t)
-	proxy := startSlowProxy(t, "127.0.0.1:"+rs.port)
+	proxy := startSlowProxy(t, "127.0.0.1:"+rs.Port)
 	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": proxy.url(), "REDIS_TIMEOUT": "50ms",
 		"MAX_USER_SECONDS_PER_DAY": "3600"}), fakedeepgram.Options{})
-	rc := redisClient(t, rs.url())
+	rc := redisClient(t, rs.URL())
 	ctx := context.Background()
 	_, _, day := h.relay.shared.Keys(identityKey(h.relay.identityHashKey, "sub:olive"))
 	dayMillis := func() int64 { ms, _ := rc.HGet(ctx, day, "ms").Int64(); return ms }

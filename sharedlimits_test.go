@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,72 +13,18 @@ import (
 	"time"
 
 	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/testredis"
 
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 	"github.com/sethvargo/go-envconfig"
 )
 
-// redisServer is Debian's redis-server on a free loopback port, with no
-// persistence, started and stopped by the test that needs it.
-type redisServer struct {
-	t    testing.TB
-	bin  string
-	port string
-	args []string
-	cmd  *exec.Cmd
-	exit chan struct{}
-}
-
-// startRedis starts a redis-server for t; extra are more of its arguments
-// (--requirepass ...). Cleanup stops it.
-func startRedis(t testing.TB, extra ...string) *redisServer {
+// startRedis starts a redis-server for t (internal/testredis); extra are
+// more of its arguments (--requirepass ...). Cleanup stops it.
+func startRedis(t testing.TB, extra ...string) *testredis.Server {
 	t.Helper()
-	rs := &redisServer{t: t, bin: requireTool(t, "redis-server"), port: freePort(t), args: extra}
-	rs.start()
-	t.Cleanup(rs.stop)
-	return rs
-}
-
-// url is the REDIS_URL of the server, without credentials.
-func (rs *redisServer) url() string { return "redis://127.0.0.1:" + rs.port }
-
-// start runs the server (again, on the same port) and waits until it
-// answers.
-func (rs *redisServer) start() {
-	rs.t.Helper()
-	args := append([]string{"--port", rs.port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"}, rs.args...)
-	rs.cmd = exec.Command(rs.bin, args...)
-	if err := rs.cmd.Start(); err != nil {
-		rs.t.Fatalf("redis-server: %v", err)
-	}
-	rs.exit = make(chan struct{})
-	go func(cmd *exec.Cmd, exit chan struct{}) {
-		_ = cmd.Wait()
-		close(exit)
-	}(rs.cmd, rs.exit)
-	waitFor(rs.t, func() bool {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+rs.port, time.Second)
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(time.Second))
-		_, _ = io.WriteString(c, "PING\r\n")
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		// With requirepass the answer is NOAUTH: up all the same.
-		return strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH")
-	})
-}
-
-// stop kills the server, as a lost machine would go; its data goes with it.
-func (rs *redisServer) stop() {
-	if rs.cmd == nil {
-		return
-	}
-	_ = rs.cmd.Process.Kill()
-	<-rs.exit
-	rs.cmd = nil
+	return testredis.Start(t, extra...)
 }
 
 // redisClient is a client of rs for the test to look inside; closed at
@@ -118,7 +61,7 @@ func twoInstances(t *testing.T, redisURL string, env map[string]string) (*harnes
 // instances together, and a place freed on one is usable on the other.
 func TestSharedUserCap(t *testing.T) {
 	rs := startRedis(t)
-	a, b := twoInstances(t, rs.url(), map[string]string{"MAX_SESSIONS_PER_USER": "2"})
+	a, b := twoInstances(t, rs.URL(), map[string]string{"MAX_SESSIONS_PER_USER": "2"})
 	alice := "token=" + userToken(t, "alice")
 	a1 := a.dial(alice)
 	expectType(t, a1, "Welcome")
@@ -136,7 +79,7 @@ func TestSharedUserCap(t *testing.T) {
 // instances together.
 func TestSharedSessionRate(t *testing.T) {
 	rs := startRedis(t)
-	a, b := twoInstances(t, rs.url(), map[string]string{"SESSION_RATE_PER_MINUTE": "3", "MAX_SESSIONS_PER_USER": "0"})
+	a, b := twoInstances(t, rs.URL(), map[string]string{"SESSION_RATE_PER_MINUTE": "3", "MAX_SESSIONS_PER_USER": "0"})
 	carol := "token=" + userToken(t, "carol")
 	for _, h := range []*harness{a, b, a} {
 		c := h.dial(carol)
@@ -154,7 +97,7 @@ func TestSharedAdmissionAtomic(t *testing.T) {
 	rs := startRedis(t)
 	const cap, tries = 3, 24
 	// REFUSAL_WINDOW=0: every refusal in band, as this test reads each one's close.
-	a, b := twoInstances(t, rs.url(), map[string]string{"MAX_SESSIONS_PER_USER": "3", "SESSION_RATE_PER_MINUTE": "0", "REFUSAL_WINDOW": "0"})
+	a, b := twoInstances(t, rs.URL(), map[string]string{"MAX_SESSIONS_PER_USER": "3", "SESSION_RATE_PER_MINUTE": "0", "REFUSAL_WINDOW": "0"})
 	tok := "token=" + userToken(t, "erin")
 	var mu sync.Mutex
 	admitted, refused := 0, 0
@@ -198,17 +141,17 @@ func TestSharedAdmissionAtomic(t *testing.T) {
 // keyed hash: no sub, IP or token in any key or value.
 func TestNoIdentityInRedis(t *testing.T) {
 	rs := startRedis(t)
-	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.url(), "MAX_USER_SECONDS_PER_DAY": "3600",
+	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": rs.URL(), "MAX_USER_SECONDS_PER_DAY": "3600",
 		"SESSION_RATE_PER_MINUTE": "10"}), fakedeepgram.Options{})
 	tok := userToken(t, "frank@example.com")
 	c := h.dial("token=" + tok)
 	expectType(t, c, "Welcome")
 	c.Close(websocket.StatusNormalClosure, "")
 	h.settled()
-	anon := newHarness(t, map[string]string{"REDIS_URL": rs.url()}, fakedeepgram.Options{})
+	anon := newHarness(t, map[string]string{"REDIS_URL": rs.URL()}, fakedeepgram.Options{})
 	expectType(t, anon.dial(""), "Welcome")
 
-	rc := redisClient(t, rs.url())
+	rc := redisClient(t, rs.URL())
 	ctx := context.Background()
 	keys, err := rc.Keys(ctx, "*").Result()
 	if err != nil || len(keys) == 0 {
@@ -246,12 +189,12 @@ func TestNoIdentityInRedis(t *testing.T) {
 func TestRedisPasswordNeverLogged(t *testing.T) {
 	const password = "redis-PASSWORD-9f8e7d"
 	rs := startRedis(t, "--requirepass", password)
-	good := "redis://:" + password + "@127.0.0.1:" + rs.port
+	good := "redis://:" + password + "@127.0.0.1:" + rs.Port
 	h := newHarness(t, authEnv(map[string]string{"REDIS_URL": good, "MAX_SESSIONS_PER_USER": "1"}), fakedeepgram.Options{})
 	expectType(t, h.dial("token="+userToken(t, "gina")), "Welcome")
 	expectRefused(t, h, "token="+userToken(t, "gina"), nil, 4429, "too many sessions")
 
-	bad := newHarness(t, authEnv(map[string]string{"REDIS_URL": "redis://default:not-" + password + "@127.0.0.1:" + rs.port}), fakedeepgram.Options{})
+	bad := newHarness(t, authEnv(map[string]string{"REDIS_URL": "redis://default:not-" + password + "@127.0.0.1:" + rs.Port}), fakedeepgram.Options{})
 	expectType(t, bad.dial("token="+userToken(t, "gina")), "Welcome") // local counters: REDIS_FAILURE=local
 	waitForLog(t, bad.logs, "Redis unreachable")
 	for _, logs := range []string{h.logs.String(), bad.logs.String()} {
@@ -368,7 +311,7 @@ func (p *slowProxy) pipe(src, dst net.Conn, replies bool, scripts *atomic.Bool) 
 func TestRedisSlow(t *testing.T) {
 	shortLeases(t, 100*time.Millisecond, 300*time.Millisecond)
 	rs := startRedis(t)
-	proxy := startSlowProxy(t, "127.0.0.1:"+rs.port)
+	proxy := startSlowProxy(t, "127.0.0.1:"+rs.Port)
 	for _, mode := range []string{"local", "refuse"} {
 		t.Run(mode, func(t *testing.T) {
 			proxy.delay.Store(0)

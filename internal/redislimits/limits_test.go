@@ -1,70 +1,24 @@
 package redislimits
 
 import (
-	"bufio"
 	"context"
-	"io"
 	"net"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"dgrelay/internal/testredis"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
-// startRedis runs Debian's redis-server on a free loopback port, with no
-// persistence, until t ends, and returns its URL. Without redis-server the
-// test is skipped, or fails where the end-to-end tools are required
-// (DGRELAY_E2E=require, or CI set), as in package main.
+// startRedis runs a redis-server until t ends (internal/testredis) and
+// returns its URL.
 func startRedis(t *testing.T) string {
 	t.Helper()
-	mode := os.Getenv("DGRELAY_E2E")
-	if mode == "" && os.Getenv("CI") != "" {
-		mode = "require"
-	}
-	if mode == "off" {
-		t.Skip("DGRELAY_E2E=off: tests with a redis-server skipped")
-	}
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if mode == "require" {
-			t.Fatal("redis-server is not installed (apt-get install redis-server); .ci/run installs it")
-		}
-		t.Skip("redis-server is not installed (apt-get install redis-server)")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	ln.Close()
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("redis-server: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.DialTimeout("tcp", "127.0.0.1:"+port, time.Second); err == nil {
-			_ = c.SetDeadline(time.Now().Add(time.Second))
-			_, _ = io.WriteString(c, "PING\r\n")
-			line, _ := bufio.NewReader(c).ReadString('\n')
-			c.Close()
-			if strings.HasPrefix(line, "+PONG") {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("redis-server did not answer")
-		}
-	}
-	return "redis://127.0.0.1:" + port
+	return testredis.Start(t).URL()
 }
 
 // testMetrics are series of the names the relay gives them, unregistered.

@@ -120,7 +120,7 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		"key_source", keySource,
 		"auth", rl.auth.mode(cfg),
 		"settings_policy", policy != nil,
-		"try_page", cfg.TryPage,
+		"try_page", tryPageAt(cfg.TryPage, lns),
 		"max_sessions", cfg.MaxSessions,
 		"trust_proxy_headers", cfg.TrustProxyHeaders,
 		"upstream_retries", cfg.UpstreamRetries,

@@ -5,8 +5,10 @@ import (
 	"embed"
 	"fmt"
 	"html/template"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 )
 
 // The try-it page (TRY_PAGE=true): GET /try serves one page that opens the
@@ -29,10 +31,12 @@ const tryPath = "/try"
 const tryCSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; " +
 	"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
-// tryAsset is one response of the try page, built once at start.
+// tryAsset is one response of the try page, built once at start: a file, or
+// a redirect to location.
 type tryAsset struct {
 	contentType string
 	body        []byte
+	location    string
 }
 
 // tryStatics are the page's files served as they are, with their types.
@@ -58,21 +62,62 @@ func tryPageAssets(proxyPath string, auth bool) (map[string]tryAsset, error) {
 	}{proxyPath, auth}); err != nil {
 		return nil, fmt.Errorf("try page: %w", err)
 	}
-	assets := map[string]tryAsset{tryPath: {"text/html; charset=utf-8", html.Bytes()}}
+	assets := map[string]tryAsset{tryPath: {contentType: "text/html; charset=utf-8", body: html.Bytes()}}
 	for name, contentType := range tryStatics {
 		body, err := tryFiles.ReadFile("trypage/" + name)
 		if err != nil {
 			return nil, fmt.Errorf("try page: %w", err)
 		}
-		assets[tryPath+"/"+name] = tryAsset{contentType, body}
+		assets[tryPath+"/"+name] = tryAsset{contentType: contentType, body: body}
+	}
+	// What a newcomer types: /try/ and the bare host lead to the page. "/"
+	// stays the WebSocket's when PROXY_PATH is "/".
+	assets[tryPath+"/"] = tryAsset{location: tryPath}
+	if strings.Trim(proxyPath, "/") != "" {
+		assets["/"] = tryAsset{location: tryPath}
 	}
 	return assets, nil
+}
+
+// tryRedirect sends a browser to location; a WebSocket handshake, which
+// cannot follow it, gets the 404 it got before the page was on.
+func tryRedirect(w http.ResponseWriter, r *http.Request, location string) {
+	if r.Header.Get("Upgrade") != "" {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, location, http.StatusFound)
+}
+
+// tryPageAt is the start line's try_page: off, or the address to open on
+// the first of the public listeners lns: the port it really holds, and
+// localhost for a loopback or every-interface listener, since browsers give
+// the microphone to http:// pages only there.
+func tryPageAt(on bool, lns []net.Listener) string {
+	if !on || len(lns) == 0 {
+		return "off"
+	}
+	addr, ok := lns[0].Addr().(*net.TCPAddr)
+	if !ok {
+		return lns[0].Addr().String() + tryPath
+	}
+	host := "localhost"
+	if !addr.IP.IsLoopback() && !addr.IP.IsUnspecified() {
+		host = addr.IP.String()
+	}
+	return "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port)) + tryPath
 }
 
 // routeTryPage adds the page's routes to mux. A GET pattern takes HEAD too,
 // and the mux answers any other method 405 with Allow.
 func routeTryPage(mux *http.ServeMux, assets map[string]tryAsset) {
 	for route, a := range assets {
+		if a.location != "" {
+			// {$}: the path alone, not every path under it.
+			mux.HandleFunc("GET "+route+"{$}", func(w http.ResponseWriter, r *http.Request) { tryRedirect(w, r, a.location) })
+			continue
+		}
 		mux.HandleFunc("GET "+route, func(w http.ResponseWriter, r *http.Request) {
 			h := w.Header()
 			h.Set("Content-Type", a.contentType)

@@ -350,8 +350,8 @@ func checkScreenshot(t *testing.T, shot []byte) {
 	}
 }
 
-// TestTryPageStart: the relay started by run serves the page, names it in
-// its start line, and warns when anyone could use it: with the page on and
+// TestTryPageStart: the relay started by run serves the page, gives its
+// address in its start line, and warns when anyone could use it: with the page on and
 // no authentication.
 func TestTryPageStart(t *testing.T) {
 	for _, authed := range []bool{false, true} {
@@ -371,7 +371,9 @@ func TestTryPageStart(t *testing.T) {
 			t.Fatalf("exit code %d", code)
 		}
 		out := logs.String()
-		if status != http.StatusOK || !strings.Contains(out, `"try_page":true`) {
+		// The address to open, on the port the relay holds; localhost, where
+		// browsers give an http:// page the microphone.
+		if status != http.StatusOK || !strings.Contains(out, `"try_page":"http://localhost:`+port+`/try"`) {
 			t.Errorf("authentication %v: GET /try %d; start line:\n%s", authed, status, out)
 		}
 		if warned := strings.Contains(out, `"severity":"WARNING","message":"TRY_PAGE=true without authentication`); warned == authed {

@@ -21,6 +21,9 @@ import (
 const shutdownTimeout = time.Second
 
 func main() {
+	if code, exit := command(os.Args[1:], os.Stdout, os.Stderr); exit {
+		os.Exit(code)
+	}
 	sig := make(chan os.Signal, 2)
 	// Cloud Run sends SIGTERM; Fly sends SIGINT unless fly.toml says otherwise.
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)

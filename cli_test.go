@@ -16,9 +16,10 @@ import (
 // after 20 s.
 func runBinary(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	bin := builtBinary(t) // before the clock starts: the first build is slow
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, builtBinary(t), args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = []string{"DEEPGRAM_API_KEY=" + testAPIKey, "ALLOW_UNAUTHENTICATED=true", "PORT=0", "METRICS_PORT=0"}
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

@@ -103,6 +103,12 @@ type Config struct {
 	MaxSessionDuration time.Duration `env:"MAX_SESSION_DURATION, default=2h"`
 	// IdleTimeout ends a session with no message either way for this long (0: never).
 	IdleTimeout time.Duration `env:"IDLE_TIMEOUT, default=60s"`
+	// ConversationIdleTimeout ends an agent session in which Deepgram has
+	// reported no speech, the user's or the agent's, for this long,
+	// whatever audio and KeepAlive flow; a client-side function call
+	// pending pauses it (0: never). Deepgram bills by the connection
+	// minute: an abandoned tab costs at most this much.
+	ConversationIdleTimeout time.Duration `env:"CONVERSATION_IDLE_TIMEOUT, default=5m"`
 	// WriteTimeout ends a session whose peer does not take a message for this long.
 	WriteTimeout time.Duration `env:"WRITE_TIMEOUT, default=10s"`
 	// UpstreamRetries is how many more times a Deepgram dial is tried after a

@@ -106,6 +106,7 @@ func (c *Config) validate() error {
 		{"JWT_LEEWAY", c.JWTLeeway},
 		{"MAX_SESSION_DURATION", c.MaxSessionDuration},
 		{"IDLE_TIMEOUT", c.IdleTimeout},
+		{"CONVERSATION_IDLE_TIMEOUT", c.ConversationIdleTimeout},
 		{"REFUSAL_WINDOW", c.RefusalWindow},
 	} {
 		if d.value < 0 {

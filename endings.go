@@ -53,11 +53,15 @@ var (
 
 	// The component treats idle_timeout and session_max_duration as
 	// expected endings and stays quiet for them: hence their case.
-	endIdle         = relayEnding("idle", websocket.StatusPolicyViolation, "idle timeout", "idle_timeout")
-	endDuration     = relayEnding("duration", websocket.StatusPolicyViolation, "session time limit reached", "session_max_duration")
-	endQuota        = relayEnding("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
-	endSlowClient   = relayEnding("slow_client", websocket.StatusPolicyViolation, "client not reading", "") // it would not read one
-	endSlowUpstream = relayEnding("slow_upstream", websocket.StatusBadGateway, "upstream not reading", "UPSTREAM_STALLED")
+	endIdle     = relayEnding("idle", websocket.StatusPolicyViolation, "idle timeout", "idle_timeout")
+	endDuration = relayEnding("duration", websocket.StatusPolicyViolation, "session time limit reached", "session_max_duration")
+	// endConversationIdle is a call nobody is in: Deepgram reported no
+	// speech for CONVERSATION_IDLE_TIMEOUT (activity.go). The idle code,
+	// as the component expects it, and a description that says why.
+	endConversationIdle = relayEnding("conversation_idle", websocket.StatusPolicyViolation, "nobody spoke", "idle_timeout")
+	endQuota            = relayEnding("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
+	endSlowClient       = relayEnding("slow_client", websocket.StatusPolicyViolation, "client not reading", "") // it would not read one
+	endSlowUpstream     = relayEnding("slow_upstream", websocket.StatusBadGateway, "upstream not reading", "UPSTREAM_STALLED")
 
 	endClientSlowText   = sessionEnding(ending{"text_timeout", "client", answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}, answer{code: websocket.StatusNormalClosure, reason: "client message not finished in time"}})
 	endUpstreamSlowText = sessionEnding(ending{"text_timeout", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream stalled", errorCode: "UPSTREAM_STALLED"}, answer{code: websocket.StatusPolicyViolation, reason: "message not finished in time"}})

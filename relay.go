@@ -67,7 +67,7 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 		auth:            auth,
 		origins:         origins,
 		identityHashKey: identityHashKey(apiKey),
-		watchdog:        newWatchdog(cfg.IdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout, quotaStep(quota, renewEvery)),
+		watchdog:        newWatchdog(cfg.IdleTimeout, cfg.ConversationIdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout, quotaStep(quota, renewEvery)),
 		stopped:         make(chan struct{}),
 		dialTimeout:     upstreamDialTimeout,
 		agent:           agent,

@@ -46,6 +46,9 @@ type session struct {
 	// budget.
 	userText *atomic.Int64
 	timers   timers
+	// conversation is what Deepgram reported of the conversation
+	// (activity.go): when someone last spoke, the calls pending.
+	conversation conversation
 	// strippedLines counts the policy's "stripped" log lines; textRate,
 	// the identity's, bounds the client text it parses (policyFilter).
 	strippedLines int

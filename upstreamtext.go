@@ -24,5 +24,13 @@ func (s *session) upstreamText(msg []byte) wspipe.Verdict {
 // Only the pipe from Deepgram calls it, one message at a time.
 func (s *session) heard(kind, msg []byte) {
 	switch string(kind) {
+	case "UserStartedSpeaking", "AgentStartedSpeaking":
+		s.conversation.spokeNow()
+	case "ConversationText":
+		s.conversation.conversationText(msg)
+	case "History":
+		s.conversation.historyMessage(msg)
+	case "FunctionCallRequest":
+		s.conversation.callRequested(msg)
 	}
 }

@@ -8,23 +8,27 @@ import (
 // watchdog is the one goroutine that enforces every session's timers, so a
 // session needs no timer of its own and a frame never touches one. Each tick
 // it reads the sessions' counters: no message either way for IDLE_TIMEOUT
-// is idle; a write in progress that has not finished for WRITE_TIMEOUT is a
+// is idle; an agent session in which nobody spoke for
+// CONVERSATION_IDLE_TIMEOUT, no call pending, is a call nobody is in
+// (activity.go); a write in progress that has not finished for WRITE_TIMEOUT is a
 // peer that stopped reading; age over MAX_SESSION_DURATION is over time.
 type watchdog struct {
 	idle, write, maxAge time.Duration // 0: off (write is never 0)
+	// conversationIdle is CONVERSATION_IDLE_TIMEOUT (0: off).
+	conversationIdle time.Duration
 	// text bounds a text message the relay reads whole (textGatherTimeout).
 	text time.Duration
 	tick time.Duration
 }
 
-func newWatchdog(idle, write, maxAge, text, quotaStep time.Duration) watchdog {
+func newWatchdog(idle, conversationIdle, write, maxAge, text, quotaStep time.Duration) watchdog {
 	tick := time.Second
-	for _, d := range []time.Duration{idle, write, maxAge, text, quotaStep} {
+	for _, d := range []time.Duration{idle, conversationIdle, write, maxAge, text, quotaStep} {
 		if d > 0 && d/4 < tick {
 			tick = d / 4
 		}
 	}
-	return watchdog{idle: idle, write: write, maxAge: maxAge, text: text, tick: max(tick, 5*time.Millisecond)}
+	return watchdog{idle: idle, conversationIdle: conversationIdle, write: write, maxAge: maxAge, text: text, tick: max(tick, 5*time.Millisecond)}
 }
 
 // quotaStep is the lease renewal step when a quota is on (0 otherwise): the
@@ -67,6 +71,9 @@ func (w watchdog) check(s *session, now time.Time) (outcome, bool) {
 	}
 	if w.idle > 0 && now.Sub(t.lastChange) >= w.idle {
 		return endIdle.outcome(""), true
+	}
+	if s.conversationIdle(w.conversationIdle, now) {
+		return conversationIdleOutcome(w.conversationIdle), true
 	}
 	return outcome{}, false
 }

@@ -27,7 +27,7 @@ func main() {
 	sig := make(chan os.Signal, 2)
 	// Cloud Run sends SIGTERM; Fly sends SIGINT unless fly.toml says otherwise.
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	os.Exit(run(context.Background(), envconfig.OsLookuper(), os.Stdout, sig))
+	os.Exit(run(context.Background(), processEnv{}, os.Stdout, sig))
 }
 
 // run starts the relay and serves until the first signal, then drains. It
@@ -36,11 +36,14 @@ func main() {
 func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-chan os.Signal) int {
 	cfg, err := loadConfig(ctx, env)
 	if err != nil {
-		newLogger(stdout, slog.LevelInfo).Error("dgrelay cannot start", "error", err.Error())
+		log := newLogger(stdout, slog.LevelInfo)
+		warnUnknownVariables(log, env) // a misspelling may be why
+		log.Error("dgrelay cannot start", "error", err.Error())
 		return 1
 	}
 	level, _ := parseLogLevel(cfg.LogLevel)
 	log := newLogger(stdout, level)
+	warnUnknownVariables(log, env)
 
 	secrets := &secretReader{emulatorHost: cfg.SecretManagerEmulatorHost}
 	defer secrets.close()

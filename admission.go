@@ -98,7 +98,7 @@ func (as *admissions) admit(s *session) (a *admission, refused ending, draining 
 				// Redis may have run it and lost the answer: the
 				// refused user would hold a lease and a rate token.
 				keys, id := sl.LeaseKeys(a.key, a.id), a.id
-				as.redisAfter.run(func() { _ = sl.End(keys, id, 0, 0, true) })
+				as.redisAfter.start(func() { _ = sl.End(keys, id, 0, 0, true) })
 			}
 		}
 		if refused.cause != "" {
@@ -131,7 +131,7 @@ func (a *admission) release() {
 	if sl := a.of.shared; sl != nil {
 		// Tried during an outage too: the end of a lease frees the user's
 		// place at once rather than at its expiry, and carries its time.
-		a.of.redisAfter.run(func() {
+		a.of.redisAfter.start(func() {
 			// After a round that renews it, never before.
 			a.mu.Lock()
 			defer a.mu.Unlock()

@@ -139,7 +139,7 @@ func (c *Config) checkSharedLimits() error {
 		return fmt.Errorf("REDIS_KEY_PREFIX: %q may not hold { or }", c.RedisKeyPrefix)
 	}
 	if c.RedisTimeout <= 0 || c.RedisTimeout > maxRedisTimeout {
-		return fmt.Errorf("REDIS_TIMEOUT: %s must be positive and at most %s: admission waits for it", c.RedisTimeout, maxRedisTimeout)
+		return fmt.Errorf("REDIS_TIMEOUT: %s must be positive and at most %s: every new session waits for it", c.RedisTimeout, maxRedisTimeout)
 	}
 	switch c.RedisFailure {
 	case redisFailureLocal, redisFailureRefuse:

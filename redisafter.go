@@ -16,7 +16,9 @@ type redisAfter struct {
 	wg      sync.WaitGroup
 }
 
-func (ra *redisAfter) run(call func()) {
+// start runs call on a goroutine of its own, unless the relay is closing:
+// then the call is dropped (the lease it would end lapses in Redis).
+func (ra *redisAfter) start(call func()) {
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
 	if ra.closed {

@@ -352,7 +352,7 @@ func (rl *relay) serve(s *session, a *admission) {
 	defer a.release()
 	a.relaying(s, time.Now())
 	live := rl.started(s)
-	s.run()
+	s.runPipes()
 	rl.finished(s, live)
 }
 

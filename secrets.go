@@ -98,7 +98,7 @@ func secretErrorHint(err error) string {
 	case codes.PermissionDenied:
 		return "permission denied (the runtime service account needs roles/secretmanager.secretAccessor on this secret)"
 	case codes.Unauthenticated:
-		return "no valid Google credentials (on Cloud Run the runtime service account provides them; locally run gcloud auth application-default login)"
+		return "no valid Google credentials (on Cloud Run the runtime service account provides them; locally, gcloud auth application-default login does)"
 	case codes.FailedPrecondition:
 		return "the version is disabled or destroyed"
 	case codes.DeadlineExceeded:

@@ -248,10 +248,10 @@ type flowReported struct {
 	messages, bytes int64
 }
 
-// run relays both directions until each has finished, then closes both
+// runPipes relays both directions until each has finished, then closes both
 // connections: the two pipes of the session, one on the calling goroutine,
 // the other on its own. The first to end the session wakes the other.
-func (s *session) run() {
+func (s *session) runPipes() {
 	up, down := s.pipes()
 	done := make(chan struct{})
 	go func() {
@@ -264,10 +264,10 @@ func (s *session) run() {
 	_ = s.upstream.Conn.Close()
 }
 
-// pipes makes the session's two pipes. Apart from run, like the accounting
-// in serveSession, so that the frames an idle session's goroutines wait
-// under stay small: the GC gives a goroutine's stack back only when little
-// of it is in use.
+// pipes makes the session's two pipes. Apart from runPipes, like the
+// accounting in relay.started and finished, so that the frames an idle
+// session's goroutines wait under stay small: the GC gives a goroutine's
+// stack back only when little of it is in use.
 //
 //go:noinline
 func (s *session) pipes() (up, down *wspipe.Pipe) {

@@ -103,7 +103,7 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_draining", Help: "1 while this instance drains after a shutdown signal.",
 		}),
 		redisAdmission: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "dgrelay_redis_admission_seconds", Help: "Time Redis took to admit or refuse a new session, by result (ok, error: no answer within REDIS_TIMEOUT).",
+			Name: "dgrelay_redis_admission_seconds", Help: "Time Redis took to admit or refuse a request, by result (ok, error: no answer within REDIS_TIMEOUT).",
 			Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2},
 		}, []string{"result"}),
 		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -137,6 +137,18 @@ type Config struct {
 	// UsageTag, when user, tags every session at Deepgram with the user's
 	// hashed identity, so usage reports break down by user.
 	UsageTag string `env:"USAGE_TAG, default=off"`
+
+	// ConversationLog, on, logs every non-audio message of an agent
+	// session, both ways (personal data: off by default).
+	ConversationLog string `env:"CONVERSATION_LOG, default=off"`
+	// ConversationWebhook receives each agent session's record, signed,
+	// at its end: https://, or http:// to this machine.
+	ConversationWebhook string `env:"CONVERSATION_WEBHOOK"`
+	// ConversationWebhookSecret keys the deliveries' signatures.
+	ConversationWebhookSecret string `env:"CONVERSATION_WEBHOOK_SECRET"`
+	// ConversationWebhookSecretSecret names a Secret Manager version holding
+	// it, read once at start as DEEPGRAM_API_KEY_SECRET is.
+	ConversationWebhookSecretSecret string `env:"CONVERSATION_WEBHOOK_SECRET_SECRET"`
 }
 
 // upstreamDialTimeout bounds the TCP, TLS and WebSocket handshake with

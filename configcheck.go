@@ -119,6 +119,9 @@ func (c *Config) validate() error {
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("LOG_LEVEL: %w", err)
 	}
+	if err := c.checkRecords(); err != nil {
+		return err
+	}
 	return c.checkSharedLimits()
 }
 

@@ -56,6 +56,10 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		log.Error("dgrelay cannot start", "error", err.Error())
 		return 1
 	}
+	if err := loadWebhookSecret(ctx, cfg, secrets); err != nil {
+		log.Error("dgrelay cannot start", "error", err.Error())
+		return 1
+	}
 	policy, err := loadPolicy(ctx, cfg.SettingsPolicy, env, secrets)
 	if err != nil {
 		log.Error("dgrelay cannot start", "error", err.Error())
@@ -132,6 +136,8 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		"upstream_retries", cfg.UpstreamRetries,
 		"max_user_seconds_per_day", cfg.MaxUserSecondsPerDay,
 		"usage_tag", cfg.UsageTag,
+		"conversation_log", cfg.ConversationLog,
+		"conversation_webhook", webhookHost(cfg),
 		"limits", limitsWhere(rl.shared, rl.cfg.RedisFailure))
 
 	select {
@@ -153,6 +159,9 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 	}()
 
 	rl.drain(cfg.DrainTimeout)
+	// Session records still queued go on while the requests below finish,
+	// and no longer: the webhook never lengthens the shutdown.
+	rl.records.flushBy(time.Now().Add(shutdownTimeout))
 	// Requests still in a handler (a 503 being written, a probe) finish
 	// before the listener's connections close; sessions were the drain's.
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)

@@ -42,6 +42,9 @@ type metrics struct {
 	// up and down are the traffic counters' two series, looked up once:
 	// every live session adds to them every second.
 	up, down directionCounters
+
+	// records are the conversation records' (records.go).
+	records *recordMetrics
 }
 
 // directionCounters are one direction's series of the traffic counters.
@@ -120,6 +123,7 @@ func newMetrics(version string) *metrics {
 		c.messages, c.bytes = m.messages.WithLabelValues(dir), m.bytes.WithLabelValues(dir)
 	}
 	build.Set(1)
+	m.records = newRecordMetrics(m.registry)
 	for _, service := range []string{"agent", "transcription"} {
 		m.upstreamDown.WithLabelValues(service).Set(0) // shown before any outage
 	}

@@ -46,6 +46,16 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 			secrets = append(secrets, []byte(opts.Password))
 		}
 	}
+	if cfg.ConversationWebhookSecret != "" {
+		secrets = append(secrets, []byte(cfg.ConversationWebhookSecret))
+	}
+	records, err := newRecords(cfg, m.records, log)
+	if err != nil {
+		if shared != nil {
+			shared.Close()
+		}
+		return nil, err
+	}
 	quota := time.Duration(cfg.MaxUserSecondsPerDay) * time.Second
 	renewEvery := leaseRenewEvery
 	rl := &relay{
@@ -56,6 +66,7 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 			policy:  policy,
 			scrub:   scrub.New(apiKey, secrets),
 			texts:   newTextBudget(cfg.MaxMessageBytes),
+			records: records,
 		},
 		admissions: admissions{
 			maxSessions: cfg.MaxSessions,
@@ -121,6 +132,7 @@ func (rl *relay) close() {
 	<-rl.stopped
 	rl.background.Wait()
 	rl.redisAfter.close()
+	rl.records.close()
 	if rl.shared != nil {
 		rl.shared.Close()
 	}

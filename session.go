@@ -31,11 +31,14 @@ type session struct {
 	*facts
 	id          string
 	dgRequestID string
-	dialTime    time.Duration // opening Deepgram's socket, retries included
-	dialTries   int
-	started     time.Time
-	client      *wspipe.Peer
-	upstream    *wspipe.Peer
+	// notes are what the session notes for its log lines and its record
+	// (sessionrecord.go): request ids, the summary, the transcript.
+	notes     recordNotes
+	dialTime  time.Duration // opening Deepgram's socket, retries included
+	dialTries int
+	started   time.Time
+	client    *wspipe.Peer
+	upstream  *wspipe.Peer
 	// closing is set, under mu, once end has run; the pipes read it
 	// between frames without the lock. Beside the flows, which the pipes
 	// write with every message, so that reading it costs no cache line
@@ -78,7 +81,13 @@ func newSessionID() string {
 }
 
 // log is the logger for lines about s.
-func (s *session) log() *slog.Logger { return s.tools.logFor(s.trace) }
+// From Deepgram's Welcome on, its lines carry the request_id.
+func (s *session) log() *slog.Logger {
+	if l := s.notes.logger.Load(); l != nil {
+		return l
+	}
+	return s.tools.logFor(s.trace)
+}
 
 // end starts closing the session as o says, once; later calls do nothing. It
 // does not wait: it wakes both pipes, each of which writes its destination's
@@ -190,6 +199,9 @@ func (s *session) ended() {
 	if s.usageTag != "" {
 		tag = []any{"usage_tag", s.usageTag}
 	}
+	if len(s.notes.requestIDs) > 1 {
+		tag = append(tag, "request_ids", s.notes.requestIDs)
+	}
 	s.log().Info("session end", append([]any{
 		"session", s.id,
 		"service", s.service,
@@ -202,6 +214,7 @@ func (s *session) ended() {
 		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries,
 		"user", s.user,
 		"remote", s.remote}, tag...)...)
+	s.sendRecord(o, int(clientClose), int(upstreamClose))
 }
 
 // timers is the watchdog's view of one session. Only the watchdog goroutine
@@ -279,6 +292,9 @@ func (s *session) pipes() (up, down *wspipe.Pipe) {
 	case s.usageTag != "" && s.service == "agent":
 		// The Settings alone is read, to be tagged.
 		upText = s.tagFirstSettings
+	}
+	if s.logsConversation() {
+		upText = s.loggedClientText(upText)
 	}
 	up = wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)})
 	// Deepgram's words are scrubbed of the key and the policy's secrets

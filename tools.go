@@ -17,6 +17,9 @@ type tools struct {
 	policy  *policy.Policy // nil: Settings pass untouched
 	scrub   *scrub.Scrubber
 	texts   *textBudget
+	// records are the latency metrics, the conversation log and the
+	// webhook (records.go).
+	records *records
 }
 
 // logFor is the logger with trace, when there is one.

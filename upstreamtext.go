@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"dgrelay/internal/message"
 	"dgrelay/internal/wspipe"
 )
@@ -12,10 +14,15 @@ import (
 // the conversation Deepgram reports: its record, its latencies, its speech.
 // Binary messages (audio) never come here.
 func (s *session) upstreamText(msg []byte) wspipe.Verdict {
+	start := time.Now()
 	out := s.tools.scrub.Text(msg)
 	if s.service == "agent" {
 		s.heard(message.Type(msg), msg)
+		if s.tools.records.logMessages {
+			s.logMessage(directionDown, out)
+		}
 	}
+	s.tools.records.metrics.textTime.Observe(time.Since(start).Seconds())
 	return wspipe.Verdict{Out: out}
 }
 
@@ -24,13 +31,25 @@ func (s *session) upstreamText(msg []byte) wspipe.Verdict {
 // Only the pipe from Deepgram calls it, one message at a time.
 func (s *session) heard(kind, msg []byte) {
 	switch string(kind) {
-	case "UserStartedSpeaking", "AgentStartedSpeaking":
+	case "Welcome":
+		s.welcomed(msg)
+	case "UserStartedSpeaking":
 		s.conversation.spokeNow()
+	case "AgentStartedSpeaking":
+		s.conversation.spokeNow()
+		s.latencies("AgentStartedSpeaking", msg)
+	case "LatencyReport":
+		s.latencies("LatencyReport", msg)
 	case "ConversationText":
 		s.conversation.conversationText(msg)
+		s.recorded("ConversationText", msg)
 	case "History":
 		s.conversation.historyMessage(msg)
+		s.recorded("History", msg)
 	case "FunctionCallRequest":
 		s.conversation.callRequested(msg)
+		s.recorded("FunctionCallRequest", msg)
+	case "Error":
+		s.recorded("Error", msg)
 	}
 }

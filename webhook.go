@@ -1,0 +1,280 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The webhook's bounds (docs/conversation-records.md). Variables so that
+// tests can shorten the times.
+var (
+	// webhookBackoff is the wait before each retry, the last repeated;
+	// each wait is jittered by ±20% so that many instances do not retry
+	// a receiver that is back all at once.
+	webhookBackoff = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second,
+		16 * time.Second, 32 * time.Second, time.Minute}
+	// webhookRetryFor bounds a delivery's retries: none starts later than
+	// this after its first try (about 11 tries over five minutes).
+	webhookRetryFor = 5 * time.Minute
+	// webhookAttemptTimeout bounds one POST, answer included.
+	webhookAttemptTimeout = 10 * time.Second
+)
+
+const (
+	// webhookQueueLen and webhookQueueBytes bound what waits for the
+	// webhook (sent, being sent or waiting to be tried again): a dead
+	// receiver costs at most this much memory, and the records past it
+	// are dropped and counted (queue_full). A drain ends many sessions at
+	// once, hence room for a thousand small records.
+	webhookQueueLen   = 1000
+	webhookQueueBytes = 32 << 20
+	// webhookSenders is how many POSTs are under way at once: a slow
+	// receiver does not hold every record behind one.
+	webhookSenders = 4
+	// webhookAnswerBytes is what is read of a receiver's answer (to reuse
+	// the connection); it is never logged.
+	webhookAnswerBytes = 4 << 10
+	// signatureHeader carries t=<unix seconds>,v1=<hex HMAC-SHA256 of
+	// "<t>.<body>"> keyed with CONVERSATION_WEBHOOK_SECRET.
+	signatureHeader = "Dgrelay-Signature"
+	// deliveryHeader is the session id: the same on every try of one
+	// record, so that a receiver can drop a repeat.
+	deliveryHeader = "Dgrelay-Delivery"
+)
+
+// webhook posts session records to CONVERSATION_WEBHOOK from a bounded
+// queue, retrying with backoff for a bounded time. Nothing waits for it: a
+// session's end hands its record over and goes on, and the shutdown gives
+// it no more time than the drain already takes (flushBy).
+type webhook struct {
+	url    string
+	secret []byte
+	client *http.Client
+	m      *recordMetrics
+	log    *slog.Logger
+	// ctx ends every delivery: cancelled by close once the flush time is
+	// up. closing is closed when close begins: waits for a retry end then.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	closing chan struct{}
+	senders chan struct{} // a token per POST under way
+	wg      sync.WaitGroup
+
+	mu      sync.Mutex // guards the fields below
+	closed  bool
+	queued  int
+	bytes   int
+	flushAt time.Time
+}
+
+func newWebhook(target string, secret []byte, m *recordMetrics, log *slog.Logger) *webhook {
+	ctx, cancel := context.WithCancel(context.Background())
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = webhookSenders
+	return &webhook{url: target, secret: secret, m: m, log: log, ctx: ctx, cancel: cancel,
+		closing: make(chan struct{}), senders: make(chan struct{}, webhookSenders),
+		client: &http.Client{Transport: transport,
+			// A redirect is not followed: the record goes to the URL the
+			// operator set and nowhere else; a 3xx is a refusal.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+}
+
+// send queues body, the record of session id, for delivery; when the queue
+// is full or closed it is dropped and counted. It never blocks.
+func (w *webhook) send(id string, body []byte) {
+	w.mu.Lock()
+	if w.closed || w.queued >= webhookQueueLen || w.bytes+len(body) > webhookQueueBytes {
+		reason := dropQueueFull
+		if w.closed {
+			reason = dropShutdown
+		}
+		w.mu.Unlock()
+		w.drop(id, reason, 0, "")
+		return
+	}
+	w.queued++
+	w.bytes += len(body)
+	w.wg.Add(1)
+	w.mu.Unlock()
+	w.m.queued.Inc()
+	go w.deliver(id, body)
+}
+
+// deliver tries body until the receiver takes it, refuses it, or the retry
+// time is up.
+func (w *webhook) deliver(id string, body []byte) {
+	defer func() {
+		w.mu.Lock()
+		w.queued--
+		w.bytes -= len(body)
+		w.mu.Unlock()
+		w.m.queued.Dec()
+		w.wg.Done()
+	}()
+	first := time.Now()
+	for try := 0; ; try++ {
+		select {
+		case w.senders <- struct{}{}:
+		case <-w.ctx.Done():
+			w.drop(id, dropShutdown, try, "")
+			return
+		}
+		status, err := w.post(id, body)
+		<-w.senders
+		switch {
+		case err == nil && status >= 200 && status < 300:
+			w.m.delivered.Inc()
+			return
+		case err == nil && !retryStatus(status):
+			w.drop(id, dropRejected, try+1, "HTTP "+strconv.Itoa(status))
+			return
+		}
+		why := "HTTP " + strconv.Itoa(status)
+		if err != nil {
+			why = w.errorWords(err)
+		}
+		wait := jitter(webhookBackoff[min(try, len(webhookBackoff)-1)])
+		if time.Since(first)+wait > webhookRetryFor {
+			w.drop(id, dropGaveUp, try+1, why)
+			return
+		}
+		select {
+		case <-w.closing:
+			// Shutting down: one last try now, within the flush time,
+			// rather than a wait past it.
+			if !w.lastTry(id, body, try+1) {
+				w.drop(id, dropShutdown, try+2, why)
+			}
+			return
+		case <-time.After(wait):
+		}
+		w.m.retries.Inc()
+	}
+}
+
+// lastTry is a delivery's try at shutdown; it reports success.
+func (w *webhook) lastTry(id string, body []byte, tries int) bool {
+	select {
+	case w.senders <- struct{}{}:
+	case <-w.ctx.Done():
+		return false
+	}
+	defer func() { <-w.senders }()
+	w.m.retries.Inc()
+	status, err := w.post(id, body)
+	if err == nil && status >= 200 && status < 300 {
+		w.m.delivered.Inc()
+		return true
+	}
+	return false
+}
+
+// post sends body once, signed now, and returns the answer's status.
+func (w *webhook) post(id string, body []byte) (int, error) {
+	ctx, cancel := context.WithTimeout(w.ctx, webhookAttemptTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "dgrelay/"+version)
+	req.Header.Set(signatureHeader, signature(w.secret, time.Now(), body))
+	req.Header.Set(deliveryHeader, id)
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, _ = io.CopyN(io.Discard, resp.Body, webhookAnswerBytes)
+	_ = resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// signature is the Dgrelay-Signature of body sent at t: the scheme Stripe's
+// and others' webhooks use, so that receivers' verifiers apply. Signing the
+// time with the body lets a receiver refuse a replay of an old delivery.
+func signature(secret []byte, t time.Time, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(ts))
+	mac.Write([]byte{'.'})
+	mac.Write(body)
+	return "t=" + ts + ",v1=" + hex.EncodeToString(mac.Sum(nil))
+}
+
+// retryStatus: the answers worth another try (the receiver is busy, down or
+// slow); any other is the receiver's refusal of this record.
+func retryStatus(status int) bool {
+	return status == http.StatusRequestTimeout || status == http.StatusTooEarly ||
+		status == http.StatusTooManyRequests || status >= 500
+}
+
+// jitter is d, ±20%.
+func jitter(d time.Duration) time.Duration {
+	return d + time.Duration((rand.Float64()*0.4-0.2)*float64(d))
+}
+
+// errorWords is a failed POST's error for a log line, without the URL (its
+// path or query may hold the receiver's token).
+func (w *webhook) errorWords(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	return msg
+}
+
+// drop counts a record that will not be delivered, with a log line: the
+// session's own line has its id, which this one names.
+func (w *webhook) drop(id, reason string, tries int, why string) {
+	w.m.dropped.WithLabelValues(reason).Inc()
+	w.log.Warn("conversation webhook: record dropped", "session", id, "reason", reason, "tries", tries, "last_error", why)
+}
+
+// flushBy sets how long close lets queued records go on: the shutdown's
+// remaining time after the drain, so that the webhook never lengthens it.
+func (w *webhook) flushBy(t time.Time) {
+	w.mu.Lock()
+	w.flushAt = t
+	w.mu.Unlock()
+}
+
+// close takes no more records, lets those queued go on until the flush
+// time, then cancels the rest (each dropped and counted) and waits for
+// their goroutines, which end at once.
+func (w *webhook) close() {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.closed = true
+	flushAt := w.flushAt
+	w.mu.Unlock()
+	close(w.closing)
+	done := make(chan struct{})
+	go func() {
+		w.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(time.Until(flushAt))
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+	w.cancel()
+	<-done
+	w.client.CloseIdleConnections()
+}

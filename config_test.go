@@ -34,6 +34,7 @@ func TestConfigDefaults(t *testing.T) {
 	want.ConversationIdleTimeout = 5 * time.Minute
 	want.UpstreamRetries, want.TrustProxyHeaders, want.RefusalWindow = 1, "off", 30*time.Second
 	want.RedisKeyPrefix, want.RedisTimeout, want.RedisFailure, want.UsageTag = "dgrelay:", 500*time.Millisecond, "local", "off"
+	want.ConversationLog = "off"
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", *cfg, want)
 	}

@@ -139,6 +139,7 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		"conversation_log", cfg.ConversationLog,
 		"conversation_webhook", webhookHost(cfg),
 		"limits", limitsWhere(rl.shared, rl.cfg.RedisFailure))
+	defer startKeyCheck(log, cfg.AgentURL, key)()
 
 	select {
 	case s := <-sig:

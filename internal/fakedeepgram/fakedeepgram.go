@@ -9,7 +9,8 @@
 // conversation turn for InjectUserMessage, and ends idle or over-long
 // sessions. Listen (/v1/listen and Flux's /v2/listen, listen.go) transcribes
 // nothing but answers in the published shapes. Handshakes are checked as
-// Deepgram checks them (auth.go).
+// Deepgram checks them (auth.go). One REST call is answered too: GET
+// /v1/projects (rest.go), which the relay makes at start to check its key.
 //
 // Test controls, which Deepgram does not have: a session obeys Fake.*
 // commands sent as text messages at any time (see Command, controls.go);
@@ -143,6 +144,7 @@ type Server struct {
 	mu         sync.Mutex
 	opts       Options
 	handshakes []Handshake
+	rest       []Handshake
 	texts      [][]byte
 	heard      Heard
 	// live is every session's connection while it runs, for Tell.
@@ -227,6 +229,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	// race Close's Wait.
 	s.sessions.Add(1)
 	defer s.sessions.Done()
+	if isREST(r) {
+		s.projects(w, r)
+		return
+	}
 	s.mu.Lock()
 	opts := s.opts
 	s.handshakes = append(s.handshakes, Handshake{Host: r.Host, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: r.Header.Clone(),

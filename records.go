@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -65,58 +64,6 @@ func (r *records) close() {
 	if r.webhook != nil {
 		r.webhook.close()
 	}
-}
-
-// checkRecords checks CONVERSATION_LOG and CONVERSATION_WEBHOOK. The URL is
-// the operator's alone: nothing a client sends goes into it.
-func (c *Config) checkRecords() error {
-	switch c.ConversationLog {
-	case conversationLogOn, conversationLogOff:
-	default:
-		return fmt.Errorf("CONVERSATION_LOG: %q is not one of on, off", c.ConversationLog)
-	}
-	if c.ConversationWebhookSecret != "" && c.ConversationWebhookSecretSecret != "" {
-		return errors.New("both CONVERSATION_WEBHOOK_SECRET and CONVERSATION_WEBHOOK_SECRET_SECRET are set; set exactly one")
-	}
-	if c.ConversationWebhook == "" {
-		return nil
-	}
-	if err := checkWebhookURL(c.ConversationWebhook); err != nil {
-		return fmt.Errorf("CONVERSATION_WEBHOOK: %w", err)
-	}
-	if c.ConversationWebhookSecret == "" && c.ConversationWebhookSecretSecret == "" {
-		return errors.New("CONVERSATION_WEBHOOK needs CONVERSATION_WEBHOOK_SECRET (or CONVERSATION_WEBHOOK_SECRET_SECRET): every delivery is signed")
-	}
-	return nil
-}
-
-// checkWebhookURL allows https, and http to this machine only (a local
-// receiver, tests): a transcript is personal data and crosses no network in
-// clear. The value is not echoed: a paste could hold a credential.
-func checkWebhookURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return errors.New("not a valid URL")
-	}
-	if u.User != nil {
-		return errors.New("credentials in the URL are not allowed; deliveries are signed with CONVERSATION_WEBHOOK_SECRET")
-	}
-	if u.Host == "" || u.Hostname() == "" {
-		return errors.New("the URL has no host")
-	}
-	if u.Fragment != "" {
-		return errors.New("the URL has a #fragment, which is never sent")
-	}
-	switch u.Scheme {
-	case "https":
-		return nil
-	case "http":
-		if isLoopbackHost(u.Hostname()) {
-			return nil
-		}
-		return errors.New("http:// is allowed only to this machine (localhost, 127.0.0.1, ::1): use https://")
-	}
-	return fmt.Errorf("scheme %q: must be https (or http to this machine)", u.Scheme)
 }
 
 // loadWebhookSecret fills cfg.ConversationWebhookSecret from Secret Manager

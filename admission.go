@@ -19,11 +19,13 @@ import (
 
 // admissions are the places of the relay's requests: the live sessions
 // (MAX_SESSIONS), each identity's limits here (users) and in Redis (shared,
-// nil without REDIS_URL), and the leases of this instance's admissions,
+// nil without REDIS_URL), the fleet's cap (maxTotal, MAX_TOTAL_SESSIONS:
+// in Redis, and the instance's own count first), and the leases of this instance's admissions,
 // renewed there every renewEvery (leaseRenewEvery; tests shorten it). quota
 // is MAX_USER_SECONDS_PER_DAY.
 type admissions struct {
 	maxSessions int
+	maxTotal    int
 	sessions    sessionSet
 	users       *userLimits
 	shared      *redislimits.Limits
@@ -68,11 +70,16 @@ type admission struct {
 // user's limits, Redis unreachable under REDIS_FAILURE=refuse). It gives s
 // its identity's text share.
 func (as *admissions) admit(s *session) (a *admission, refused ending, draining bool) {
-	switch as.sessions.begin(as.maxSessions) {
+	switch as.sessions.begin(as.maxSessions, as.maxTotal) {
 	case admitClosed:
 		return nil, ending{}, true
 	case admitFull:
 		return nil, refuseFull, false
+	case admitCapacity:
+		// This instance alone holds the fleet's cap: Redis would refuse
+		// too, and without Redis (or while it is away, under
+		// REDIS_FAILURE=local) the cap is the instance's.
+		return nil, refuseCapacity, false
 	}
 	a = &admission{of: as, identity: s.identity, key: s.identityKey, id: s.id}
 	// The instance's own counters first, and they take the session: they

@@ -95,6 +95,10 @@ type Config struct {
 
 	// MaxSessions caps live sessions on this instance.
 	MaxSessions int `env:"MAX_SESSIONS, default=1000"`
+	// MaxTotalSessions caps the live sessions of every instance sharing
+	// REDIS_URL together (of this instance without it): at or below
+	// Deepgram's concurrency limit for the project (0: no cap).
+	MaxTotalSessions int `env:"MAX_TOTAL_SESSIONS, default=0"`
 	// MaxSessionsPerUser caps one identity's live sessions (0: no cap).
 	MaxSessionsPerUser int `env:"MAX_SESSIONS_PER_USER, default=5"`
 	// SessionRatePerMinute caps one identity's new sessions (0: no cap).

@@ -79,6 +79,7 @@ func (c *Config) validate() error {
 	}{
 		{"MAX_SESSIONS", c.MaxSessions, 1},
 		{"MAX_SESSIONS_PER_USER", c.MaxSessionsPerUser, 0},
+		{"MAX_TOTAL_SESSIONS", c.MaxTotalSessions, 0},
 		{"SESSION_RATE_PER_MINUTE", c.SessionRatePerMinute, 0},
 		{"UPSTREAM_RETRIES", c.UpstreamRetries, 0},
 		{"MAX_USER_SECONDS_PER_DAY", c.MaxUserSecondsPerDay, 0},

@@ -100,7 +100,12 @@ var (
 	refuseUserSessions = refusalRow("user_sessions", 4429, "too many sessions", "TOO_MANY_SESSIONS")
 	refuseUserRate     = refusalRow("rate", 4429, "too many new sessions", "SESSION_RATE_LIMITED")
 	refuseFull         = refusalRow("instance_full", websocket.StatusTryAgainLater, "relay full, try again", "INSTANCE_FULL")
-	refuseQuota        = refusalRow("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
+	// refuseCapacity is the fleet at MAX_TOTAL_SESSIONS (every instance
+	// sharing the Redis; this one without it): unlike INSTANCE_FULL, a
+	// retry at once on another instance meets the same cap, so the client
+	// waits for a call to end somewhere.
+	refuseCapacity = refusalRow("capacity", websocket.StatusTryAgainLater, "at capacity, try again later", "CAPACITY_REACHED")
+	refuseQuota    = refusalRow("quota", 4429, "daily quota reached", "QUOTA_EXCEEDED")
 	// Redis cannot answer and REDIS_FAILURE=refuse.
 	refuseLimitsUnavailable = refusalRow("limits_unavailable", websocket.StatusTryAgainLater, "limits unavailable, try again", "LIMITS_UNAVAILABLE")
 	// refuseUpstreamDown is a session held by a known outage, refused

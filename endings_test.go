@@ -267,6 +267,10 @@ func TestErrorBeforeEveryClose(t *testing.T) {
 			dialOK(t, h, "")
 			return dialOK(t, h, "")
 		}},
+		{refuseCapacity, map[string]string{"MAX_TOTAL_SESSIONS": "1"}, func(t *testing.T, h *harness) *websocket.Conn {
+			dialOK(t, h, "")
+			return dialOK(t, h, "")
+		}},
 		{endIdle, map[string]string{"IDLE_TIMEOUT": "300ms"}, func(t *testing.T, h *harness) *websocket.Conn { return dialOK(t, h, "") }},
 		{endDuration, map[string]string{"MAX_SESSION_DURATION": "300ms"}, func(t *testing.T, h *harness) *websocket.Conn { return dialOK(t, h, "") }},
 		{endDrain, nil, func(t *testing.T, h *harness) *websocket.Conn {

@@ -132,6 +132,7 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		"settings_policy", policy != nil,
 		"try_page", tryPageAt(cfg.TryPage, lns),
 		"max_sessions", cfg.MaxSessions,
+		"max_total_sessions", cfg.MaxTotalSessions,
 		"trust_proxy_headers", cfg.TrustProxyHeaders,
 		"upstream_retries", cfg.UpstreamRetries,
 		"max_user_seconds_per_day", cfg.MaxUserSecondsPerDay,

@@ -70,6 +70,7 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 		},
 		admissions: admissions{
 			maxSessions: cfg.MaxSessions,
+			maxTotal:    cfg.MaxTotalSessions,
 			users:       newUserLimits(cfg.MaxSessionsPerUser, cfg.SessionRatePerMinute, quota, cfg.MaxMessageBytes),
 			shared:      shared,
 			quota:       quota,

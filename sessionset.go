@@ -32,14 +32,15 @@ func (ss *sessionSet) init() {
 type beginResult int
 
 const (
-	admitted    beginResult = iota
-	admitClosed             // the drain deadline passed
-	admitFull               // MAX_SESSIONS requests are in the relay already
+	admitted      beginResult = iota
+	admitClosed               // the drain deadline passed
+	admitFull                 // MAX_SESSIONS requests are in the relay already
+	admitCapacity             // MAX_TOTAL_SESSIONS are, on this instance alone
 )
 
 // begin admits a request unless the set is closed or max requests are in
-// the relay already, dialling or relaying.
-func (ss *sessionSet) begin(max int) beginResult {
+// the relay already, dialling or relaying, or total (0: no cap).
+func (ss *sessionSet) begin(max, total int) beginResult {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	switch {
@@ -47,6 +48,8 @@ func (ss *sessionSet) begin(max int) beginResult {
 		return admitClosed
 	case ss.handshakes >= max:
 		return admitFull
+	case total > 0 && ss.handshakes >= total:
+		return admitCapacity
 	}
 	ss.handshakes++
 	return admitted

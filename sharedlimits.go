@@ -33,6 +33,7 @@ func newSharedLimits(cfg *Config, log *slog.Logger, m *metrics) (*redislimits.Li
 		MaxSessionsPerUser:   cfg.MaxSessionsPerUser,
 		SessionRatePerMinute: cfg.SessionRatePerMinute,
 		MaxUserSecondsPerDay: cfg.MaxUserSecondsPerDay,
+		MaxTotalSessions:     cfg.MaxTotalSessions,
 		Log:                  log,
 		Metrics:              redislimits.Metrics{Admission: m.redisAdmission, Errors: m.redisErrors, Fallback: m.redisFallback},
 	})
@@ -53,6 +54,8 @@ func sharedRefusal(r redislimits.Refusal) ending {
 		return refuseUserSessions
 	case redislimits.UserRate:
 		return refuseUserRate
+	case redislimits.TotalSessions:
+		return refuseCapacity
 	case redislimits.Withdrawn:
 		return refuseLimitsUnavailable
 	}

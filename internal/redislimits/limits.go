@@ -1,6 +1,7 @@
 // Package redislimits counts the per-user limits in Redis, shared by every
 // relay instance that uses the same Redis and key prefix: a user's live
-// sessions, its new-session rate and its session time per UTC day. Admit
+// sessions, its new-session rate and its session time per UTC day; and the
+// live sessions of every instance together (the fleet's cap). Admit
 // takes a session's lease or names the limit that refuses it (a Refusal,
 // which the relay maps to its own answer); Renew renews an instance's
 // leases, counting their time; End ends one.
@@ -8,7 +9,9 @@
 // With REDIS_URL, each user's live sessions (MAX_SESSIONS_PER_USER),
 // new-session rate (SESSION_RATE_PER_MINUTE) and session time per UTC day
 // (MAX_USER_SECONDS_PER_DAY) are counted in Redis by every instance that
-// shares it and REDIS_KEY_PREFIX. Redis is touched at admission, at each
+// shares it and REDIS_KEY_PREFIX, and so, with MAX_TOTAL_SESSIONS, are all
+// their live sessions: each session's lease is in the fleet's set too, by
+// the same expiry, so the cap counts what the per-user caps count. Redis is touched at admission, at each
 // lease renewal (one pipeline per instance every renewal period, the
 // relay's leaseRenewEvery) and at a session's end; never per frame.
 //
@@ -25,6 +28,13 @@
 //	PREFIX{user}:r  the rate: the theoretical arrival time of the next session (GCRA)
 //	PREFIX{user}:d  hash: the UTC day (days since 1970) and its session time (ms)
 //	PREFIX{user}:t:<session id>  the session's time Redis has counted (ms), or "end"
+//
+// and, with MAX_TOTAL_SESSIONS, one key for the fleet:
+//
+//	PREFIX{fleet}:s  sorted set: every live session's lease, scored by expiry (ms)
+//
+// (A Redis Cluster endpoint is not supported: a script touches a user's
+// slot and the fleet's.)
 //
 // user is the identity as the relay hashes it (its userKey): no sub, IP or
 // token goes to Redis. The scripts are in scripts.go.
@@ -58,6 +68,7 @@ type Limits struct {
 	refuse    bool // REDIS_FAILURE=refuse
 	// The limits, as the scripts take them (0: off).
 	maxSessions           int
+	maxTotal              int // MAX_TOTAL_SESSIONS; 0: the fleet's set is not kept
 	rateInterval, burstMs int64
 	quotaMs               int64
 	log                   *slog.Logger
@@ -114,11 +125,15 @@ type Config struct {
 	Refuse    bool          // REDIS_FAILURE=refuse: refuse while Redis is away
 	// LeaseTTL is how long a lease lives after its last renewal.
 	LeaseTTL             time.Duration
-	MaxSessionsPerUser   int          // MAX_SESSIONS_PER_USER
-	SessionRatePerMinute int          // SESSION_RATE_PER_MINUTE
-	MaxUserSecondsPerDay int          // MAX_USER_SECONDS_PER_DAY
-	Log                  *slog.Logger // nil: no log lines
-	Metrics              Metrics
+	MaxSessionsPerUser   int // MAX_SESSIONS_PER_USER
+	SessionRatePerMinute int // SESSION_RATE_PER_MINUTE
+	MaxUserSecondsPerDay int // MAX_USER_SECONDS_PER_DAY
+	// MaxTotalSessions caps the live sessions of every instance sharing
+	// the Redis and prefix (MAX_TOTAL_SESSIONS; 0: no cap, and the
+	// fleet's set is not kept).
+	MaxTotalSessions int
+	Log              *slog.Logger // nil: no log lines
+	Metrics          Metrics
 }
 
 // Metrics are the relay's series that the limits feed.
@@ -164,6 +179,7 @@ func New(cfg Config) (*Limits, error) {
 		endKeep:     endKeepLeases * cfg.LeaseTTL,
 		refuse:      cfg.Refuse,
 		maxSessions: cfg.MaxSessionsPerUser,
+		maxTotal:    cfg.MaxTotalSessions,
 		quotaMs:     int64(cfg.MaxUserSecondsPerDay) * 1000,
 		log:         cfg.Log,
 		metrics:     cfg.Metrics,
@@ -209,6 +225,28 @@ func (sl *Limits) Keys(user string) (leases, rate, day string) {
 	return base + "s", base + "r", base + "d"
 }
 
+// fleetKey is the key of the fleet's leases (MAX_TOTAL_SESSIONS): in a slot
+// of its own, which no user's hash can name (a user's is hexadecimal).
+func (sl *Limits) fleetKey() string { return sl.prefix + "{fleet}:s" }
+
+// FleetKey is the key of the fleet's leases, "" when the fleet's cap is off:
+// for tests and operators to look inside.
+func (sl *Limits) FleetKey() string {
+	if sl.maxTotal == 0 {
+		return ""
+	}
+	return sl.fleetKey()
+}
+
+// withFleet is keys with the fleet's set after them when the cap is on: the
+// scripts keep it only when it is named.
+func (sl *Limits) withFleet(keys []string) []string {
+	if sl.maxTotal > 0 {
+		keys = append(keys, sl.fleetKey())
+	}
+	return keys
+}
+
 // totalKey is the key of a session's time as Redis has counted it: in its
 // user's hash slot.
 func (sl *Limits) totalKey(user, id string) string {
@@ -230,6 +268,7 @@ const (
 	// Withdrawn: the session was withdrawn (End with withdraw) before its
 	// admission landed: only an admission the relay gave up on hears it.
 	Withdrawn
+	TotalSessions // every instance's live sessions together (MAX_TOTAL_SESSIONS)
 )
 
 // Admit asks Redis to admit a session of user under the lease id. It
@@ -245,8 +284,8 @@ func (sl *Limits) Admit(user, id string) (refused Refusal, used time.Duration, e
 	ctx, cancel := context.WithTimeout(context.Background(), sl.timeout)
 	defer cancel()
 	start := time.Now()
-	res, err := admitScript.Run(ctx, sl.client, []string{leases, rate, day, sl.totalKey(user, id)},
-		id, sl.ttl.Milliseconds(), sl.maxSessions, sl.rateInterval, sl.burstMs, sl.quotaMs).Int64Slice()
+	res, err := admitScript.Run(ctx, sl.client, sl.withFleet([]string{leases, rate, day, sl.totalKey(user, id)}),
+		id, sl.ttl.Milliseconds(), sl.maxSessions, sl.rateInterval, sl.burstMs, sl.quotaMs, sl.maxTotal).Int64Slice()
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("admission script answered %d values", len(res))
 	}
@@ -269,6 +308,8 @@ func (sl *Limits) Admit(user, id string) (refused Refusal, used time.Duration, e
 		// Withdrawn before it landed: only an admission the relay had
 		// given up on (its call timed out) hears this.
 		return Withdrawn, used, nil
+	case 5:
+		return TotalSessions, used, nil
 	}
 	return None, used, nil
 }
@@ -370,11 +411,11 @@ func (sl *Limits) End(keys []string, id string, total, base int64, withdraw bool
 	return nil
 }
 
-// LeaseKeys are the lease script's keys for a session of user: made once
-// per session, for every round.
+// LeaseKeys are the lease script's keys for a session of user (the fleet's
+// set last, when its cap is on): made once per session, for every round.
 func (sl *Limits) LeaseKeys(user, id string) []string {
 	leases, rate, day := sl.Keys(user)
-	return []string{leases, day, sl.totalKey(user, id), rate}
+	return sl.withFleet([]string{leases, day, sl.totalKey(user, id), rate})
 }
 
 // failed records a call that Redis did not answer. The first of an outage is
@@ -390,6 +431,9 @@ func (sl *Limits) failed(op string, err error) {
 	sl.outages.Add(1)
 	sl.metrics.Fallback.Set(1)
 	what := "per-user limits count on this instance only until it answers"
+	if sl.maxTotal > 0 {
+		what = "per-user limits and MAX_TOTAL_SESSIONS count on this instance only until it answers"
+	}
 	if sl.refuse {
 		what = "new sessions are refused (LIMITS_UNAVAILABLE) until it answers; live ones go on"
 	}

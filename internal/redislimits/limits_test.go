@@ -147,6 +147,68 @@ func TestLateCallsChangeNothing(t *testing.T) {
 	}
 }
 
+// TestFleetCap: MaxTotalSessions counts every user's leases together, on
+// any number of Limits (instances): the user's own caps are named first, a
+// session refused by the fleet's takes no rate token, an end frees its
+// place at once and a lease nobody renews lapses. Off, no fleet key is kept.
+func TestFleetCap(t *testing.T) {
+	url := startRedis(t)
+	cfg := Config{MaxSessionsPerUser: 1, SessionRatePerMinute: 2, MaxTotalSessions: 2}
+	a, b := newLimits(t, url, cfg), newLimits(t, url, cfg)
+	for _, step := range []struct {
+		sl       *Limits
+		user, id string
+		want     Refusal
+	}{
+		{a, "u1", "s1", None},
+		{b, "u2", "s2", None},
+		{a, "u1", "s3", UserSessions}, // the user's cap first
+		{b, "u3", "s4", TotalSessions},
+		{a, "u3", "s5", TotalSessions},
+	} {
+		if got, _, err := step.sl.Admit(step.user, step.id); err != nil || got != step.want {
+			t.Errorf("%s's %s: %v %v, want %v", step.user, step.id, got, err, step.want)
+		}
+	}
+	rc := redisClient(t, url)
+	ctx := context.Background()
+	if n := rc.ZCard(ctx, a.FleetKey()).Val(); n != 2 {
+		t.Errorf("%d leases in the fleet's set, want 2", n)
+	}
+	if err := b.End(b.LeaseKeys("u2", "s2"), "s2", 0, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	// u3 was refused twice, spending none of its rate (2 a minute): two
+	// admissions now pass the rate, the second refused by the cap.
+	if got, _, err := a.Admit("u3", "s6"); err != nil || got != None {
+		t.Errorf("u3 after an end: %v %v", got, err)
+	}
+	// A lease that is never renewed lapses: the fleet's place comes back.
+	short := newLimits(t, url, cfg)
+	short.ttl = 200 * time.Millisecond
+	if err := a.End(a.LeaseKeys("u1", "s1"), "s1", 0, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := short.Admit("u4", "s7"); err != nil || got != None {
+		t.Fatalf("u4: %v %v", got, err)
+	}
+	if got, _, _ := a.Admit("u5", "s8"); got != TotalSessions {
+		t.Errorf("u5 while u4's lease lives: %v, want TotalSessions", got)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got, _, err := a.Admit("u5", "s9"); err != nil || got != None {
+		t.Errorf("u5 after u4's lease lapsed: %v %v", got, err)
+	}
+	if got, _, err := a.Admit("u3", "s10"); err != nil || got != UserSessions {
+		t.Errorf("u3 again: %v %v, want UserSessions", got, err)
+	}
+
+	off := newLimits(t, url, Config{KeyPrefix: "off:"})
+	if off.FleetKey() != "" || len(off.LeaseKeys("u", "s")) != 4 {
+		t.Errorf("cap off: fleet key %q, lease keys %v", off.FleetKey(), off.LeaseKeys("u", "s"))
+	}
+}
+
 // TestDown: a Redis that cannot be reached fails the call, counts it and
 // begins an outage, during which Admit answers ErrDown at once; the first
 // answered call ends it.

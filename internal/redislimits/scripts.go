@@ -43,9 +43,12 @@ const (
 
 // admitScript admits one session of a user, or says which limit refuses it:
 // {0, used} admitted, {1, used} the day's quota, {2, used} the live-session
-// cap, {3, used} the rate; used is the day's session time so far (ms).
-// {4, 0}: the session was withdrawn before its admission landed (the relay
-// gave up on it, see leaseScript), and nothing is taken.
+// cap, {3, used} the rate, {5, used} the fleet's cap (KEYS[5], the fleet's
+// set, when named, and ARGV[7]); used is the day's session time so far
+// (ms). {4, 0}: the session was withdrawn before its admission landed (the
+// relay gave up on it, see leaseScript), and nothing is taken. The user's
+// own limits are named before the fleet's (they are the user's to
+// change), and the rate is taken only once every cap has passed.
 var admitScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[4]) == 1 then return {4, 0} end
 local t = redis.call('TIME')
@@ -61,6 +64,10 @@ if quota > 0 then
 end
 local max = tonumber(ARGV[3])
 if max > 0 and redis.call('ZCARD', KEYS[1]) >= max then return {2, used} end
+if KEYS[5] then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+  if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[7]) then return {5, used} end
+end
 local interval = tonumber(ARGV[4])
 if interval > 0 then
   local tat = tonumber(redis.call('GET', KEYS[2])) or now
@@ -72,6 +79,10 @@ end
 local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl)
+if KEYS[5] then
+  redis.call('ZADD', KEYS[5], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[5], ttl)
+end
 return {0, used}
 `)
 
@@ -85,7 +96,9 @@ return {0, used}
 // whose answer it never had: if the admission had landed (its lease is
 // there), its rate token is given back too. It returns {the day's session
 // time (ms), the user's live leases}. A lease that lapsed while Redis was
-// away is added again: counting resumes.
+// away is added again: counting resumes. KEYS[5], when named, is the
+// fleet's set (MAX_TOTAL_SESSIONS): the lease is renewed, added again or
+// ended there alike.
 var leaseScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -110,9 +123,14 @@ if rec ~= 'end' then
   if ttl > 0 then
     redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
     redis.call('PEXPIRE', KEYS[1], ttl)
+    if KEYS[5] then
+      redis.call('ZADD', KEYS[5], now + ttl, ARGV[1])
+      redis.call('PEXPIRE', KEYS[5], ttl)
+    end
     redis.call('SET', KEYS[3], math.max(total, last), 'PX', ARGV[6])
   else
     local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+    if KEYS[5] then redis.call('ZREM', KEYS[5], ARGV[1]) end
     redis.call('SET', KEYS[3], 'end', 'PX', ARGV[6])
     local interval = tonumber(ARGV[7])
     if removed == 1 and interval > 0 then

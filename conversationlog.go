@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 
@@ -58,6 +59,11 @@ var credentialKeys = map[string]bool{"headers": true, "credentials": true}
 // so that an escaped key is read as Deepgram reads it). A message that
 // parser refuses is not logged: unread says why.
 func withoutCredentials(msg []byte) (out []byte, unread string) {
+	if !mayHoldCredentials(msg) {
+		// Most client messages (KeepAlive, audio's text companions) name
+		// no such key: no parse.
+		return msg, ""
+	}
 	m, _, err := message.Parse(msg)
 	if err != nil {
 		return nil, err.Error()
@@ -70,6 +76,26 @@ func withoutCredentials(msg []byte) (out []byte, unread string) {
 		return nil, "could not be encoded"
 	}
 	return out, ""
+}
+
+// mayHoldCredentials: msg names a credentialKeys key, in any case, or has
+// an escape that could spell one.
+func mayHoldCredentials(msg []byte) bool {
+	return bytes.IndexByte(msg, '\\') >= 0 || containsFold(msg, "headers") || containsFold(msg, "credentials")
+}
+
+// containsFold: b holds word (lower-case ASCII) in any case.
+func containsFold(b []byte, word string) bool {
+	for i := 0; i+len(word) <= len(b); i++ {
+		j := 0
+		for j < len(word) && b[i+j]|0x20 == word[j] {
+			j++
+		}
+		if j == len(word) {
+			return true
+		}
+	}
+	return false
 }
 
 // redactCredentials redacts credentialKeys' values in v, in place, and

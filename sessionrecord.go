@@ -227,6 +227,17 @@ func (s *session) sendRecord(o outcome, clientClose, upstreamClose int) {
 	if w == nil || s.service != "agent" {
 		return
 	}
+	body, ok := s.recordBody(o, clientClose, upstreamClose)
+	if !ok {
+		w.drop(s.id, dropTooBig, 0, "")
+		return
+	}
+	w.send(s.id, body)
+}
+
+// recordBody is the session's record, encoded and scrubbed; ok is false
+// when it does not fit maxRecordBytes.
+func (s *session) recordBody(o outcome, clientClose, upstreamClose int) (body []byte, ok bool) {
 	c := &s.notes
 	codes := c.errorCodes
 	var relayError struct {
@@ -252,10 +263,9 @@ func (s *session) sendRecord(o outcome, clientClose, upstreamClose int) {
 	}
 	body, err := json.Marshal(r)
 	if err != nil || len(body) > maxRecordBytes {
-		w.drop(s.id, dropTooBig, 0, "")
-		return
+		return nil, false
 	}
 	// The key, the policy's secrets and the webhook's own are scrubbed
 	// from the whole record, however a message spelled them.
-	w.send(s.id, s.tools.scrub.Text(body))
+	return s.tools.scrub.Text(body), true
 }

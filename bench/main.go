@@ -108,7 +108,7 @@ var (
 func main() {
 	smokeRun := flag.Bool("smoke", false, "a short run that checks the tool and every path, and asserts nothing about speed")
 	quickRun := flag.Bool("quick", false, "a shorter run for iterating (500 voice sessions for 10 s)")
-	only := flag.String("paths", "direct,dgrelay,dgrelay-plain,go-floor,nginx,node", "paths to measure (also dgrelay-limits, dgrelay-redis, dgrelay-before)")
+	only := flag.String("paths", "direct,dgrelay,dgrelay-plain,go-floor,nginx,node", "paths to measure (also dgrelay-limits, dgrelay-redis, dgrelay-before, dgrelay-log, dgrelay-webhook)")
 	flag.Parse()
 	if *tlsUpstream && !flagSet("paths") {
 		// go-floor relays bytes, with no TLS of its own toward the fake.
@@ -214,6 +214,19 @@ func run(sz sizes, names []string) error {
 		case "dgrelay-limits":
 			// The per-user limits and a quota, counted on the instance.
 			p, err = startDgrelay(dir, up, name, imageBuild, limitsEnv...)
+		case "dgrelay-log":
+			// The conversation log on: a line per text message.
+			p, err = startDgrelay(dir, up, name, imageBuild, recordsEnv[name]...)
+		case "dgrelay-webhook":
+			// A record per session to a receiver on this machine.
+			var hook *hookReceiver
+			if hook, err = startHookReceiver(); err == nil {
+				defer func() {
+					fmt.Fprintf(os.Stderr, "dgrelay-webhook: %d session records received\n", hook.received.Load())
+					hook.srv.Close()
+				}()
+				p, err = startDgrelay(dir, up, name, imageBuild, hook.webhookEnv()...)
+			}
 		case "dgrelay-redis":
 			// The same limits counted in Redis.
 			p, err = startDgrelayRedis(dir, up)

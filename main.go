@@ -70,7 +70,9 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 		log.Error("dgrelay cannot start", "error", err.Error())
 		return 1
 	}
-	defer rl.close()
+	// Zero until a signal: then the moment the process must be gone by.
+	var stopBy time.Time
+	defer func() { rl.closeBy(stopBy) }()
 	if !rl.auth.enabled() {
 		log.Warn("ALLOW_UNAUTHENTICATED=true: anyone who can reach this relay can spend your Deepgram key")
 	}
@@ -144,6 +146,7 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 
 	select {
 	case s := <-sig:
+		stopBy = time.Now().Add(cfg.DrainTimeout + stopTail)
 		log.Info("shutdown signal: draining", "signal", s.String(), "drain_timeout", cfg.DrainTimeout.String(), "sessions", rl.sessions.active())
 	case err := <-serveErr:
 		log.Error("server stopped", "error", err.Error())
@@ -163,10 +166,14 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 	rl.drain(cfg.DrainTimeout)
 	// Session records still queued go on while the requests below finish,
 	// and no longer: the webhook never lengthens the shutdown.
-	rl.records.flushBy(time.Now().Add(shutdownTimeout))
+	tail := time.Now().Add(shutdownTimeout)
+	if tail.After(stopBy) {
+		tail = stopBy
+	}
+	rl.records.flushBy(tail)
 	// Requests still in a handler (a 503 being written, a probe) finish
 	// before the listener's connections close; sessions were the drain's.
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	shutdownCtx, cancel := context.WithDeadline(context.Background(), tail)
 	defer cancel()
 	if srv.Shutdown(shutdownCtx) != nil {
 		_ = srv.Close()

@@ -81,6 +81,7 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 		identityHashKey: identityHashKey(apiKey),
 		watchdog:        newWatchdog(cfg.IdleTimeout, cfg.ConversationIdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout, quotaStep(quota, renewEvery)),
 		stopped:         make(chan struct{}),
+		closed:          make(chan struct{}),
 		dialTimeout:     upstreamDialTimeout,
 		agent:           agent,
 		listen:          listen,
@@ -126,16 +127,36 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 
 // close stops the relay's background work: the watchdog, the lease
 // renewals, the JWKS refresher, the Redis calls of sessions' ends (waited
-// for: each bounded by REDIS_TIMEOUT) and the Redis client. Sessions are
-// the drain's business.
-func (rl *relay) close() {
-	rl.stop()
-	<-rl.stopped
-	rl.background.Wait()
-	rl.redisAfter.close()
-	rl.records.close()
-	if rl.shared != nil {
-		rl.shared.Close()
+// for: each bounded by REDIS_TIMEOUT), the webhook's deliveries and the
+// Redis client. Sessions are the drain's business.
+func (rl *relay) close() { rl.closeBy(time.Time{}) }
+
+// closeBy is close, waiting no later than deadline (zero: for all of it):
+// a process that must exit by then leaves what still hangs, a Redis call or
+// a delivery, to end with it (a lease then lapses in Redis by its TTL).
+func (rl *relay) closeBy(deadline time.Time) {
+	rl.closing.Do(func() {
+		go func() {
+			defer close(rl.closed)
+			rl.stop()
+			<-rl.stopped
+			rl.background.Wait()
+			rl.redisAfter.close()
+			rl.records.close()
+			if rl.shared != nil {
+				rl.shared.Close()
+			}
+		}()
+	})
+	if deadline.IsZero() {
+		<-rl.closed
+		return
+	}
+	wait := time.NewTimer(time.Until(deadline))
+	defer wait.Stop()
+	select {
+	case <-rl.closed:
+	case <-wait.C:
 	}
 }
 

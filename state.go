@@ -48,4 +48,7 @@ type relay struct {
 	stop       context.CancelFunc
 	stopped    chan struct{}
 	background sync.WaitGroup
+	// closing starts close's work once; closed says it is done.
+	closing sync.Once
+	closed  chan struct{}
 }

@@ -168,6 +168,8 @@ type cloudBuild struct {
 		Name       string   `yaml:"name"`
 		Entrypoint string   `yaml:"entrypoint"`
 		Args       []string `yaml:"args"`
+		Env        []string `yaml:"env"`
+		WaitFor    []string `yaml:"waitFor"`
 	} `yaml:"steps"`
 	Images []string `yaml:"images"`
 }

@@ -49,19 +49,16 @@ type conversation struct {
 	// has not yet reported answered. Only the pipe from Deepgram touches
 	// it.
 	calls []string
-	// history is set once a History message has come: Deepgram reports
-	// every answered call in one then (AgentV1History's second form,
-	// function_calls with each call's response), and nothing else clears a
-	// pending call.
-	history bool
 }
 
 // callPending reports whether a client-side function call Deepgram asked
-// for has not been answered yet, as far as Deepgram has reported (see
-// conversation.callDone). While one is, the agent waits for the client's
-// FunctionCallResponse: the conversation idle timer is paused, and a
-// session must not be moved to another Deepgram connection (the answer
-// would go to a connection that never asked). Safe from any goroutine.
+// for has not been answered yet, as far as Deepgram has reported: History
+// listing it with its response, or the agent's next words
+// (conversation.historyMessage, conversationText). While one is, the agent
+// waits for the client's FunctionCallResponse: the conversation idle timer
+// is paused, and a session must not be moved to another Deepgram
+// connection (the answer would go to a connection that never asked). Safe
+// from any goroutine.
 func (s *session) callPending() bool { return s.conversation.pending.Load() > 0 }
 
 // lastSpoke is when s's conversation last moved: speech reported, or a
@@ -86,15 +83,17 @@ type speaker struct {
 func spokeBy(role string) bool { return role == "user" || role == "assistant" }
 
 // conversationText notes a ConversationText: speech by the user or the agent.
-// Without History (flags.history false) nothing reports a call's answer, so
-// the agent's words, which come only once it has the answers it waited for,
-// end every pending call.
+// The agent's words end every pending call: Deepgram sends no confirmation
+// of a FunctionCallResponse, and its docs say the call was processed when
+// "the conversation proceeds and the agent replies" (docs
+// voice-agent-function-call-response). With History off (Settings
+// flags.history false) it is the only sign.
 func (c *conversation) conversationText(msg []byte) {
 	var m speaker
 	if json.Unmarshal(msg, &m) != nil || !spokeBy(m.Role) {
 		return
 	}
-	if m.Role == "assistant" && !c.history {
+	if m.Role == "assistant" {
 		c.forget(func(string) bool { return true })
 	}
 	c.spokeNow()
@@ -118,7 +117,6 @@ type historyEntry struct {
 // goes unread without a policy, and reaching the relay is not reaching
 // Deepgram).
 func (c *conversation) historyMessage(msg []byte) {
-	c.history = true
 	var h historyEntry
 	if json.Unmarshal(msg, &h) != nil {
 		return

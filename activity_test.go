@@ -277,6 +277,39 @@ func TestConversationIdleOff(t *testing.T) {
 	}
 }
 
+// TestCallPendingSignals: what ends a pending call, and what does not: a
+// History listing it with its response ends that call only; the user's
+// words, a History without the response, a server-side call and speech
+// before any call end none; the agent's words end them all.
+func TestCallPendingSignals(t *testing.T) {
+	var c conversation
+	c.conversationText([]byte(`{"type":"ConversationText","role":"assistant","content":"Let me look."}`))
+	c.callRequested([]byte(`{"type":"FunctionCallRequest","functions":[` +
+		`{"id":"a","name":"f","arguments":"{}","client_side":true},` +
+		`{"id":"b","name":"f","arguments":"{}","client_side":true},` +
+		`{"id":"c","name":"g","arguments":"{}","client_side":false}]}`))
+	for _, step := range []struct {
+		note    func([]byte)
+		msg     string
+		pending int32
+	}{
+		{nil, "", 2},
+		{c.historyMessage, `{"type":"History","function_calls":[{"id":"a","name":"f","client_side":true,"arguments":"{}"}]}`, 2},
+		{c.historyMessage, `{"type":"History","function_calls":[{"id":"a","name":"f","client_side":true,"arguments":"{}","response":"1"}]}`, 1},
+		{c.historyMessage, `{"type":"History","function_calls":[{"id":"c","name":"g","client_side":false,"arguments":"{}","response":"2"}]}`, 1},
+		{c.conversationText, `{"type":"ConversationText","role":"user","content":"hello?"}`, 1},
+		{c.historyMessage, `{"type":"History","role":"user","content":"hello?"}`, 1},
+		{c.conversationText, `{"type":"ConversationText","role":"assistant","content":"It says 1."}`, 0},
+	} {
+		if step.note != nil {
+			step.note([]byte(step.msg))
+		}
+		if got := c.pending.Load(); got != step.pending {
+			t.Fatalf("after %s: %d pending (%v), want %d", step.msg, got, c.calls, step.pending)
+		}
+	}
+}
+
 // FuzzConversation feeds Deepgram's messages of the kinds the conversation
 // reads, whatever their bodies, and checks what it keeps: pending says how
 // many calls are remembered, each id once, never past maxPendingCalls.

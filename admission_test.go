@@ -121,11 +121,16 @@ func cpuTime() time.Duration {
 func BenchmarkAdmission(b *testing.B) {
 	limits := map[string]string{"MAX_SESSIONS_PER_USER": "1000000", "SESSION_RATE_PER_MINUTE": "10000000",
 		"MAX_USER_SECONDS_PER_DAY": "1000000000"}
-	for _, where := range []string{"instance", "redis"} {
+	// redis-fleet: with MAX_TOTAL_SESSIONS too (far above the load), each
+	// lease also in the fleet's set.
+	for _, where := range []string{"instance", "redis", "redis-fleet"} {
 		b.Run(where, func(b *testing.B) {
 			env := maps.Clone(limits)
-			if where == "redis" {
+			if where != "instance" {
 				env["REDIS_URL"] = startRedis(b).URL()
+			}
+			if where == "redis-fleet" {
+				env["MAX_TOTAL_SESSIONS"] = "1000000000"
 			}
 			rl := benchRelay(b, env)
 			b.ReportAllocs()

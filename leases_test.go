@@ -211,11 +211,16 @@ func (h *harness) dialOK(query string) *websocket.Conn {
 // per session per round; a round comes every 5 s.
 func BenchmarkLeaseRenewal(b *testing.B) {
 	const sessions, users = 500, 50
-	for _, where := range []string{"instance", "redis"} {
+	// redis-fleet: with MAX_TOTAL_SESSIONS too, each lease renewed in the
+	// fleet's set as well.
+	for _, where := range []string{"instance", "redis", "redis-fleet"} {
 		b.Run(where, func(b *testing.B) {
 			env := map[string]string{"MAX_SESSIONS_PER_USER": "0", "SESSION_RATE_PER_MINUTE": "0", "MAX_USER_SECONDS_PER_DAY": "1000000000"}
-			if where == "redis" {
+			if where != "instance" {
 				env["REDIS_URL"] = startRedis(b).URL()
+			}
+			if where == "redis-fleet" {
+				env["MAX_TOTAL_SESSIONS"] = "1000000000"
 			}
 			rl := benchRelay(b, env)
 			var live []*admission

@@ -104,4 +104,12 @@ type Options struct {
 	// from src, within a byte limit; they are forwarded as they came
 	// otherwise.
 	Scrub func(b []byte, limit int) []byte
+	// Move, on the pipe reading the upstream, is asked when src ends
+	// (a close frame, or gone without one) while the session is not
+	// closing and no frame to dst is half written. A non-nil result is
+	// the peer to read from then on; nil ends the session as without it.
+	Move func(e Ending) *Moved
+	// Handover, on the pipe writing to the upstream, lets a move give it
+	// a new destination (see Handover).
+	Handover *Handover
 }

@@ -51,6 +51,16 @@ type Pipe struct {
 	closeSent, dropping, dstBroken bool
 
 	io sockIO // the platform's socket calls
+
+	// With a Handover (the pipe writing to the upstream): the generation
+	// last acted on, whether messages from now on are held, and where the
+	// current message goes.
+	hoGen      uint32
+	holdStarts bool
+	route      route
+	// With Options.Move (the pipe reading the upstream): the peer a move
+	// gave, switched to once the read that ended the old one returns.
+	moved *Moved
 }
 
 // New makes the pipe that relays src to dst for owner, counting in flow.
@@ -75,6 +85,12 @@ func (p *Pipe) Run() {
 	}
 	for {
 		stop, err := p.readSource()
+		if p.moved != nil {
+			if p.switchSource() {
+				return
+			}
+			continue
+		}
 		if stop || !p.readAgain(err) {
 			return
 		}
@@ -103,6 +119,9 @@ func (p *Pipe) readAgain(err error) bool {
 	}
 	// src is gone without a close frame.
 	if !p.dropping {
+		if p.move(Ending{Cause: Vanished, Src: p.src.Side}) {
+			return !p.switchSource()
+		}
 		p.owner.End(Ending{Cause: Vanished, Src: p.src.Side})
 		if p.midFrame() {
 			// Half of a frame went to dst, so no close can follow it,

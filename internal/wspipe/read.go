@@ -120,6 +120,11 @@ func (p *Pipe) startFrame() error {
 		return errProtocol
 	}
 	forward := !p.dropping && !p.dstBroken
+	if p.opt.Handover != nil {
+		// A move may hold this frame, or drop it, or send it to a new
+		// peer; a broken dst is the old peer's, gone with it.
+		forward = p.handoverFrame(!p.inMessage) && !p.dropping && (!p.dstBroken || p.route == toHold)
+	}
 	switch h.Opcode {
 	case OpPing, OpPong, OpClose:
 		if !h.Fin || h.Length > MaxControlPayload {
@@ -220,7 +225,11 @@ func (p *Pipe) endControl() bool {
 			if p.opt.Scrub != nil {
 				reason = string(p.opt.Scrub([]byte(reason), MaxCloseReason))
 			}
-			p.owner.End(Ending{Cause: Closed, Src: p.src.Side, Code: code, Reason: reason})
+			e := Ending{Cause: Closed, Src: p.src.Side, Code: code, Reason: reason}
+			if p.move(e) {
+				return true // Run switches to the new peer
+			}
+			p.owner.End(e)
 			p.closeDst()
 		}
 		return true
@@ -276,6 +285,9 @@ func (p *Pipe) filtered(msg []byte) bool {
 	}
 	if v.Drop {
 		return false
+	}
+	if p.opt.Handover != nil && (!p.handoverFrame(true) || (p.dstBroken && p.route != toHold)) {
+		return false // the message goes nowhere: a move cut it
 	}
 	wb := textBuffers.Get().(*[]byte)
 	defer textBuffers.Put(wb)

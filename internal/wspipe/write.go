@@ -9,6 +9,13 @@ func (p *Pipe) closeDst() {
 		return
 	}
 	p.closeSent = true
+	if p.opt.Handover != nil {
+		// A close may come between a message's frames: one cut by a
+		// move does not keep it from the new peer.
+		if p.handoverFrame(true); p.route == toNone {
+			p.route = toDst
+		}
+	}
 	c := p.owner.CloseFor(p.dst.Side)
 	if c.Code == 0 {
 		return
@@ -57,12 +64,23 @@ func (p *Pipe) write(b []byte) {
 // closed, which wakes the direction reading it to report how that side
 // ended.
 func (p *Pipe) writeDst(b []byte) {
-	if p.dstBroken {
+	switch {
+	case p.route == toHold:
+		p.holdWrite(b)
+		return
+	case p.route == toNone, p.dstBroken:
 		return
 	}
 	p.flow.Writing.Store(true)
 	err := p.io.write(p, b)
 	p.flow.Writing.Store(false)
+	if err != nil && p.opt.Handover != nil && !p.owner.Closing() {
+		// The upstream may be moved to a new peer: the pipe reads on,
+		// and what it reads goes nowhere until a move holds it.
+		p.dstBroken = true
+		_ = p.dst.Conn.Close()
+		return
+	}
 	if err != nil {
 		p.dstBroken, p.dropping = true, true
 		p.dropGathered()

@@ -104,7 +104,10 @@ type Config struct {
 	// SessionRatePerMinute caps one identity's new sessions (0: no cap).
 	SessionRatePerMinute int `env:"SESSION_RATE_PER_MINUTE, default=30"`
 	// MaxSessionDuration ends a session at this age (0: never).
-	MaxSessionDuration time.Duration `env:"MAX_SESSION_DURATION, default=2h"`
+	// The default is twice Deepgram's own two-hour limit, which the relay
+	// carries a call past (UPSTREAM_RESUME): a bound on one call's cost,
+	// not a second copy of Deepgram's.
+	MaxSessionDuration time.Duration `env:"MAX_SESSION_DURATION, default=4h"`
 	// IdleTimeout ends a session with no message either way for this long (0: never).
 	IdleTimeout time.Duration `env:"IDLE_TIMEOUT, default=60s"`
 	// ConversationIdleTimeout ends an agent session in which Deepgram has
@@ -118,6 +121,14 @@ type Config struct {
 	// UpstreamRetries is how many more times a Deepgram dial is tried after a
 	// failure another try may not meet, within the same 10 s bound.
 	UpstreamRetries int `env:"UPSTREAM_RETRIES, default=1"`
+	// UpstreamResume carries an agent session to a new Deepgram connection
+	// when its own ends (Deepgram's two-hour limit, a dropped connection, a
+	// transient Error), the client's socket staying open; off ends the
+	// session as Deepgram's connection ends (false).
+	UpstreamResume bool `env:"UPSTREAM_RESUME, default=true"`
+	// ResumeHistoryBytes bounds the conversation an agent session keeps to
+	// carry it to a new connection; the oldest turns go first.
+	ResumeHistoryBytes int `env:"RESUME_HISTORY_BYTES, default=65536"`
 	// RefusalWindow: a refusal repeated for the same identity within this
 	// long of the last is answered before the upgrade, with an HTTP status
 	// and Retry-After, so that reconnecting clients back off (0: every

@@ -22,6 +22,10 @@ import (
 // maxUpstreamRetries bounds UPSTREAM_RETRIES.
 const maxUpstreamRetries = 3
 
+// maxResumeHistoryBytes bounds RESUME_HISTORY_BYTES: at MAX_SESSIONS=1000
+// the default 64 KiB is at most 64 MB of records, the bound 4 GB.
+const maxResumeHistoryBytes = 4 << 20
+
 // maxRedisTimeout bounds REDIS_TIMEOUT: a client's connect waits for it
 // when Redis is slow, and the renewal step must outlast it.
 const maxRedisTimeout = 2 * time.Second
@@ -83,6 +87,7 @@ func (c *Config) validate() error {
 		{"SESSION_RATE_PER_MINUTE", c.SessionRatePerMinute, 0},
 		{"UPSTREAM_RETRIES", c.UpstreamRetries, 0},
 		{"MAX_USER_SECONDS_PER_DAY", c.MaxUserSecondsPerDay, 0},
+		{"RESUME_HISTORY_BYTES", c.ResumeHistoryBytes, 0},
 	} {
 		if n.value < n.min {
 			return fmt.Errorf("%s: %d must be at least %d", n.name, n.value, n.min)
@@ -96,6 +101,9 @@ func (c *Config) validate() error {
 		// "true" too: each platform's header is only trustworthy behind
 		// that platform, so the relay must know which one it is behind.
 		return fmt.Errorf("TRUST_PROXY_HEADERS: %q is not one of fly, cloudrun, off", c.TrustProxyHeaders)
+	}
+	if c.ResumeHistoryBytes > maxResumeHistoryBytes {
+		return fmt.Errorf("RESUME_HISTORY_BYTES: %d is over %d: every agent session may hold that much", c.ResumeHistoryBytes, maxResumeHistoryBytes)
 	}
 	if c.UpstreamRetries > maxUpstreamRetries {
 		return fmt.Errorf("UPSTREAM_RETRIES: %d is over %d: a dial that keeps failing is an outage, and the client waits through every try", c.UpstreamRetries, maxUpstreamRetries)

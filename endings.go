@@ -82,6 +82,11 @@ var (
 	// is not an upstream failure.
 	endClientGone = sessionEnding(ending{cause: "client_gone", closedBy: "client"})
 
+	// endMoveFailed: Deepgram's connection ended and the relay could not
+	// carry the call to a new one (move.go): UPSTREAM_GONE, as a drop
+	// ends a session without continuation.
+	endMoveFailed = sessionEnding(ending{"move_failed", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream went away", errorCode: "UPSTREAM_GONE"}, answer{code: websocket.StatusNormalClosure, reason: "moving the call failed"}})
+
 	endSettingsRefused = sessionEnding(ending{"settings_refused", "relay", answer{code: websocket.StatusPolicyViolation, reason: "settings refused", errorCode: "SETTINGS_REFUSED"}, answer{code: websocket.StatusNormalClosure, reason: "settings refused"}})
 )
 
@@ -315,11 +320,18 @@ func closedOutcome(src wspipe.Side, code websocket.StatusCode, reason string) ou
 
 // errorFrame is the in-band Error message a client reads (the React
 // component's onError) before its close.
-func errorFrame(code, description string) []byte {
+func errorFrame(code, description string) []byte { return notice("Error", code, description) }
+
+// warningFrame is an in-band Warning: news the client may ignore.
+func warningFrame(code, description string) []byte { return notice("Warning", code, description) }
+
+// notice is an Error or Warning in Deepgram's shape (AsyncAPI spec,
+// AgentV1Error and AgentV1Warning: type, code, description).
+func notice(typ, code, description string) []byte {
 	b, _ := json.Marshal(struct {
 		Type        string `json:"type"`
 		Code        string `json:"code"`
 		Description string `json:"description"`
-	}{"Error", code, description})
+	}{typ, code, description})
 	return b
 }

@@ -38,6 +38,8 @@ type metrics struct {
 	redisAdmission   *prometheus.HistogramVec
 	redisErrors      *prometheus.CounterVec
 	redisFallback    prometheus.Gauge
+	upstreamMoves    *prometheus.CounterVec
+	upstreamMoveGap  prometheus.Histogram
 
 	// up and down are the traffic counters' two series, looked up once:
 	// every live session adds to them every second.
@@ -115,6 +117,13 @@ func newMetrics(version string) *metrics {
 		redisFallback: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "dgrelay_redis_fallback", Help: "1 while Redis cannot be reached: per-user limits count on this instance only (REDIS_FAILURE=local) or new sessions are refused (refuse).",
 		}),
+		upstreamMoves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dgrelay_upstream_moves_total", Help: "Agent sessions carried to a new Deepgram connection, by why (session_length, upstream_error, dropped) and outcome (ok, failed, too_many).",
+		}, []string{"reason", "outcome"}),
+		upstreamMoveGap: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "dgrelay_upstream_move_seconds", Help: "How long a move held the client's messages: from the old connection's end to the new one's SettingsApplied.",
+			Buckets: []float64{.01, .025, .05, .1, .2, .4, .8, 1.6, 3.2, 6.4, 10},
+		}),
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "dgrelay_build_info", Help: "The running build.", ConstLabels: prometheus.Labels{"version": version},
@@ -129,7 +138,7 @@ func newMetrics(version string) *metrics {
 	}
 	m.registry.MustRegister(m.sessionsActive, m.sessionsTotal, m.sessionDuration, m.closeCodes, m.bytes, m.messages,
 		m.dialDuration, m.dialRetries, m.upstreamErrors, m.authFailures, m.refusals, m.refusalsRepeated, m.upstreamDown, m.policyViolations, m.drains, m.draining,
-		m.redisAdmission, m.redisErrors, m.redisFallback, build,
+		m.redisAdmission, m.redisErrors, m.redisFallback, m.upstreamMoves, m.upstreamMoveGap, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

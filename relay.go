@@ -377,6 +377,10 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, g gate
 	}
 	s.client = clientRaw.takeOver(client, wspipe.Client)
 	s.upstream = d.handoff.takeOver(d.conn, wspipe.Upstream)
+	if s.service == "agent" && rl.cfg.UpstreamResume {
+		s.cont = newContinuation(rl.cfg.ResumeHistoryBytes)
+		s.redial = func(ctx context.Context) dialed { return rl.redial(ctx, s) }
+	}
 	return true
 }
 

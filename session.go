@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
@@ -61,6 +62,14 @@ type session struct {
 	// and down; guarded by mu.
 	upReported, downReported flowReported
 
+	// cont carries an agent session to a new Deepgram connection when its
+	// own ends (nil: UPSTREAM_RESUME=off, or not an agent session); redial
+	// dials Deepgram for it as the session was dialled; moves counts the
+	// moves, guarded by mu.
+	cont   *continuation
+	redial func(ctx context.Context) dialed
+	moves  int
+
 	// quotaAfter is the session's age at which its user's daily quota is
 	// spent (0: none), set every lease renewal; the watchdog enforces it.
 	quotaAfter atomic.Int64
@@ -105,8 +114,10 @@ func (s *session) end(o outcome) {
 	if s.endedCh != nil {
 		close(s.endedCh)
 	}
+	// A move may change the upstream: read under the lock.
+	peers := []*wspipe.Peer{s.client, s.upstream}
 	s.mu.Unlock()
-	for _, p := range []*wspipe.Peer{s.client, s.upstream} {
+	for _, p := range peers {
 		// The write deadline bounds the closes and a write stuck on a
 		// peer that stopped reading; the past read deadline wakes the
 		// pipe waiting on p.
@@ -159,8 +170,16 @@ func (s *session) result() outcome {
 // kill drops both connections without close frames: the last step of a drain
 // whose peers did not answer in time.
 func (s *session) kill() {
-	_ = s.client.Conn.Close()
-	_ = s.upstream.Conn.Close()
+	client, upstream := s.peers()
+	_ = client.Conn.Close()
+	_ = upstream.Conn.Close()
+}
+
+// peers are the session's two connections (a move changes the upstream).
+func (s *session) peers() (client, upstream *wspipe.Peer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.client, s.upstream
 }
 
 // budget is the text budget as the pipe reading src sees it: its reserve,
@@ -211,7 +230,7 @@ func (s *session) ended() {
 		"closed_by", o.closedBy, "cause", o.cause,
 		"client_close", int(clientClose), "upstream_close", int(upstreamClose),
 		"dg_request_id", s.dgRequestID,
-		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries,
+		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "moves", s.moves,
 		"user", s.user,
 		"remote", s.remote}, tag...)...)
 	s.sendRecord(o, int(clientClose), int(upstreamClose))
@@ -273,8 +292,7 @@ func (s *session) runPipes() {
 	}()
 	up.Run()
 	<-done
-	_ = s.client.Conn.Close()
-	_ = s.upstream.Conn.Close()
+	s.kill()
 }
 
 // pipes makes the session's two pipes. Apart from runPipes, like the
@@ -293,15 +311,22 @@ func (s *session) pipes() (up, down *wspipe.Pipe) {
 		// The Settings alone is read, to be tagged.
 		upText = s.tagFirstSettings
 	}
-	if s.logsConversation() {
-		upText = s.loggedClientText(upText)
+	upOpt := wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)}
+	downOpt := wspipe.Options{MaxMessage: maxMsg, Text: s.upstreamText, Budget: s.budget(wspipe.Upstream), Scrub: s.tools.scrub.Short}
+	if s.cont != nil {
+		// Every client text message is read, for the record a move
+		// carries (continuation.go).
+		upOpt.Text, upOpt.Handover = s.clientText, s.cont.handover
+		downOpt.Move = s.moveUpstream
 	}
-	up = wspipe.New(s, s.client, s.upstream, &s.up, wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)})
+	if s.logsConversation() {
+		upOpt.Text = s.loggedClientText(upOpt.Text)
+	}
+	up = wspipe.New(s, s.client, s.upstream, &s.up, upOpt)
 	// Deepgram's words are scrubbed of the key and the policy's secrets
 	// before a client reads them: text, control payloads, close reasons.
 	// Binary messages are audio, relayed as they came.
-	down = wspipe.New(s, s.upstream, s.client, &s.down, wspipe.Options{MaxMessage: maxMsg,
-		Text: s.upstreamText, Budget: s.budget(wspipe.Upstream), Scrub: s.tools.scrub.Short})
+	down = wspipe.New(s, s.upstream, s.client, &s.down, downOpt)
 	return up, down
 }
 

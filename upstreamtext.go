@@ -16,13 +16,21 @@ import (
 func (s *session) upstreamText(msg []byte) wspipe.Verdict {
 	start := time.Now()
 	out := s.tools.scrub.Text(msg)
+	drop := false
 	if s.service == "agent" {
-		s.heard(message.Type(msg), msg)
+		kind := message.Type(msg)
+		// A warning or Error the relay answers by moving the session
+		// (continuation.go) is not the client's: its call goes on.
+		drop = s.cont != nil && s.cont.followUpstream(kind, msg, s)
+		s.heard(kind, msg)
 		if s.tools.records.logMessages {
 			s.logMessage(directionDown, out)
 		}
 	}
 	s.tools.records.metrics.textTime.Observe(time.Since(start).Seconds())
+	if drop {
+		return wspipe.Verdict{Drop: true}
+	}
 	return wspipe.Verdict{Out: out}
 }
 

@@ -109,6 +109,13 @@ func (w watchdog) watch(ctx context.Context, sessions *sessionSet, m *metrics, u
 				}
 				if o, ok := w.check(s, now); ok {
 					go s.end(o)
+					continue
+				}
+				if s.cont != nil && s.cont.quietFor(now, s.down.Messages.Load()) {
+					// Deepgram asked for a move and the call is
+					// quiet: the pipe reading it is woken to make it.
+					s.cont.woken.Store(true)
+					s.wakeUpstreamReader()
 				}
 			}
 			if now.Sub(lastForget) >= time.Minute {

@@ -3,6 +3,7 @@ package fakedeepgram
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 
 	"github.com/coder/websocket"
@@ -269,6 +270,50 @@ func checkSettings(msg map[string]json.RawMessage) string {
 	for _, k := range []string{"think", "speak"} {
 		if v, ok := fields[k]; ok && !objectOrArray(v) {
 			return "agent." + k + " must be an object or an array."
+		}
+	}
+	if c, ok := fields["context"]; ok {
+		return checkContext(c)
+	}
+	return ""
+}
+
+// checkContext checks agent.context (AsyncAPI spec,
+// ...SettingsAgentOneOf0Context: messages, each a History in one of two
+// forms: type, role (user or assistant) and content; or type and
+// function_calls, each with id, name, client_side, arguments and response).
+func checkContext(c json.RawMessage) string {
+	var ctx struct {
+		Messages []map[string]json.RawMessage `json:"messages"`
+	}
+	if json.Unmarshal(c, &ctx) != nil {
+		return "agent.context must be an object with a messages array."
+	}
+	for i, m := range ctx.Messages {
+		var typ, role, content string
+		_ = json.Unmarshal(m["type"], &typ)
+		_ = json.Unmarshal(m["role"], &role)
+		bad := fmt.Sprintf("agent.context.messages[%d] is not a History message.", i)
+		if typ != "History" {
+			return bad
+		}
+		if calls, ok := m["function_calls"]; ok {
+			var list []struct {
+				ID, Name, Arguments, Response *string
+				ClientSide                    *bool `json:"client_side"`
+			}
+			if json.Unmarshal(calls, &list) != nil || len(list) == 0 {
+				return bad
+			}
+			for _, f := range list {
+				if f.ID == nil || f.Name == nil || f.Arguments == nil || f.Response == nil || f.ClientSide == nil {
+					return bad
+				}
+			}
+			continue
+		}
+		if (role != "user" && role != "assistant") || json.Unmarshal(m["content"], &content) != nil {
+			return bad
 		}
 	}
 	return ""

@@ -28,6 +28,7 @@ import (
 //	{"type":"Fake.Raw","hex":"8a00","vanish":true}     the same, then drop TCP, the FIN in the bytes' segment
 //	{"type":"Fake.Echo",...}                           send this message back whole, as text
 //	{"type":"Fake.Tell","message":{...}}               send message as a text message (a Deepgram event)
+//	{"type":"Fake.Fail","reason":"INTERNAL_SERVER_ERROR"}  a fatal agent Error with that code, then the close
 type Command struct {
 	Type       string          `json:"type"`
 	Code       int             `json:"code"`
@@ -65,6 +66,9 @@ func (ss *session) control(data []byte) (end *Closed, handled bool) {
 		return &e, true
 	case "Fake.Vanish":
 		return &Closed{Code: -1}, true
+	case "Fake.Fail":
+		e := ss.fatal(cmd.Reason, "The fake failed as told.")
+		return &e, true
 	case "Fake.Deaf":
 		// A backend that stopped reading: the relay's writes back up,
 		// and it gives up on them. Bounded, since what the relay sent

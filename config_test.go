@@ -30,8 +30,9 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	want.JWTLeeway = 30 * time.Second
 	want.MaxSessions, want.MaxSessionsPerUser, want.SessionRatePerMinute = 1000, 5, 30
-	want.MaxSessionDuration, want.IdleTimeout, want.WriteTimeout = 2*time.Hour, time.Minute, 10*time.Second
+	want.MaxSessionDuration, want.IdleTimeout, want.WriteTimeout = 4*time.Hour, time.Minute, 10*time.Second
 	want.ConversationIdleTimeout = 5 * time.Minute
+	want.UpstreamResume, want.ResumeHistoryBytes = true, 64<<10
 	want.UpstreamRetries, want.TrustProxyHeaders, want.RefusalWindow = 1, "off", 30*time.Second
 	want.RedisKeyPrefix, want.RedisTimeout, want.RedisFailure, want.UsageTag = "dgrelay:", 500*time.Millisecond, "local", "off"
 	want.ConversationLog = "off"

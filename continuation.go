@@ -52,10 +52,6 @@ const (
 
 // Bounds of the moves.
 const (
-	// maxMovesPerHour bounds one session's moves: past it, a connection
-	// that keeps failing ends the session (a client cannot make Deepgram
-	// fail on purpose, but Deepgram's trouble should not cost a dial loop).
-	maxMovesPerHour = 6
 	// moveHoldBytes bounds the client messages held during a move: 3 s of
 	// 16 kHz linear16 (2 s at 24 kHz). Past it whole messages are dropped,
 	// and counted.
@@ -69,9 +65,14 @@ const (
 // is how long after the warning a move waits for a quiet moment before it is
 // made anyway (Deepgram ends the session five minutes after the warning).
 // Variables so that tests can shorten them.
+//
+// maxMovesPerHour bounds one session's moves: past it, a connection that
+// keeps failing ends the session (Deepgram's trouble should not cost a dial
+// loop; a variable for the benchmark of many moves).
 var (
-	moveQuiet      = 1500 * time.Millisecond
-	moveForceAfter = 4 * time.Minute
+	maxMovesPerHour = 6
+	moveQuiet       = 1500 * time.Millisecond
+	moveForceAfter  = 4 * time.Minute
 )
 
 // continuation is an agent session's state for moving it.

@@ -35,7 +35,16 @@ type conversationRecord struct {
 	// sawHistory: Deepgram sends History (flags.history, on by default),
 	// so ConversationText, which says the same, is no longer recorded.
 	sawHistory bool
+	// tooBig: the Settings, with its updates, grew past
+	// maxRecordedSettings; the session cannot be carried.
+	tooBig bool
 }
+
+// maxRecordedSettings bounds the Settings a record keeps, updates included,
+// and the updates awaiting acknowledgement together: a Settings with a long
+// prompt and many functions is some tens of KiB, and every live agent
+// session keeps one. A session past it is not carried to a new connection.
+const maxRecordedSettings = 128 << 10
 
 // pendingUpdate is one Update message the client sent, as it went on.
 type pendingUpdate struct {
@@ -107,6 +116,10 @@ func (r *conversationRecord) sent(kind string, msg []byte) {
 	defer r.mu.Unlock()
 	switch {
 	case kind == "Settings" && r.settings == nil:
+		if len(msg) > maxRecordedSettings {
+			r.tooBig = true
+			return
+		}
 		r.settings = bytes.Clone(msg)
 		// The client's own prior turns (allowed by the policy, if any)
 		// start the record.
@@ -124,14 +137,28 @@ func (r *conversationRecord) sent(kind string, msg []byte) {
 				}
 			}
 		}
-	case updateAcks[kind] != "" && r.settings != nil && len(r.pending) < maxPendingUpdates:
+	case updateAcks[kind] != "" && r.settings != nil:
+		if len(r.pending) >= maxPendingUpdates || len(r.settings)+r.pendingBytes()+len(msg) > maxRecordedSettings {
+			// Deepgram may apply it; the record could not follow.
+			r.tooBig = true
+			return
+		}
 		r.pending = append(r.pending, pendingUpdate{ack: updateAcks[kind], msg: bytes.Clone(msg)})
 	}
 }
 
+// pendingBytes is what the updates awaiting acknowledgement hold.
+func (r *conversationRecord) pendingBytes() int {
+	n := 0
+	for _, u := range r.pending {
+		n += len(u.msg)
+	}
+	return n
+}
+
 // maxPendingUpdates bounds the updates awaiting Deepgram's acknowledgement: a
-// client that sends them faster than Deepgram answers has the rest left out
-// of the record (and a move replays the Settings without them).
+// client that sends them faster than Deepgram answers makes its session one
+// that cannot be carried.
 const maxPendingUpdates = 16
 
 // acknowledged lays the oldest update of ack's kind over the Settings, as
@@ -189,9 +216,12 @@ func (r *conversationRecord) acknowledged(ack string) {
 	case "ListenUpdated":
 		agent["listen"] = update["listen"]
 	}
-	if b, err := json.Marshal(settings); err == nil {
-		r.settings = b
+	b, err := json.Marshal(settings)
+	if err != nil || len(b) > maxRecordedSettings {
+		r.tooBig = true
+		return
 	}
+	r.settings = b
 }
 
 // heard records one turn Deepgram reported. History is the record once it
@@ -238,6 +268,9 @@ var errStoredAgent = errors.New("the agent is a stored configuration: no context
 func (r *conversationRecord) resumeSettings() ([]byte, int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.tooBig {
+		return nil, 0, errors.New("the Settings, with its updates, is too big to keep")
+	}
 	if r.settings == nil {
 		return nil, 0, errors.New("no Settings recorded")
 	}

@@ -43,7 +43,8 @@ func checkAudioFrame(b []byte, size int) (uint32, bool) {
 }
 
 // moveUnderAudio streams audio frames through a call (the fake echoes each)
-// and moves it with drop (a Fake control); it returns the gap the client
+// and moves it with drop (a Fake control; none: the call moves on its own);
+// it returns the gap the client
 // heard (its last echo before the move to its first after) and how many
 // frames were lost.
 func moveUnderAudio(t testing.TB, c *websocket.Conn, drop string) (gap time.Duration, lost int) {
@@ -64,15 +65,15 @@ func moveUnderAudio(t testing.TB, c *websocket.Conn, drop string) (gap time.Dura
 			if c.Write(ctx, websocket.MessageBinary, audioFrame(seq, size)) != nil {
 				return
 			}
-			if seq == 40 {
+			if seq == 40 && drop != "" {
 				_ = c.Write(ctx, websocket.MessageText, []byte(drop))
 			}
 		}
 	}()
 	var got []uint32
 	var lastBefore, firstAfter time.Time
-	moved := false
-	for len(got) < 200 || !moved {
+	moved, after := false, 0
+	for len(got) < 200 || after < 50 {
 		typ, data := read(t.(*testing.T), c)
 		if typ == websocket.MessageText {
 			var m struct{ Type, Code string }
@@ -90,9 +91,11 @@ func moveUnderAudio(t testing.TB, c *websocket.Conn, drop string) (gap time.Dura
 		if n := len(got); n > 0 && seq <= got[n-1] {
 			t.Fatalf("frame %d after %d", seq, got[n-1])
 		}
-		if moved && firstAfter.IsZero() {
-			firstAfter = time.Now()
-		} else if !moved {
+		if moved {
+			if after++; after == 1 {
+				firstAfter = time.Now()
+			}
+		} else {
 			lastBefore = time.Now()
 		}
 		got = append(got, seq)
@@ -122,6 +125,21 @@ func TestMoveUnderAudio(t *testing.T) {
 		}
 		c.Close(websocket.StatusNormalClosure, "")
 	}
+}
+
+// TestMoveForcedWhileAgentSpeaks: a move the warning asked for, made without
+// a quiet moment (Deepgram's audio never stops here), waits for the end of
+// the audio message it interrupts: no frame to the client is cut.
+func TestMoveForcedWhileAgentSpeaks(t *testing.T) {
+	shortMoves(t, time.Minute, 500*time.Millisecond)
+	h := newHarness(t, nil, fakedeepgram.Options{EchoAudio: true, MaxSession: 6 * time.Second, SessionWarning: 5 * time.Second})
+	c := startCall(t, h, minimalSettings)
+	gap, lost := moveUnderAudio(t, c, "")
+	t.Logf("forced move: gap %v, %d frames lost", gap, lost)
+	if lost != 0 {
+		t.Errorf("%d frames lost in a planned move", lost)
+	}
+	waitForLog(t, h.logs, `"reason":"session_length"`)
 }
 
 // TestUpstreamMoveGaps: moves of one call while its client streams audio (a

@@ -15,11 +15,11 @@ type pipePair struct {
 	s       *session
 }
 
-func newPipePair(b *testing.B, text TextFilter) *pipePair {
+func newPipePair(b *testing.B, text TextFilter, ho *Handover) *pipePair {
 	b.Helper()
 	in, clientSide := loopbackPair(b)
 	upstreamSide, out := loopbackPair(b)
-	opt := Options{MaxMessage: 1 << 20, Text: text, Budget: &testBudget{limit: 64 << 20}}
+	opt := Options{MaxMessage: 1 << 20, Text: text, Budget: &testBudget{limit: 64 << 20}, Handover: ho}
 	return &pipePair{in: in, out: out, s: startSession(NewPeer(clientSide, nil, Client), NewPeer(upstreamSide, nil, Upstream), opt)}
 }
 
@@ -33,22 +33,29 @@ func (p *pipePair) close() {
 // Deepgram's: the per-frame hot path, for -benchmem and -cpuprofile. The
 // filter variants run the same audio with a text filter in force (as under a
 // Settings policy): binary frames never reach it, so they cost the same.
+// The handover variant is an agent session that may move to a new Deepgram
+// connection (UPSTREAM_RESUME): a Handover in place, no move under way.
 func BenchmarkPipe(b *testing.B) {
 	filter := func(msg []byte) Verdict { return Verdict{Out: msg} }
 	for _, size := range []int{640, 8192, 64 << 10} {
 		for _, f := range []struct {
-			name string
-			text TextFilter
-		}{{"filter=off", nil}, {"filter=on", filter}} {
+			name     string
+			text     TextFilter
+			handover bool
+		}{{"filter=off", nil, false}, {"filter=on", filter, false}, {"filter=on,handover", filter, true}} {
 			b.Run(strconv.Itoa(size)+"B/"+f.name, func(b *testing.B) {
-				benchmarkPipe(b, size, f.text)
+				var ho *Handover
+				if f.handover {
+					ho = NewHandover(96 << 10)
+				}
+				benchmarkPipe(b, size, f.text, ho)
 			})
 		}
 	}
 }
 
-func benchmarkPipe(b *testing.B, size int, text TextFilter) {
-	p := newPipePair(b, text)
+func benchmarkPipe(b *testing.B, size int, text TextFilter, ho *Handover) {
+	p := newPipePair(b, text, ho)
 	defer p.close()
 	frame := AppendFrame(nil, OpBinary, make([]byte, size), true)
 	relay(b, p.in, p.out, frame)

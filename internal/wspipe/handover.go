@@ -20,6 +20,10 @@ import (
 //
 // In steady state this costs an atomic load per frame of the writing pipe.
 
+// moveWakeStep is how often a pipe woken for a move mid-message looks again
+// for the message's end.
+const moveWakeStep = 20 * time.Millisecond
+
 // Moved is what Options.Move gives a pipe whose upstream ended: the new peer
 // to read, and a text message for the client (written first), if any.
 type Moved struct {

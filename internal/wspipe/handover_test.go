@@ -3,6 +3,7 @@ package wspipe
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 )
@@ -191,4 +192,66 @@ func frameEnd(t *testing.T, stream []byte, k int) int {
 		}
 	}
 	return pos
+}
+
+// TestMoveWaitsForTheFrameItInterrupts: a pipe woken for a move (its source's
+// read deadline passed) while a frame to the client is half written reads
+// that frame to its end before it asks for the move, and then reads the new
+// peer: the client gets whole frames from both.
+func TestMoveWaitsForTheFrameItInterrupts(t *testing.T) {
+	clientEnd, clientSide := loopbackPair(t)     // the browser and the relay's side
+	upstreamSide, deepgramEnd := loopbackPair(t) // the relay's side and Deepgram
+	nextSide, nextEnd := loopbackPair(t)         // the new Deepgram connection
+	defer clientEnd.Close()
+	defer deepgramEnd.Close()
+	defer nextEnd.Close()
+	client, upstream := NewPeer(clientSide, nil, Client), NewPeer(upstreamSide, nil, Upstream)
+	asked := make(chan Ending, 1)
+	o := &testOwner{peers: []*Peer{client, upstream}}
+	var flow Flow
+	p := New(o, upstream, client, &flow, Options{MaxMessage: 1 << 20, Budget: &testBudget{limit: 1 << 20},
+		Move: func(e Ending) *Moved {
+			asked <- e
+			return &Moved{Peer: NewPeer(nextSide, nil, Upstream), Tell: []byte(`{"type":"Warning"}`)}
+		}})
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run() }()
+
+	frame := AppendFrame(nil, OpBinary, bytes.Repeat([]byte{7}, 4000), false)
+	if _, err := deepgramEnd.Write(frame[:1000]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	_ = upstreamSide.SetReadDeadline(time.Unix(1, 0)) // the owner wakes it
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case <-asked:
+		t.Fatal("the move was asked with a frame half written")
+	default:
+	}
+	if _, err := deepgramEnd.Write(frame[1000:]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-asked:
+		if e.Cause != Vanished {
+			t.Fatalf("asked with %+v", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the move was never asked")
+	}
+	next := AppendFrame(nil, OpText, []byte("from the new connection"), false)
+	if _, err := nextEnd.Write(next); err != nil {
+		t.Fatal(err)
+	}
+	tell := AppendFrame(nil, OpText, []byte(`{"type":"Warning"}`), false)
+	want := append(append(append([]byte(nil), frame...), tell...), next...)
+	got := make([]byte, len(want))
+	_ = clientEnd.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(clientEnd, got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the client got %d bytes (%v), not the whole frame, the notice and the new peer's message", len(got), err)
+	}
+	o.End(Ending{Cause: Closed, Src: Client, Code: 1000})
+	nextEnd.Close()
+	<-done
 }

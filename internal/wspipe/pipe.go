@@ -117,6 +117,14 @@ func (p *Pipe) readAgain(err error) bool {
 		}
 		return false
 	}
+	if isTimeout(err) && p.opt.Move != nil && !p.dropping && (p.midFrame() || p.dstMidMessage) {
+		// The owner woke the pipe for a move (the only read deadline
+		// but the session's end) while a message to dst is half
+		// written: it reads on to the message's end, waking now and
+		// then to look again.
+		_ = p.src.Conn.SetReadDeadline(time.Now().Add(moveWakeStep))
+		return true
+	}
 	// src is gone without a close frame.
 	if !p.dropping {
 		if p.move(Ending{Cause: Vanished, Src: p.src.Side}) {

@@ -124,8 +124,8 @@ type Config struct {
 	// UpstreamResume carries an agent session to a new Deepgram connection
 	// when its own ends (Deepgram's two-hour limit, a dropped connection, a
 	// transient Error), the client's socket staying open; off ends the
-	// session as Deepgram's connection ends (false).
-	UpstreamResume bool `env:"UPSTREAM_RESUME, default=true"`
+	// session as Deepgram's connection ends (off).
+	UpstreamResume onOff `env:"UPSTREAM_RESUME, default=on"`
 	// ResumeHistoryBytes bounds the conversation an agent session keeps to
 	// carry it to a new connection; the oldest turns go first.
 	ResumeHistoryBytes int `env:"RESUME_HISTORY_BYTES, default=65536"`

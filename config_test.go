@@ -32,7 +32,7 @@ func TestConfigDefaults(t *testing.T) {
 	want.MaxSessions, want.MaxSessionsPerUser, want.SessionRatePerMinute = 1000, 5, 30
 	want.MaxSessionDuration, want.IdleTimeout, want.WriteTimeout = 4*time.Hour, time.Minute, 10*time.Second
 	want.ConversationIdleTimeout = 5 * time.Minute
-	want.UpstreamResume, want.ResumeHistoryBytes = true, 64<<10
+	want.UpstreamResume, want.ResumeHistoryBytes = onOff(true), 64<<10
 	want.UpstreamRetries, want.TrustProxyHeaders, want.RefusalWindow = 1, "off", 30*time.Second
 	want.RedisKeyPrefix, want.RedisTimeout, want.RedisFailure, want.UsageTag = "dgrelay:", 500*time.Millisecond, "local", "off"
 	want.ConversationLog = "off"
@@ -60,6 +60,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		"REDIS_KEY_PREFIX":         "app{1}:",
 		"USAGE_TAG":                "sub",
 		"MAX_USER_SECONDS_PER_DAY": "-1",
+		"UPSTREAM_RESUME":          "maybe",
+		"RESUME_HISTORY_BYTES":     "8388608",
 	}
 	for name, value := range cases {
 		env := map[string]string{"DEEPGRAM_API_KEY": testAPIKey, "ALLOW_UNAUTHENTICATED": "true", name: value}

@@ -392,3 +392,19 @@ func (c *Config) idleWarning() string {
 	return fmt.Sprintf("IDLE_TIMEOUT=%s is under %s, the period of Deepgram's browser SDK KeepAlive: a user who is quiet (listening, thinking) will be cut off as idle",
 		c.IdleTimeout, keepAlivePeriod)
 }
+
+// onOff is a switch written on or off (true and false read the same).
+type onOff bool
+
+// EnvDecode reads an onOff (go-envconfig's Decoder).
+func (o *onOff) EnvDecode(v string) error {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "on", "true", "1":
+		*o = true
+	case "off", "false", "0":
+		*o = false
+	default:
+		return fmt.Errorf("%q is not on or off", v)
+	}
+	return nil
+}

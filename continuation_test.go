@@ -247,10 +247,10 @@ func TestMoveWaitsForPendingCall(t *testing.T) {
 	carried(t, h, "get_time", "noon")
 }
 
-// TestMoveOff: UPSTREAM_RESUME=false ends the call as Deepgram's connection
+// TestMoveOff: UPSTREAM_RESUME=off ends the call as Deepgram's connection
 // ends.
 func TestMoveOff(t *testing.T) {
-	h := newHarness(t, map[string]string{"UPSTREAM_RESUME": "false"}, fakedeepgram.Options{})
+	h := newHarness(t, map[string]string{"UPSTREAM_RESUME": "off"}, fakedeepgram.Options{})
 	c := startCall(t, h, minimalSettings)
 	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Vanish"}`))
 	expectClose(t, c, websocket.StatusBadGateway)

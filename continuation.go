@@ -56,8 +56,6 @@ const (
 	// 16 kHz linear16 (2 s at 24 kHz). Past it whole messages are dropped,
 	// and counted.
 	moveHoldBytes = 96 << 10
-	// maxPendingCalls bounds the client-side function calls tracked.
-	maxPendingCalls = 32
 )
 
 // moveQuiet is how long Deepgram must have sent nothing, with no call pending
@@ -90,7 +88,6 @@ type continuation struct {
 	// when none; guarded by mu with the rest.
 	mu             sync.Mutex
 	reason         string
-	pendingCalls   []string // ids of client-side calls not yet answered
 	userSpeaking   bool
 	lastHeard      time.Time
 	moveTimes      []time.Time // of the last hour's moves
@@ -124,8 +121,6 @@ func (c *continuation) followUpstream(kind []byte, msg []byte, s *session) (swal
 		c.setSpeaking(true)
 	case "AgentThinking", "AgentStartedSpeaking":
 		c.setSpeaking(false)
-	case "FunctionCallRequest":
-		c.calls(msg)
 	case "Warning", "Error":
 		var n struct{ Code string }
 		if json.Unmarshal(msg, &n) != nil || !c.applied.Load() {
@@ -163,62 +158,21 @@ func (c *continuation) setSpeaking(on bool) {
 	c.mu.Unlock()
 }
 
-// calls notes the client-side calls of a FunctionCallRequest (AsyncAPI spec,
-// AgentV1FunctionCallRequest: functions[] of id, name, arguments,
-// client_side): the client answers those, and a move waits for the answer.
-func (c *continuation) calls(msg []byte) {
-	var r struct {
-		Functions []struct {
-			ID         string `json:"id"`
-			ClientSide bool   `json:"client_side"`
-		} `json:"functions"`
-	}
-	if json.Unmarshal(msg, &r) != nil {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, f := range r.Functions {
-		if f.ClientSide && len(c.pendingCalls) < maxPendingCalls {
-			c.pendingCalls = append(c.pendingCalls, f.ID)
-		}
-	}
-}
-
-// answered drops a call the client's FunctionCallResponse answered.
-func (c *continuation) answered(msg []byte) {
-	var r struct {
-		ID string `json:"id"`
-	}
-	if json.Unmarshal(msg, &r) != nil {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, id := range c.pendingCalls {
-		if id == r.ID {
-			c.pendingCalls = append(c.pendingCalls[:i], c.pendingCalls[i+1:]...)
-			return
-		}
-	}
-}
-
 // followClient records what one client text message, as it goes on to
 // Deepgram, means for a move.
 func (c *continuation) followClient(msg []byte) {
 	switch kind := string(message.Type(msg)); kind {
 	case "Settings", "UpdatePrompt", "UpdateSpeak", "UpdateThink", "UpdateListen":
 		c.record.sent(kind, msg)
-	case "FunctionCallResponse":
-		c.answered(msg)
 	}
 }
 
 // quietFor reports whether a move asked by the warning may be made now:
 // Deepgram has sent nothing (its message count, downCount, unchanged) for
-// moveQuiet, no client-side call waits for its answer and the user is not
+// moveQuiet, no client-side call waits for its answer (callPending: the
+// answer would go to a connection that never asked) and the user is not
 // speaking; or the warning is old enough that it must be made anyway.
-func (c *continuation) quietFor(now time.Time, downCount int64) bool {
+func (c *continuation) quietFor(now time.Time, downCount int64, callPending bool) bool {
 	due := c.dueSince.Load()
 	if due == 0 || c.woken.Load() {
 		return false
@@ -235,7 +189,7 @@ func (c *continuation) quietFor(now time.Time, downCount int64) bool {
 	if c.lastHeard.After(quietSince) {
 		quietSince = c.lastHeard
 	}
-	return len(c.pendingCalls) == 0 && !c.userSpeaking && now.Sub(quietSince) >= moveQuiet
+	return !callPending && !c.userSpeaking && now.Sub(quietSince) >= moveQuiet
 }
 
 // reasonFor is why the end of a Deepgram connection, as the pipe saw it,
@@ -282,9 +236,6 @@ func (c *continuation) allowMove(now time.Time) bool {
 func (c *continuation) moved() {
 	c.mu.Lock()
 	c.reason, c.userSpeaking, c.lastDownChange = "", false, time.Time{}
-	// Calls asked on the old connection cannot be answered on the new
-	// one: Deepgram there did not ask them.
-	c.pendingCalls = c.pendingCalls[:0]
 	c.mu.Unlock()
 	c.dueSince.Store(0)
 	c.woken.Store(false)

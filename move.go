@@ -64,6 +64,9 @@ func (s *session) moveUpstream(e wspipe.Ending) *wspipe.Moved {
 	s.moves++
 	s.mu.Unlock()
 	c.moved()
+	// Calls asked on the old connection cannot be answered on the new
+	// one: Deepgram there did not ask them.
+	s.conversation.forget(func(string) bool { return true })
 	m.upstreamMoves.WithLabelValues(reason, "ok").Inc()
 	m.upstreamMoveGap.Observe(gap.Seconds())
 	s.log().Info("upstream moved", "session", s.id, "reason", reason, "ms", gap.Milliseconds(),

@@ -111,7 +111,7 @@ func (w watchdog) watch(ctx context.Context, sessions *sessionSet, m *metrics, u
 					go s.end(o)
 					continue
 				}
-				if s.cont != nil && s.cont.quietFor(now, s.down.Messages.Load()) {
+				if s.cont != nil && s.cont.quietFor(now, s.down.Messages.Load(), s.callPending()) {
 					// Deepgram asked for a move and the call is
 					// quiet: the pipe reading it is woken to make it.
 					s.cont.woken.Store(true)

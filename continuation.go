@@ -84,6 +84,9 @@ type continuation struct {
 	// woken is set once the watchdog has woken the pipe for it.
 	dueSince atomic.Int64
 	woken    atomic.Bool
+	// epoch counts the moves begun: what the client sends is recorded
+	// with the one it was sent in.
+	epoch atomic.Int64
 	// reason is a move Deepgram's last text asked for (an Error), ""
 	// when none; guarded by mu with the rest.
 	mu             sync.Mutex
@@ -163,7 +166,7 @@ func (c *continuation) setSpeaking(on bool) {
 func (c *continuation) followClient(msg []byte) {
 	switch kind := string(message.Type(msg)); kind {
 	case "Settings", "UpdatePrompt", "UpdateSpeak", "UpdateThink", "UpdateListen":
-		c.record.sent(kind, msg)
+		c.record.sent(kind, msg, int(c.epoch.Load()))
 	}
 }
 

@@ -255,3 +255,20 @@ func TestMoveOff(t *testing.T) {
 	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Vanish"}`))
 	expectClose(t, c, websocket.StatusBadGateway)
 }
+
+// TestMovesSpendTheUserRate: a move is a new session to Deepgram, so it
+// spends the user's SESSION_RATE_PER_MINUTE: a user's calls cannot move
+// faster than it may open them.
+func TestMovesSpendTheUserRate(t *testing.T) {
+	h := newHarness(t, map[string]string{"SESSION_RATE_PER_MINUTE": "2"}, fakedeepgram.Options{})
+	c := startCall(t, h, minimalSettings) // one of the two
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Vanish"}`))
+	untilContinued(t, c) // the second
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Vanish"}`))
+	m := expectType(t, c, "Error")
+	if m["code"] != "UPSTREAM_GONE" {
+		t.Fatalf("Error %v, want UPSTREAM_GONE", m)
+	}
+	expectClose(t, c, websocket.StatusBadGateway)
+	waitForLog(t, h.logs, "SESSION_RATE_PER_MINUTE")
+}

@@ -118,7 +118,7 @@ func newMetrics(version string) *metrics {
 			Name: "dgrelay_redis_fallback", Help: "1 while Redis cannot be reached: per-user limits count on this instance only (REDIS_FAILURE=local) or new sessions are refused (refuse).",
 		}),
 		upstreamMoves: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dgrelay_upstream_moves_total", Help: "Agent sessions carried to a new Deepgram connection, by why (session_length, upstream_error, dropped) and outcome (ok, failed, too_many).",
+			Name: "dgrelay_upstream_moves_total", Help: "Agent sessions carried to a new Deepgram connection, by why (session_length, upstream_error, dropped) and outcome (ok, failed, too_many, cancelled: the session ended during the move).",
 		}, []string{"reason", "outcome"}),
 		upstreamMoveGap: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "dgrelay_upstream_move_seconds", Help: "How long a move held the client's messages: from the old connection's end to the new one's SettingsApplied.",

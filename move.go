@@ -39,6 +39,8 @@ func (s *session) moveUpstream(e wspipe.Ending) *wspipe.Moved {
 		s.end(endMoveFailed.outcome(fmt.Sprintf("Deepgram's connection ended and the relay has moved this call %d times in the last hour", maxMovesPerHour)))
 		return nil
 	}
+	epoch := int(c.epoch.Add(1))
+	textDropped := c.handover.TextDropped.Load()
 	c.handover.Hold()
 	peer, requestID, turns, err := s.reconnect()
 	if err == nil {
@@ -53,6 +55,13 @@ func (s *session) moveUpstream(e wspipe.Ending) *wspipe.Moved {
 		if peer != nil {
 			_ = peer.Conn.Close()
 		}
+		if s.Closing() {
+			// The client left, or the drain ended the call: not a
+			// failure of the move's.
+			m.upstreamMoves.WithLabelValues(reason, "cancelled").Inc()
+			s.log().Info("upstream move cancelled: the session ended", "session", s.id, "reason", reason, "ms", gap.Milliseconds())
+			return nil
+		}
 		m.upstreamMoves.WithLabelValues(reason, "failed").Inc()
 		s.log().Info("upstream move failed", "session", s.id, "reason", reason, "ms", gap.Milliseconds(), "error", s.tools.redact(err.Error()))
 		s.end(endMoveFailed.outcome("Deepgram's connection ended and a new one could not take the call over"))
@@ -64,6 +73,7 @@ func (s *session) moveUpstream(e wspipe.Ending) *wspipe.Moved {
 	s.moves++
 	s.mu.Unlock()
 	c.moved()
+	c.record.moved(epoch, c.handover.TextDropped.Load() != textDropped)
 	// Calls asked on the old connection cannot be answered on the new
 	// one: Deepgram there did not ask them.
 	s.conversation.forget(func(string) bool { return true })
@@ -218,6 +228,9 @@ func (r *frameReader) fill() error {
 // redial dials Deepgram for a move of s, as open did: through its outage
 // gate (a known outage fails the move at once), cut short by the drain.
 func (rl *relay) redial(ctx context.Context, s *session) dialed {
+	if !rl.users.allowMove(s.identity, time.Now()) {
+		return dialed{failure: &upstreamFailure{end: refuseUserRate, description: "the user's calls moved faster than SESSION_RATE_PER_MINUTE lets it open them"}}
+	}
 	g := rl.outageFor(s.service).gate(time.Now(), s.identity)
 	if !g.ok {
 		return dialed{failure: &upstreamFailure{end: refuseUpstreamDown, description: "Deepgram is known to be unreachable"}}

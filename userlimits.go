@@ -146,3 +146,14 @@ func (ul *userLimits) forget(now time.Time) {
 // full reports whether l has refilled: forgetting an identity before then
 // would hand it a fresh budget.
 func full(l *rate.Limiter, now time.Time) bool { return l.TokensAt(now) >= float64(l.Burst()) }
+
+// allowMove takes one of identity's new-session rate for a move of one of
+// its calls to a new Deepgram connection: to Deepgram a move is a new
+// session, so a user's calls together move no faster than it may open
+// them. It reports false when the rate is spent.
+func (ul *userLimits) allowMove(identity string, now time.Time) bool {
+	ul.mu.Lock()
+	defer ul.mu.Unlock()
+	u := ul.users[identity]
+	return u == nil || u.limiter == nil || u.limiter.AllowN(now, 1)
+}

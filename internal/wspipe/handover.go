@@ -47,14 +47,21 @@ type Handover struct {
 	msgStart int
 	next     *Peer // the peer to write to, once Complete has run
 	// Dropped counts the messages a move cost: over the hold's limit, or
-	// begun toward the old peer.
-	Dropped atomic.Int64
+	// begun toward the old peer; TextDropped those of them that were
+	// text (a session's own messages, which it may need to know lost).
+	Dropped, TextDropped atomic.Int64
 	// Held counts the bytes held in the last move, for its log line.
 	Held atomic.Int64
 }
 
-// NewHandover is a Handover that holds at most limit bytes of messages.
+// NewHandover is a Handover that holds at most limit bytes of messages, and
+// text messages HoldTextExtra bytes past it: audio is what fills a hold, and
+// a text message (an update, a function's answer) matters more than a few
+// milliseconds of it.
 func NewHandover(limit int) *Handover { return &Handover{limit: limit} }
+
+// HoldTextExtra is how far past its limit a Handover holds text messages.
+const HoldTextExtra = 64 << 10
 
 // Hold starts a move: from its next message boundary the pipe holds what it
 // would write.
@@ -105,7 +112,7 @@ const (
 // handoverFrame is called, with a Handover, at the start of every frame: at a
 // message boundary (a data frame that is not a continuation) it decides
 // where the message goes. It returns false when the frame goes nowhere.
-func (p *Pipe) handoverFrame(messageStart bool) bool {
+func (p *Pipe) handoverFrame(messageStart, text bool) bool {
 	h := p.opt.Handover
 	if g := h.gen.Load(); g != p.hoGen {
 		// A move began or ended: the run so far goes where it was
@@ -137,6 +144,7 @@ func (p *Pipe) handoverFrame(messageStart bool) bool {
 			p.flush()
 			p.route = r
 		}
+		p.holdText = text
 		if r == toHold {
 			h.mu.Lock()
 			h.msgStart = len(h.held)
@@ -165,11 +173,18 @@ func (p *Pipe) holdWrite(b []byte) {
 		p.writeDst(b)
 		return
 	}
-	if len(h.held)+len(b) > h.limit {
+	limit := h.limit
+	if p.holdText {
+		limit += HoldTextExtra
+	}
+	if len(h.held)+len(b) > limit {
 		h.held = h.held[:h.msgStart]
 		h.mu.Unlock()
 		p.route = toNone
-		p.opt.Handover.Dropped.Add(1)
+		h.Dropped.Add(1)
+		if p.holdText {
+			h.TextDropped.Add(1)
+		}
 		return
 	}
 	h.held = append(h.held, b...)

@@ -58,6 +58,7 @@ type Pipe struct {
 	hoGen      uint32
 	holdStarts bool
 	route      route
+	holdText   bool // the current message is text
 	// With Options.Move (the pipe reading the upstream): the peer a move
 	// gave, switched to once the read that ended the old one returns.
 	moved *Moved

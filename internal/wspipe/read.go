@@ -123,7 +123,7 @@ func (p *Pipe) startFrame() error {
 	if p.opt.Handover != nil {
 		// A move may hold this frame, or drop it, or send it to a new
 		// peer; a broken dst is the old peer's, gone with it.
-		forward = p.handoverFrame(!p.inMessage) && !p.dropping && (!p.dstBroken || p.route == toHold)
+		forward = p.handoverFrame(!p.inMessage, h.Opcode == OpText) && !p.dropping && (!p.dstBroken || p.route == toHold)
 	}
 	switch h.Opcode {
 	case OpPing, OpPong, OpClose:
@@ -286,7 +286,7 @@ func (p *Pipe) filtered(msg []byte) bool {
 	if v.Drop {
 		return false
 	}
-	if p.opt.Handover != nil && (!p.handoverFrame(true) || (p.dstBroken && p.route != toHold)) {
+	if p.opt.Handover != nil && (!p.handoverFrame(true, true) || (p.dstBroken && p.route != toHold)) {
 		return false // the message goes nowhere: a move cut it
 	}
 	wb := textBuffers.Get().(*[]byte)

@@ -12,7 +12,7 @@ func (p *Pipe) closeDst() {
 	if p.opt.Handover != nil {
 		// A close may come between a message's frames: one cut by a
 		// move does not keep it from the new peer.
-		if p.handoverFrame(true); p.route == toNone {
+		if p.handoverFrame(true, false); p.route == toNone {
 			p.route = toDst
 		}
 	}

@@ -103,7 +103,8 @@ type browserAgentCall struct {
 // config plus a client-side function) reach Deepgram as sent, the microphone's
 // audio goes up and the agent's comes down, KeepAlive, UpdatePrompt,
 // InjectUserMessage and a client-side function call round trip work, and its
-// stop reaches Deepgram as a normal close.
+// stop reaches Deepgram as a normal close. Then its audio flows across a move
+// (e2e_move_test.go).
 func TestBrowserAgentThroughRelay(t *testing.T) {
 	chromium := requireTool(t, "chromium")
 	dir := filepath.Join("testdata", "e2e", "browseragent")
@@ -174,6 +175,7 @@ func TestBrowserAgentThroughRelay(t *testing.T) {
 			}
 		})
 	}
+	t.Run("audio across a move", func(t *testing.T) { browserAgentAudioAcrossMove(t, ctx, pageSrv.URL) })
 }
 
 // isSubsequence reports whether want appears in got in order, other items

@@ -22,6 +22,10 @@ const moveHandshakeTimeout = 10 * time.Second
 // the call goes on.
 const continuedCode = "SESSION_CONTINUED"
 
+// moveFailedDescription is the UPSTREAM_GONE Error's description when no new
+// Deepgram connection could take the call over.
+const moveFailedDescription = "Deepgram's connection ended and a new one could not take the call over"
+
 // moveUpstream is Options.Move of the pipe reading Deepgram: on its goroutine,
 // when the connection ended as e says, it carries the session to a new one
 // and returns it, or returns nil for the session to end. While it runs the
@@ -64,7 +68,7 @@ func (s *session) moveUpstream(e wspipe.Ending) *wspipe.Moved {
 		}
 		m.upstreamMoves.WithLabelValues(reason, "failed").Inc()
 		s.log().Info("upstream move failed", "session", s.id, "reason", reason, "ms", gap.Milliseconds(), "error", s.tools.redact(err.Error()))
-		s.end(endMoveFailed.outcome("Deepgram's connection ended and a new one could not take the call over"))
+		s.end(endMoveFailed.outcome(moveFailedDescription))
 		return nil
 	}
 	s.mu.Lock()

@@ -114,7 +114,9 @@ func browserAgentAudioAcrossMove(t *testing.T, ctx context.Context, pageURL stri
 		t.Fatalf("audio messages at the move %+v, at the end %+v: want them flowing before and after", got.AtMove, got.Counts)
 	}
 	expectOnce(t, "the page", got.Events, "open", "message Welcome", "message SettingsApplied")
-	if slices.ContainsFunc(got.Events, func(e string) bool { return strings.HasPrefix(e, "failure") || strings.HasPrefix(e, "close") && e != "close 1000" }) {
+	if slices.ContainsFunc(got.Events, func(e string) bool {
+		return strings.HasPrefix(e, "failure") || strings.HasPrefix(e, "close") && e != "close 1000"
+	}) {
 		t.Errorf("the page saw %q", got.Events)
 	}
 	waitForLog(t, h.logs, `"reason":"session_length"`)

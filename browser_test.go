@@ -93,9 +93,9 @@ func TestBrowser(t *testing.T) {
 	good := userToken(t, "browser-user")
 
 	// expectErrorThenClose: the page read exactly one Error frame, with
-	// errorCode and the close's reason as its description, and then,
+	// errorCode and description (the close's reason when ""), and then,
 	// with nothing between them, the close with code and reason.
-	expectErrorThenClose := func(t *testing.T, r sessionResult, code int, reason, errorCode string) {
+	expectErrorThenClose := func(t *testing.T, r sessionResult, code int, reason, errorCode, description string) {
 		t.Helper()
 		want := []string{"message Error " + errorCode, fmt.Sprintf("close %d", code)}
 		errorFrames := 0
@@ -110,8 +110,11 @@ func TestBrowser(t *testing.T) {
 		if r.CloseCode != code || r.CloseReason != reason {
 			t.Fatalf("close %d %q, want %d %q", r.CloseCode, r.CloseReason, code, reason)
 		}
-		if last := r.Texts[len(r.Texts)-1]; last["description"] != reason {
-			t.Fatalf("Error frame %v: its description is not the close's reason %q", last, reason)
+		if description == "" {
+			description = reason
+		}
+		if last := r.Texts[len(r.Texts)-1]; last["description"] != description {
+			t.Fatalf("Error frame %v: its description is not %q", last, description)
 		}
 	}
 
@@ -136,23 +139,64 @@ func TestBrowser(t *testing.T) {
 	})
 	t.Run("expired token", func(t *testing.T) {
 		r := run(t, ok, "token="+hs256(t, testJWTSecret, claims{sub: "u", exp: -time.Hour}), nil)
-		expectErrorThenClose(t, r, 4401, "token expired", "TOKEN_EXPIRED")
+		expectErrorThenClose(t, r, 4401, "token expired", "TOKEN_EXPIRED", "")
 		if len(r.Events) != 2 {
 			t.Fatalf("events %q: only the Error and the close", r.Events)
 		}
 	})
-	t.Run("upstream vanishes", func(t *testing.T) {
-		r := held(t, h.wsURL, "token="+good, `{"type":"Fake.Vanish"}`, nil)
-		expectErrorThenClose(t, r, 1014, "upstream went away", "UPSTREAM_GONE")
+	// stream runs the page's streamSession against wsURL with the query.
+	stream := func(t *testing.T, wsURL, query string, arg map[string]any) streamResult {
+		t.Helper()
+		arg["url"], arg["settings"], arg["frameBytes"], arg["intervalMs"] = wsURL+"?"+query, settings, 640, 20
+		navigate(t, ok)
+		start := time.Now()
+		res, err := chromedp.Run(ctx, chromedp.Evaluate[streamResult]("window.streamSession("+mustJSON(t, arg)+")", chromedp.EvalAwaitPromise))
+		if err != nil {
+			t.Fatalf("chromium: %v", err)
+		}
+		t.Logf("the page saw %q in %v; frames back: %d before the move, %d after, %d bad, %d lost",
+			res.Events, time.Since(start).Round(time.Millisecond), res.Before, res.After, res.Bad, res.Lost)
+		return res
+	}
+	t.Run("upstream vanishes: the call moves", func(t *testing.T) {
+		before := len(h.fake.Handshakes())
+		r := stream(t, h.wsURL, "token="+good, map[string]any{"trigger": `{"type":"Fake.Vanish"}`, "triggerAfter": 5, "after": 10})
+		expectStreamedAcrossMove(t, r, 10)
+		if n := len(h.fake.Handshakes()) - before; n != 2 {
+			t.Fatalf("%d connections to Deepgram, want the first and the move's", n)
+		}
+	})
+	t.Run("upstream vanishes: the move gives up", func(t *testing.T) {
+		// Once the call is up, Deepgram refuses every new connection: the
+		// move cannot take it over.
+		defer h.fake.SetOptions(fakedeepgram.Options{APIKey: testAPIKey, EchoAudio: true})
+		r := held(t, h.wsURL, "token="+good, "", func() {
+			h.fake.SetOptions(fakedeepgram.Options{APIKey: testAPIKey, EchoAudio: true, RejectStatus: 503})
+			evaluate(t, `window.sessionSocket.send('{"type":"Fake.Vanish"}'), ({})`)
+		})
+		t.Logf("the page saw %q", r.Events)
+		expectErrorThenClose(t, r, 1014, "upstream went away", "UPSTREAM_GONE", moveFailedDescription)
 		if r.Events[0] != "message Welcome" {
 			t.Fatalf("events %q: the session did not run first", r.Events)
 		}
+	})
+	t.Run("audio across a move", func(t *testing.T) {
+		// Deepgram's session-length warning a second in; never quiet
+		// (the audio is echoed), the call is moved anyway.
+		shortMoves(t, 100*time.Millisecond, moveSoonForce)
+		hm := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": pageHost}), moveSoon)
+		r := stream(t, hm.wsURL, "token="+good, map[string]any{"after": 25})
+		expectStreamedAcrossMove(t, r, 25)
+		if r.Lost != 0 {
+			t.Errorf("%d frames lost in a move Deepgram asked for", r.Lost)
+		}
+		waitForLog(t, hm.logs, `"reason":"session_length"`)
 	})
 	t.Run("drain", func(t *testing.T) {
 		// A relay of its own: a drained one takes no new sessions.
 		hd := newHarness(t, authEnv(map[string]string{"ALLOWED_ORIGINS": pageHost}), fakedeepgram.Options{APIKey: testAPIKey, EchoAudio: true})
 		r := held(t, hd.wsURL, "token="+good, "", func() { hd.relay.drain(50 * time.Millisecond) })
-		expectErrorThenClose(t, r, 1012, "service restart", "SERVICE_RESTART")
+		expectErrorThenClose(t, r, 1012, "service restart", "SERVICE_RESTART", "")
 		if r.Events[0] != "message Welcome" {
 			t.Fatalf("events %q: the session did not run first", r.Events)
 		}

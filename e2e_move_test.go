@@ -121,3 +121,26 @@ func browserAgentAudioAcrossMove(t *testing.T, ctx context.Context, pageURL stri
 	}
 	waitForLog(t, h.logs, `"reason":"session_length"`)
 }
+
+// streamResult is what the React component's stand-in page
+// (testdata/e2e/browser/page.html) reports of its streamSession.
+type streamResult struct {
+	// Events: the text messages, runs of audio ("audio 12") and the close.
+	Events []string
+	// Before and After count the frames back before and after the first
+	// move; Bad those not sent or out of order; Lost those that never
+	// came back; Moves the SESSION_CONTINUED Warnings.
+	Before, After, Bad, Lost, Moves int
+	CloseCode                       int
+}
+
+// expectStreamedAcrossMove: the page's audio came back before the move and
+// after frames after it, none bad; it saw one Welcome and one
+// SettingsApplied, no Error, and only its own close.
+func expectStreamedAcrossMove(t *testing.T, r streamResult, after int) {
+	t.Helper()
+	if r.Moves < 1 || r.Before == 0 || r.After < after || r.Bad != 0 || r.CloseCode != 1000 {
+		t.Fatalf("the page saw %q: want audio back before and after a move, none bad, and its own close 1000", r.Events)
+	}
+	expectOnce(t, "the page", r.Events, "message Welcome", "message SettingsApplied", "close 1000")
+}

@@ -21,8 +21,9 @@ import (
 // relay makes the move moveSoonForce after the warning anyway.
 
 // moveSoon is the fake Deepgram of these tests: audio echoed, the warning a
-// second after each connection opens.
-var moveSoon = fakedeepgram.Options{EchoAudio: true, MaxSession: 30 * time.Second, SessionWarning: 29 * time.Second}
+// second after each connection opens, and its end (Error, then a close) at
+// four seconds, so that a client whose call is not moved ends soon.
+var moveSoon = fakedeepgram.Options{EchoAudio: true, MaxSession: 4 * time.Second, SessionWarning: 3 * time.Second}
 
 // moveSoonForce is how long after the warning the relay moves a call that is
 // never quiet.

@@ -62,8 +62,9 @@ func runSDKAgentWith(t *testing.T, h *harness, mode, token string, env []string,
 		"USER_TOKEN="+token,
 		"SETTINGS="+sdkSettingsFile,
 		"MODE="+mode), env...)
-	var out bytes.Buffer
-	cmd.Stderr = &out
+	// stderr is the exec package's to write until Wait; printed is ours.
+	var stderr, printed bytes.Buffer
+	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +81,7 @@ func runSDKAgentWith(t *testing.T, h *harness, mode, token string, env []string,
 	lines.Buffer(nil, 1<<20)
 	for lines.Scan() {
 		last = lines.Text()
-		out.WriteString(last + "\n")
+		printed.WriteString(last + "\n")
 		if last == "applied" && atApplied != nil {
 			atApplied()
 			_, _ = stdin.Write([]byte("go\n"))
@@ -88,11 +89,11 @@ func runSDKAgentWith(t *testing.T, h *harness, mode, token string, env []string,
 	}
 	_ = stdin.Close()
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("the SDK client failed: %v\n%s\nrelay logs:\n%s", err, out.String(), h.logs.String())
+		t.Fatalf("the SDK client failed: %v\n%s%s\nrelay logs:\n%s", err, printed.String(), stderr.String(), h.logs.String())
 	}
 	var got sdkResult
 	if err := json.Unmarshal([]byte(last), &got); err != nil {
-		t.Fatalf("SDK output %q: %v", out.String(), err)
+		t.Fatalf("SDK output %q: %v", printed.String()+stderr.String(), err)
 	}
 	return got
 }

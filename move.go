@@ -157,7 +157,7 @@ func (s *session) reconnect() (*wspipe.Peer, string, int, error) {
 			return wspipe.NewPeer(conn, r.buf, wspipe.Upstream), requestID, turns, nil
 		case "Error":
 			_ = conn.Close()
-			return nil, "", 0, fmt.Errorf("Deepgram refused the carried Settings: %s", s.tools.scrub.Clean(string(msg)))
+			return nil, "", 0, fmt.Errorf("the carried Settings was refused by Deepgram: %s", s.tools.scrub.Clean(string(msg)))
 		}
 	}
 }
@@ -198,7 +198,7 @@ func (r *frameReader) next() (byte, []byte, error) {
 		r.buf = r.buf[n+int(h.Length):]
 		if h.IsControl() {
 			if h.Opcode == wspipe.OpClose {
-				return 0, nil, errors.New("Deepgram closed the new connection")
+				return 0, nil, errors.New("the new connection was closed by Deepgram")
 			}
 			continue
 		}

@@ -415,3 +415,21 @@ func newDialOptions(apiKey string) websocket.DialOptions {
 		CompressionMode: websocket.CompressionDisabled,
 	}
 }
+
+// redial dials Deepgram for a move of s, as open did: through its outage
+// gate (a known outage fails the move at once), cut short by the drain.
+func (rl *relay) redial(ctx context.Context, s *session) dialed {
+	if !rl.users.allowMove(s.identity, time.Now()) {
+		return dialed{failure: &upstreamFailure{end: refuseUserRate, description: "the user's calls moved faster than SESSION_RATE_PER_MINUTE lets it open them"}}
+	}
+	g := rl.outageFor(s.service).gate(time.Now(), s.identity)
+	if !g.ok {
+		return dialed{failure: &upstreamFailure{end: refuseUpstreamDown, description: "Deepgram is known to be unreachable"}}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(rl.dials, cancel)()
+	d := rl.dial(ctx, s.service, s.endpoint, s.forwarded, s.log().With("session", s.id), g)
+	rl.dialed(s, g, d)
+	return d
+}

@@ -90,15 +90,6 @@ func (s *session) moveUpstream(e wspipe.Ending) *wspipe.Moved {
 		"Deepgram's connection ended ("+reason+"); the relay carried the conversation to a new one")}
 }
 
-// wakeUpstreamReader makes the pipe reading Deepgram stop waiting, as if the
-// connection had ended: it then asks for a move.
-func (s *session) wakeUpstreamReader() {
-	s.mu.Lock()
-	up := s.upstream
-	s.mu.Unlock()
-	_ = up.Conn.SetReadDeadline(time.Unix(1, 0))
-}
-
 // reconnect dials Deepgram again for s, as the session was first dialled
 // (its URL and query), and does the agent's opening on the bare connection:
 // the session's Settings, with the conversation, goes out, and Welcome and
@@ -227,22 +218,4 @@ func (r *frameReader) fill() error {
 		return nil
 	}
 	return err
-}
-
-// redial dials Deepgram for a move of s, as open did: through its outage
-// gate (a known outage fails the move at once), cut short by the drain.
-func (rl *relay) redial(ctx context.Context, s *session) dialed {
-	if !rl.users.allowMove(s.identity, time.Now()) {
-		return dialed{failure: &upstreamFailure{end: refuseUserRate, description: "the user's calls moved faster than SESSION_RATE_PER_MINUTE lets it open them"}}
-	}
-	g := rl.outageFor(s.service).gate(time.Now(), s.identity)
-	if !g.ok {
-		return dialed{failure: &upstreamFailure{end: refuseUpstreamDown, description: "Deepgram is known to be unreachable"}}
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(rl.dials, cancel)()
-	d := rl.dial(ctx, s.service, s.endpoint, s.forwarded, s.log().With("session", s.id), g)
-	rl.dialed(s, g, d)
-	return d
 }

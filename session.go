@@ -182,6 +182,15 @@ func (s *session) peers() (client, upstream *wspipe.Peer) {
 	return s.client, s.upstream
 }
 
+// wakeUpstreamReader makes the pipe reading Deepgram stop waiting, as if the
+// connection had ended: it then asks for a move.
+func (s *session) wakeUpstreamReader() {
+	s.mu.Lock()
+	up := s.upstream
+	s.mu.Unlock()
+	_ = up.Conn.SetReadDeadline(time.Unix(1, 0))
+}
+
 // budget is the text budget as the pipe reading src sees it: its reserve,
 // src's pool and s's identity's share.
 func (s *session) budget(src wspipe.Side) wspipe.Budget {

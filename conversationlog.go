@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strings"
+	"time"
 
 	"dgrelay/internal/message"
 	"dgrelay/internal/scrub"
@@ -123,10 +124,17 @@ func redactCredentials(v any) bool {
 // loggedClientText is the client's text filter with CONVERSATION_LOG=on:
 // inner's verdict (the policy's, the usage tag's, or none), then a log line
 // for what goes on to Deepgram. Inner is asked no more once it says Last;
-// this filter never does, since every message is logged.
+// this filter never does, since every message is logged. Without a policy
+// (which bounds it already) the user's text is bounded as a policy bounds
+// it, clientTextRate after a burst of one message: the log's lines, and
+// what they cost in the operator's log store, are the client's to make.
 func (s *session) loggedClientText(inner wspipe.TextFilter) wspipe.TextFilter {
 	innerDone := inner == nil
 	return func(msg []byte) wspipe.Verdict {
+		if s.tools.policy == nil && !s.textRate.AllowN(time.Now(), len(msg)) {
+			s.end(endTextRate.outcome(""))
+			return wspipe.Verdict{Drop: true}
+		}
 		v := wspipe.Verdict{Out: msg}
 		if !innerDone {
 			v = inner(msg)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -381,4 +382,24 @@ func TestWebhookRetries(t *testing.T) {
 		t.Errorf("%d tries in all", n)
 	}
 	waitForLog(t, h.logs, `"reason":"gave_up"`)
+}
+
+// TestConversationLogTextRate: with the log on and no policy, a user's text
+// is bounded as under a policy: past a burst of one message and
+// clientTextRate, the session ends (1008) instead of filling the log store.
+func TestConversationLogTextRate(t *testing.T) {
+	h := newHarness(t, map[string]string{"CONVERSATION_LOG": "on", "MAX_MESSAGE_BYTES": "60000"}, fakedeepgram.Options{})
+	c := h.agentSession("service=agent")
+	msg := []byte(`{"type":"InjectAgentMessage","message":"` + strings.Repeat("x", 9000) + `"}`)
+	for i := 0; i < 12; i++ { // 108 kB at once: past the 60 kB burst
+		if err := c.Write(context.Background(), websocket.MessageText, msg); err != nil {
+			break
+		}
+	}
+	if ce := expectClose(t, c, websocket.StatusPolicyViolation); ce.Reason != "too much text" {
+		t.Fatalf("reason %q", ce.Reason)
+	}
+	if n := strings.Count(h.logs.String(), `"direction":"up","type":"InjectAgentMessage"`); n == 0 || n > 7 {
+		t.Errorf("%d lines logged past the bound", n)
+	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,4 +232,23 @@ func TestDocumentedVerifiers(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestWebhookRedirectNotFollowed: a receiver that redirects (307, to a
+// server of its choosing) is a refusal: the record goes nowhere else.
+func TestWebhookRedirectNotFollowed(t *testing.T) {
+	elsewhere := newReceiver(t)
+	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.srv.URL+"/stolen", http.StatusTemporaryRedirect)
+	}))
+	defer redirecting.Close()
+	h := newHarness(t, map[string]string{"CONVERSATION_WEBHOOK": redirecting.URL, "CONVERSATION_WEBHOOK_SECRET": testWebhookSecret}, fakedeepgram.Options{})
+	h.agentSession("service=agent").Close(websocket.StatusNormalClosure, "")
+	waitFor(t, func() bool {
+		return strings.Contains(scrapeHandler(t, h), `dgrelay_conversation_webhook_dropped_total{reason="rejected"} 1`)
+	})
+	if n := len(elsewhere.deliveries()); n != 0 {
+		t.Errorf("the redirect's target got %d records", n)
+	}
+	waitForLog(t, h.logs, `"last_error":"HTTP 307"`)
 }

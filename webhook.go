@@ -48,6 +48,10 @@ const (
 	// signatureHeader carries t=<unix seconds>,v1=<hex HMAC-SHA256 of
 	// "<t>.<body>"> keyed with CONVERSATION_WEBHOOK_SECRET.
 	signatureHeader = "Dgrelay-Signature"
+	// webhookDropMargin: deliveries still under way at the flush time are
+	// cancelled this long before it, so that their drops are counted and
+	// logged before the process, which exits at that time, is gone.
+	webhookDropMargin = 100 * time.Millisecond
 	// deliveryHeader is the session id: the same on every try of one
 	// record, so that a receiver can drop a repeat.
 	deliveryHeader = "Dgrelay-Delivery"
@@ -251,7 +255,7 @@ func (w *webhook) flushBy(t time.Time) {
 }
 
 // close takes no more records, lets those queued go on until the flush
-// time, then cancels the rest (each dropped and counted) and waits for
+// time (less webhookDropMargin), then cancels the rest (each dropped and counted) and waits for
 // their goroutines, which end at once.
 func (w *webhook) close() {
 	w.mu.Lock()
@@ -268,7 +272,7 @@ func (w *webhook) close() {
 		w.wg.Wait()
 		close(done)
 	}()
-	t := time.NewTimer(time.Until(flushAt))
+	t := time.NewTimer(time.Until(flushAt.Add(-webhookDropMargin)))
 	defer t.Stop()
 	select {
 	case <-done:

@@ -76,6 +76,9 @@ func (s *session) moveUpstream(e wspipe.Ending) *wspipe.Moved {
 	s.dgRequestID = requestID
 	s.moves++
 	s.mu.Unlock()
+	// Its lines carry the new connection's id from here on, its end line
+	// and record every connection's.
+	s.movedTo(requestID)
 	c.moved()
 	c.record.moved(epoch, c.handover.TextDropped.Load() != textDropped)
 	// Calls asked on the old connection cannot be answered on the new

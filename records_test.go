@@ -403,3 +403,48 @@ func TestConversationLogTextRate(t *testing.T) {
 		t.Errorf("%d lines logged past the bound", n)
 	}
 }
+
+// TestRequestIDsAcrossAMove: a call carried to a new Deepgram connection
+// (continuation.go) has one request_id per connection: the lines after the
+// move carry the new one, the end line and the record list both, and the
+// record's transcript holds the turns of both connections.
+func TestRequestIDsAcrossAMove(t *testing.T) {
+	r := newReceiver(t)
+	h := newHarness(t, webhookEnv(r), fakedeepgram.Options{})
+	c := startCall(t, h, minimalSettings)
+	say(t, c, "before")
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Vanish"}`))
+	untilContinued(t, c)
+	say(t, c, "after")
+	c.Close(websocket.StatusNormalClosure, "")
+	h.settled()
+	hs := h.fake.Handshakes()
+	if len(hs) != 2 {
+		t.Fatalf("%d connections to Deepgram", len(hs))
+	}
+	end := sessionEnd(t, h.logs.String())
+	ids, _ := end["request_ids"].([]any)
+	if len(ids) != 2 || end["request_id"] != ids[1] || ids[0] == ids[1] {
+		t.Fatalf("end line request_id %v, request_ids %v", end["request_id"], end["request_ids"])
+	}
+	waitFor(t, func() bool { return len(r.deliveries()) == 1 })
+	var rec sessionRecord
+	if err := json.Unmarshal(r.deliveries()[0].body, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.RequestIDs) != 2 || rec.RequestIDs[0] != ids[0] || rec.RequestIDs[1] != ids[1] || rec.RequestID != ids[1] {
+		t.Errorf("record request ids %q %q, end line %v", rec.RequestID, rec.RequestIDs, ids)
+	}
+	var said []string
+	for _, e := range rec.Transcript {
+		if e.Content != nil && e.Role == "user" {
+			said = append(said, *e.Content)
+		}
+	}
+	if strings.Join(said, ",") != "before,after" {
+		t.Errorf("the user said %v in the record", said)
+	}
+	if starts := logLines(t, h.logs.String(), "session start"); len(starts) != 1 {
+		t.Errorf("%d start lines for one call", len(starts))
+	}
+}

@@ -74,6 +74,15 @@ func (s *session) setRequestID(id string) {
 	}
 }
 
+// movedTo notes the request id of the Deepgram connection a move carried the
+// session to (its Welcome's, read by reconnect). Only the pipe from Deepgram
+// calls it, as it calls heard.
+func (s *session) movedTo(id string) {
+	if validRequestID(id) {
+		s.setRequestID(id)
+	}
+}
+
 // validRequestID: what a log line and a record take from Deepgram as a
 // request id: 1 to maxRequestIDBytes of letters, digits and - _ . :
 func validRequestID(id string) bool {

@@ -45,6 +45,13 @@ type transcriptCallRecord struct {
 // transcript is a session's conversation, from Deepgram's History messages,
 // or its ConversationText ones when History is off (Settings
 // flags.history: false). Only the pipe from Deepgram writes it.
+//
+// It is kept apart from the conversationRecord a move carries (record.go),
+// which would otherwise hold the same turns: that one exists only with
+// UPSTREAM_RESUME on, is bounded by what a new connection's Settings should
+// carry (RESUME_HISTORY_BYTES), and begins with the client's own
+// agent.context, turns not spoken in this session. With both on, a session
+// holds its turns twice, within both bounds.
 type transcript struct {
 	entries []transcriptEntry
 	sizes   []int // each entry's encoded size

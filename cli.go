@@ -54,9 +54,9 @@ func quoteArgument(a string) string {
 	return fmt.Sprintf("(%d characters, not shown)", len(a))
 }
 
-// variableHelp is one environment variable in --help.
+// variableHelp is one environment variable in --help: its name and default.
 type variableHelp struct {
-	name, def, meaning string
+	name, def string
 }
 
 // writeHelp prints every variable the Config struct reads, in its order,

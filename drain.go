@@ -16,6 +16,21 @@ const drainGrace = 650 * time.Millisecond
 // TestDrainBudget measures with a Redis and a webhook that never answer.
 const stopTail = 900 * time.Millisecond
 
+// stopLogMargin is kept, before the process must be gone, for the webhook's
+// close to count and log the records it drops.
+const stopLogMargin = 100 * time.Millisecond
+
+// shutdownBy is when, after the drain, the requests still in a handler and
+// the queued webhook records must be done: shutdownTimeout from now, and
+// stopLogMargin before stopBy at the latest.
+func shutdownBy(stopBy time.Time) time.Time {
+	t := time.Now().Add(shutdownTimeout)
+	if limit := stopBy.Add(-stopLogMargin); t.After(limit) {
+		t = limit
+	}
+	return t
+}
+
 // drain runs after the first shutdown signal. New upgrades get 503 from now
 // on; live sessions go on until they end or timeout passes. Then each client
 // gets 1012 (service restart) and its upstream a normal close; peers that do

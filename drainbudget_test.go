@@ -77,6 +77,11 @@ func TestDrainBudget(t *testing.T) {
 		if code != 0 || took > budget {
 			t.Errorf("REDIS_TIMEOUT=%s: exit %d after %s, want 0 within %s:\n%s", redisTimeout, code, took, budget, p.logs.String())
 		}
+		// The three records the dead webhook never took are counted and
+		// logged before the exit, hanging Redis or not.
+		if n := strings.Count(p.logs.String(), `"reason":"shutdown"`); n != 3 {
+			t.Errorf("REDIS_TIMEOUT=%s: %d records logged dropped at shutdown, want 3", redisTimeout, n)
+		}
 		if !strings.Contains(p.logs.String(), "drain deadline: closing sessions") {
 			t.Errorf("the sessions did not last to the drain's deadline:\n%s", p.logs.String())
 		}

@@ -166,10 +166,7 @@ func run(ctx context.Context, env envconfig.Lookuper, stdout io.Writer, sig <-ch
 	rl.drain(cfg.DrainTimeout)
 	// Session records still queued go on while the requests below finish,
 	// and no longer: the webhook never lengthens the shutdown.
-	tail := time.Now().Add(shutdownTimeout)
-	if tail.After(stopBy) {
-		tail = stopBy
-	}
+	tail := shutdownBy(stopBy)
 	rl.records.flushBy(tail)
 	// Requests still in a handler (a 503 being written, a probe) finish
 	// before the listener's connections close; sessions were the drain's.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strings"
+	"sync"
 	"time"
 
 	"dgrelay/internal/policy"
@@ -138,14 +139,18 @@ func (rl *relay) closeBy(deadline time.Time) {
 	rl.closing.Do(func() {
 		go func() {
 			defer close(rl.closed)
+			// The webhook's close, which counts and logs the records it
+			// drops at its flush time, waits for no Redis call.
+			var records sync.WaitGroup
+			records.Go(rl.records.close)
 			rl.stop()
 			<-rl.stopped
 			rl.background.Wait()
 			rl.redisAfter.close()
-			rl.records.close()
 			if rl.shared != nil {
 				rl.shared.Close()
 			}
+			records.Wait()
 		}()
 	})
 	if deadline.IsZero() {

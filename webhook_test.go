@@ -25,9 +25,9 @@ import (
 // TestDeadWebhookDelaysNothing: a receiver that takes connections and never
 // answers holds neither a session's end nor the shutdown: the session's line
 // comes at once, and the built relay, SIGTERMed with one call live, exits
-// within the drain's own bounds (DRAIN_TIMEOUT, 0.75 s for the closes, 1 s
-// for requests) although each POST could wait 10 s; the records it could
-// not deliver are counted.
+// within the drain's own bound (DRAIN_TIMEOUT and stopTail after it)
+// although each POST could wait 10 s; the records it could not deliver are
+// counted.
 func TestDeadWebhookDelaysNothing(t *testing.T) {
 	r := newReceiver(t)
 	r.hold = make(chan struct{})
@@ -63,9 +63,9 @@ func TestDeadWebhookDelaysNothing(t *testing.T) {
 	if code := p.waitExit(t, 10*time.Second); code != 0 {
 		t.Fatalf("exit %d:\n%s", code, p.logs.String())
 	}
-	// 1 s of drain, 0.75 s of grace, 1 s for requests (and records): the
+	// 1 s of drain, then stopTail for the closes, requests and records: the
 	// webhook adds nothing to the shutdown's bound.
-	if took := time.Since(signalled); took > 2750*time.Millisecond+500*time.Millisecond {
+	if took := time.Since(signalled); took > time.Second+stopTail+500*time.Millisecond {
 		t.Errorf("exit %s after SIGTERM", took)
 	}
 	if n := strings.Count(p.logs.String(), `"reason":"shutdown"`); n != 2 {

@@ -51,25 +51,6 @@ type conversation struct {
 	calls []string
 }
 
-// callPending reports whether a client-side function call Deepgram asked
-// for has not been answered yet, as far as Deepgram has reported: History
-// listing it with its response, or the agent's next words
-// (conversation.historyMessage, conversationText). While one is, the agent
-// waits for the client's FunctionCallResponse: the conversation idle timer
-// is paused, and a session must not be moved to another Deepgram
-// connection (the answer would go to a connection that never asked). Safe
-// from any goroutine.
-func (s *session) callPending() bool { return s.conversation.pending.Load() > 0 }
-
-// lastSpoke is when s's conversation last moved: speech reported, or a
-// pending call answered; the session's start before either.
-func (s *session) lastSpoke() time.Time {
-	if at := s.conversation.spoke.Load(); at != 0 {
-		return time.Unix(0, at)
-	}
-	return s.started
-}
-
 // spokeNow records speech reported now.
 func (c *conversation) spokeNow() { c.spoke.Store(time.Now().UnixNano()) }
 
@@ -171,18 +152,4 @@ func (c *conversation) forget(done func(id string) bool) {
 		c.pending.Store(int32(len(c.calls)))
 		c.spokeNow()
 	}
-}
-
-// conversationIdle reports whether s is an agent session in which nobody
-// has spoken for limit (0: off) at now, with no call pending. The watchdog
-// asks it each tick.
-func (s *session) conversationIdle(limit time.Duration, now time.Time) bool {
-	return limit > 0 && s.service == "agent" && !s.callPending() && now.Sub(s.lastSpoke()) >= limit
-}
-
-// conversationIdleOutcome is the ending of a session in which nobody spoke
-// for limit, saying so: the React component reads idle_timeout as an
-// expected ending, the app the description.
-func conversationIdleOutcome(limit time.Duration) outcome {
-	return endConversationIdle.outcome(endConversationIdle.client.reason + " for " + limit.String() + " (CONVERSATION_IDLE_TIMEOUT)")
 }

@@ -1,13 +1,9 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"reflect"
 	"strings"
 	"time"
-
-	"github.com/sethvargo/go-envconfig"
 )
 
 // Config is every setting dgrelay reads, all of it from the environment.
@@ -185,31 +181,24 @@ const (
 	usageTagUser       = "user"
 )
 
-// loadConfig reads the environment through lookup and checks every value, so
-// a bad deploy fails at start with the variable's name rather than at the
-// first call.
-func loadConfig(ctx context.Context, lookup envconfig.Lookuper) (*Config, error) {
-	var c Config
-	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: lookup}); err != nil {
-		return nil, fmt.Errorf("configuration: %s", withVariableName(err))
-	}
-	if err := c.validate(); err != nil {
-		return nil, fmt.Errorf("configuration: %w", err)
-	}
-	return &c, nil
-}
+// The CONVERSATION_LOG values.
+const (
+	conversationLogOn  = "on"
+	conversationLogOff = "off"
+)
 
-// withVariableName rewrites envconfig's "Field: problem" as "VARIABLE:
-// problem", since the operator sets variables, not Go fields.
-func withVariableName(err error) string {
-	field, rest, ok := strings.Cut(err.Error(), ":")
-	if !ok {
-		return err.Error()
+// onOff is a switch written on or off (true and false read the same).
+type onOff bool
+
+// EnvDecode reads an onOff (go-envconfig's Decoder).
+func (o *onOff) EnvDecode(v string) error {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "on", "true", "1":
+		*o = true
+	case "off", "false", "0":
+		*o = false
+	default:
+		return fmt.Errorf("%q is not on or off", v)
 	}
-	f, found := reflect.TypeFor[Config]().FieldByName(field)
-	if !found {
-		return err.Error()
-	}
-	name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
-	return name + ":" + rest
+	return nil
 }

@@ -106,8 +106,10 @@ func newContinuation(historyBytes int) *continuation {
 
 // followUpstream notes what one of Deepgram's text messages means for a move,
 // and reports whether the client must not see it: a warning or an Error that
-// a move answers.
-func (c *continuation) followUpstream(kind []byte, msg []byte, s *session) (swallow bool) {
+// a move answers. wakeReader makes the pipe reading Deepgram stop waiting
+// (the session's wakeUpstreamReader): passed in, so that the continuation
+// needs nothing of the session.
+func (c *continuation) followUpstream(kind []byte, msg []byte, wakeReader func()) (swallow bool) {
 	now := time.Now()
 	c.mu.Lock()
 	c.lastHeard = now
@@ -140,7 +142,7 @@ func (c *continuation) followUpstream(kind []byte, msg []byte, s *session) (swal
 			c.mu.Unlock()
 			// The connection is done: the pipe reading it is woken now
 			// rather than when Deepgram closes it.
-			s.wakeUpstreamReader()
+			wakeReader()
 			return true
 		}
 	}
@@ -242,25 +244,4 @@ func (c *continuation) moved() {
 	c.mu.Unlock()
 	c.dueSince.Store(0)
 	c.woken.Store(false)
-}
-
-// clientText is the client's text filter in a session that may move: the
-// policy's, or USAGE_TAG's for the first Settings, then the record.
-// Only the client's pipe calls it.
-func (s *session) clientText(msg []byte) wspipe.Verdict {
-	var v wspipe.Verdict
-	switch {
-	case s.tools.policy != nil:
-		v = s.policyFilter(msg)
-	case s.usageTag != "" && !s.cont.tagged:
-		v = s.tagFirstSettings(msg)
-		// The record reads on where the tag alone would not.
-		s.cont.tagged, v.Last = true, false
-	default:
-		v = wspipe.Verdict{Out: msg}
-	}
-	if !v.Drop && v.Refused == "" {
-		s.cont.followClient(v.Out)
-	}
-	return v
 }

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"dgrelay/internal/message"
 	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
@@ -210,41 +209,6 @@ func (s *session) endedSignal() <-chan struct{} {
 	return s.endedCh
 }
 
-// ended records a relayed session in the metrics and its log line.
-func (s *session) ended() {
-	o := s.result()
-	m := s.tools.metrics
-	s.flush(m)
-	m.sessionsTotal.WithLabelValues(s.service, o.cause).Inc()
-	m.sessionDuration.WithLabelValues(s.service).Observe(time.Since(s.started).Seconds())
-	// The codes are those written: a close the relay meant to send but
-	// could not (a peer gone, a write that timed out) counts as none.
-	up, down := &s.up, &s.down
-	clientClose, upstreamClose := websocket.StatusCode(down.CloseSent.Load()), websocket.StatusCode(up.CloseSent.Load())
-	m.closeCodes.WithLabelValues("client", codeLabel(clientClose)).Inc()
-	m.closeCodes.WithLabelValues("upstream", codeLabel(upstreamClose)).Inc()
-	var tag []any
-	if s.usageTag != "" {
-		tag = []any{"usage_tag", s.usageTag}
-	}
-	if len(s.notes.requestIDs) > 1 {
-		tag = append(tag, "request_ids", s.notes.requestIDs)
-	}
-	s.log().Info("session end", append([]any{
-		"session", s.id,
-		"service", s.service,
-		"duration_ms", time.Since(s.started).Milliseconds(),
-		"up_messages", up.Messages.Load(), "up_bytes", up.Bytes.Load(),
-		"down_messages", down.Messages.Load(), "down_bytes", down.Bytes.Load(),
-		"closed_by", o.closedBy, "cause", o.cause,
-		"client_close", int(clientClose), "upstream_close", int(upstreamClose),
-		"dg_request_id", s.dgRequestID,
-		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "moves", s.moves,
-		"user", s.user,
-		"remote", s.remote}, tag...)...)
-	s.sendRecord(o, int(clientClose), int(upstreamClose))
-}
-
 // timers is the watchdog's view of one session. Only the watchdog goroutine
 // touches it.
 type timers struct {
@@ -289,89 +253,6 @@ type flowReported struct {
 	messages, bytes int64
 }
 
-// runPipes relays both directions until each has finished, then closes both
-// connections: the two pipes of the session, one on the calling goroutine,
-// the other on its own. The first to end the session wakes the other.
-func (s *session) runPipes() {
-	up, down := s.pipes()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		down.Run()
-	}()
-	up.Run()
-	<-done
-	s.kill()
-}
-
-// pipes makes the session's two pipes. Apart from runPipes, like the
-// accounting in relay.started and finished, so that the frames an idle
-// session's goroutines wait under stay small: the GC gives a goroutine's
-// stack back only when little of it is in use.
-//
-//go:noinline
-func (s *session) pipes() (up, down *wspipe.Pipe) {
-	maxMsg := s.tools.cfg.MaxMessageBytes
-	var upText wspipe.TextFilter
-	switch {
-	case s.tools.policy != nil:
-		upText = s.policyFilter
-	case s.usageTag != "" && s.service == "agent":
-		// The Settings alone is read, to be tagged.
-		upText = s.tagFirstSettings
-	}
-	upOpt := wspipe.Options{MaxMessage: maxMsg, Text: upText, Budget: s.budget(wspipe.Client)}
-	downOpt := wspipe.Options{MaxMessage: maxMsg, Text: s.upstreamText, Budget: s.budget(wspipe.Upstream), Scrub: s.tools.scrub.Short}
-	if s.cont != nil {
-		// Every client text message is read, for the record a move
-		// carries (continuation.go).
-		upOpt.Text, upOpt.Handover = s.clientText, s.cont.handover
-		downOpt.Move = s.moveUpstream
-	}
-	if s.logsConversation() {
-		upOpt.Text = s.loggedClientText(upOpt.Text)
-	}
-	up = wspipe.New(s, s.client, s.upstream, &s.up, upOpt)
-	// Deepgram's words are scrubbed of the key and the policy's secrets
-	// before a client reads them: text, control payloads, close reasons.
-	// Binary messages are audio, relayed as they came.
-	down = wspipe.New(s, s.upstream, s.client, &s.down, downOpt)
-	return up, down
-}
-
-// policyFilter applies the Settings policy to a client text message and logs
-// what it stripped: paths only, never values.
-// Only the client's pipe calls it, so its count needs no lock.
-func (s *session) policyFilter(msg []byte) wspipe.Verdict {
-	if !s.textRate.AllowN(time.Now(), len(msg)) {
-		// Parsing is the one per-message cost a client can make large
-		// (a megabyte of small values costs some 35 times a megabyte of
-		// audio): past its rate the session ends.
-		s.end(endTextRate.outcome(""))
-		return wspipe.Verdict{Drop: true}
-	}
-	v := s.tools.policy.Check(msg, s.service)
-	if len(v.Stripped) > 0 {
-		s.tools.metrics.policyViolations.WithLabelValues("strip").Add(float64(len(v.Stripped)))
-		switch s.strippedLines++; {
-		case s.strippedLines <= maxStrippedLines:
-			s.log().Info("settings policy: stripped", "session", s.id, "user", s.user,
-				"paths", loggedPaths(v.Stripped, s.tools.redact), "paths_total", len(v.Stripped))
-		case s.strippedLines == maxStrippedLines+1:
-			s.log().Info("settings policy: stripped, and more this session; the metric counts them",
-				"session", s.id, "user", s.user)
-		}
-	}
-	if s.usageTag != "" && v.Settings != nil && !v.Drop && v.Refused == "" {
-		// After the policy: its set may pin tags, the relay's goes too.
-		addUsageTag(v.Settings, s.usageTag)
-		if out, err := message.Encode(v.Settings); err == nil {
-			v.Out = out
-		}
-	}
-	return wspipe.Verdict{Out: v.Out, Drop: v.Drop, Refused: v.Refused}
-}
-
 // settingsRefused ends a session whose message the policy refused: the client
 // is told in band why, then closed 1008; Deepgram received nothing of that
 // message and gets a normal close.
@@ -384,29 +265,35 @@ func (s *session) settingsRefused(why string) {
 	s.end(endSettingsRefused.outcome(why))
 }
 
-// tagFirstSettings is the client's text filter with USAGE_TAG=user and no
-// Settings policy: it reads the first text message only, which clients send
-// as the Settings, tags it, and asks for no more (every later message goes
-// on unread). A first message that is not one JSON object with a string
-// type, read one way only (as a policy reads, so that duplicate keys
-// cannot hide a tags list from the relay and show it to Deepgram), is
-// refused: SETTINGS_REFUSED. So is one that is not the Settings: passed
-// on, it would leave the Settings after it unread, untagged and free to
-// carry a tag of the relay's kind (Deepgram refuses such a session anyway:
-// NON_SETTINGS_MESSAGE_BEFORE_SETTINGS).
-func (s *session) tagFirstSettings(msg []byte) wspipe.Verdict {
-	m, typ, err := message.Parse(msg)
-	if err != nil {
-		return wspipe.Verdict{Refused: "message refused: " + err.Error(), Last: true}
+// callPending reports whether a client-side function call Deepgram asked
+// for has not been answered yet, as far as Deepgram has reported: History
+// listing it with its response, or the agent's next words
+// (conversation.historyMessage, conversationText). While one is, the agent
+// waits for the client's FunctionCallResponse: the conversation idle timer
+// is paused, and a session must not be moved to another Deepgram
+// connection (the answer would go to a connection that never asked). Safe
+// from any goroutine.
+func (s *session) callPending() bool { return s.conversation.pending.Load() > 0 }
+
+// lastSpoke is when s's conversation last moved: speech reported, or a
+// pending call answered; the session's start before either.
+func (s *session) lastSpoke() time.Time {
+	if at := s.conversation.spoke.Load(); at != 0 {
+		return time.Unix(0, at)
 	}
-	if typ != "Settings" {
-		return wspipe.Verdict{Refused: "message refused: the first message must be Settings", Last: true}
-	}
-	addUsageTag(m, s.usageTag)
-	out, err := message.Encode(m)
-	if err != nil {
-		// Only values the decoder made are in m: this cannot happen.
-		return wspipe.Verdict{Refused: "message could not be encoded", Last: true}
-	}
-	return wspipe.Verdict{Out: out, Last: true}
+	return s.started
+}
+
+// conversationIdle reports whether s is an agent session in which nobody
+// has spoken for limit (0: off) at now, with no call pending. The watchdog
+// asks it each tick.
+func (s *session) conversationIdle(limit time.Duration, now time.Time) bool {
+	return limit > 0 && s.service == "agent" && !s.callPending() && now.Sub(s.lastSpoke()) >= limit
+}
+
+// conversationIdleOutcome is the ending of a session in which nobody spoke
+// for limit, saying so: the React component reads idle_timeout as an
+// expected ending, the app the description.
+func conversationIdleOutcome(limit time.Duration) outcome {
+	return endConversationIdle.outcome(endConversationIdle.client.reason + " for " + limit.String() + " (CONVERSATION_IDLE_TIMEOUT)")
 }

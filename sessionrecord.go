@@ -2,42 +2,9 @@ package main
 
 import (
 	"encoding/json"
-	"log/slog"
-	"sync/atomic"
 	"time"
-)
 
-// recordNotes are what an agent session notes of its conversation: the
-// request ids Deepgram gave it, for its log lines, and with a webhook the
-// summary and transcript of its record. Only the pipe from Deepgram writes
-// it (heard); ended reads it once both pipes have stopped. logger alone is
-// read by both pipes.
-type recordNotes struct {
-	// logger is the session's logger with the current request_id, from
-	// the first Welcome on; nil before.
-	logger atomic.Pointer[slog.Logger]
-	// requestIDs are Welcome's request_id of each Deepgram connection
-	// the session has had, oldest first (at most maxRequestIDs).
-	requestIDs []string
-	// turns counts the user's statements (ConversationText, role user),
-	// functionCalls the calls Deepgram asked for (FunctionCallRequest),
-	// errorCodes the codes of Deepgram's Error messages (at most
-	// maxErrorCodes): the record's summary, kept with a webhook only.
-	turns, functionCalls int
-	errorCodes           []string
-	transcript           transcript
-}
-
-const (
-	// maxRequestIDs bounds a session's request ids: a call carried across
-	// Deepgram connections has one per connection.
-	maxRequestIDs = 32
-	// maxRequestIDBytes bounds one; Deepgram's are UUIDs (36 bytes).
-	maxRequestIDBytes = 128
-	// maxErrorCodes bounds the Error codes a record lists, and
-	// maxErrorCodeBytes each (Deepgram's are short upper-case words).
-	maxErrorCodes     = 32
-	maxErrorCodeBytes = 64
+	"github.com/coder/websocket"
 )
 
 // welcomed takes Deepgram's Welcome: its request_id is the key of the
@@ -187,13 +154,6 @@ func (s *session) recorded(kind string, msg []byte) {
 	}
 }
 
-// addErrorCode lists an Error code for the record, bounded.
-func (c *recordNotes) addErrorCode(code string) {
-	if len(c.errorCodes) < maxErrorCodes && code != "" {
-		c.errorCodes = append(c.errorCodes, cutText(code, maxErrorCodeBytes))
-	}
-}
-
 // sessionRecord is what the webhook receives at a session's end: the
 // summary issue 25 lists and the transcript (docs/conversation-records.md).
 type sessionRecord struct {
@@ -277,4 +237,39 @@ func (s *session) recordBody(o outcome, clientClose, upstreamClose int) (body []
 	// The key, the policy's secrets and the webhook's own are scrubbed
 	// from the whole record, however a message spelled them.
 	return s.tools.scrub.Text(body), true
+}
+
+// ended records a relayed session in the metrics and its log line.
+func (s *session) ended() {
+	o := s.result()
+	m := s.tools.metrics
+	s.flush(m)
+	m.sessionsTotal.WithLabelValues(s.service, o.cause).Inc()
+	m.sessionDuration.WithLabelValues(s.service).Observe(time.Since(s.started).Seconds())
+	// The codes are those written: a close the relay meant to send but
+	// could not (a peer gone, a write that timed out) counts as none.
+	up, down := &s.up, &s.down
+	clientClose, upstreamClose := websocket.StatusCode(down.CloseSent.Load()), websocket.StatusCode(up.CloseSent.Load())
+	m.closeCodes.WithLabelValues("client", codeLabel(clientClose)).Inc()
+	m.closeCodes.WithLabelValues("upstream", codeLabel(upstreamClose)).Inc()
+	var tag []any
+	if s.usageTag != "" {
+		tag = []any{"usage_tag", s.usageTag}
+	}
+	if len(s.notes.requestIDs) > 1 {
+		tag = append(tag, "request_ids", s.notes.requestIDs)
+	}
+	s.log().Info("session end", append([]any{
+		"session", s.id,
+		"service", s.service,
+		"duration_ms", time.Since(s.started).Milliseconds(),
+		"up_messages", up.Messages.Load(), "up_bytes", up.Bytes.Load(),
+		"down_messages", down.Messages.Load(), "down_bytes", down.Bytes.Load(),
+		"closed_by", o.closedBy, "cause", o.cause,
+		"client_close", int(clientClose), "upstream_close", int(upstreamClose),
+		"dg_request_id", s.dgRequestID,
+		"dial_ms", s.dialTime.Milliseconds(), "dial_tries", s.dialTries, "moves", s.moves,
+		"user", s.user,
+		"remote", s.remote}, tag...)...)
+	s.sendRecord(o, int(clientClose), int(upstreamClose))
 }

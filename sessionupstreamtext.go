@@ -21,7 +21,7 @@ func (s *session) upstreamText(msg []byte) wspipe.Verdict {
 		kind := message.Type(msg)
 		// A warning or Error the relay answers by moving the session
 		// (continuation.go) is not the client's: its call goes on.
-		drop = s.cont != nil && s.cont.followUpstream(kind, msg, s)
+		drop = s.cont != nil && s.cont.followUpstream(kind, msg, s.wakeUpstreamReader)
 		s.heard(kind, msg)
 		if s.tools.records.logMessages {
 			s.logMessage(directionDown, out)

@@ -202,3 +202,12 @@ func (o *onOff) EnvDecode(v string) error {
 	}
 	return nil
 }
+
+// anyAudience is the JWT_AUDIENCE that turns the audience check off on
+// purpose.
+const anyAudience = "*"
+
+// checksAudience reports whether tokens' aud is checked at all.
+func (c *Config) checksAudience() bool {
+	return len(c.JWTAudience) > 0 && c.JWTAudience[0] != anyAudience
+}

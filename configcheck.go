@@ -260,10 +260,6 @@ func (c *Config) checkProxyPath() error {
 	return nil
 }
 
-// anyAudience is the JWT_AUDIENCE that turns the audience check off on
-// purpose.
-const anyAudience = "*"
-
 // checkAudience trims JWT_AUDIENCE's entries and refuses an empty one, or
 // "*" among others. (newAuthenticator insists on an audience with JWKS_URL.)
 func (c *Config) checkAudience() error {
@@ -277,11 +273,6 @@ func (c *Config) checkAudience() error {
 		}
 	}
 	return nil
-}
-
-// checksAudience reports whether tokens' aud is checked at all.
-func (c *Config) checksAudience() bool {
-	return len(c.JWTAudience) > 0 && c.JWTAudience[0] != anyAudience
 }
 
 // authWarnings are the start-up warnings about a JWKS relay that accepts

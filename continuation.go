@@ -13,7 +13,7 @@ import (
 // A call outlives its Deepgram connection: when Deepgram ends an agent
 // session that the client has not ended, the relay dials Deepgram again,
 // gives it the session's Settings with the conversation so far, and goes on
-// relaying; the client's socket stays open (move.go does the move). This
+// relaying; the client's socket stays open (sessionmove.go does the move). This
 // file decides when.
 //
 // Deepgram's facts (docs voice-agent-errors-warnings; DESIGN §3):

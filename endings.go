@@ -83,7 +83,7 @@ var (
 	endClientGone = sessionEnding(ending{cause: "client_gone", closedBy: "client"})
 
 	// endMoveFailed: Deepgram's connection ended and the relay could not
-	// carry the call to a new one (move.go): UPSTREAM_GONE, as a drop
+	// carry the call to a new one (sessionmove.go): UPSTREAM_GONE, as a drop
 	// ends a session without continuation.
 	endMoveFailed = sessionEnding(ending{"move_failed", "upstream", answer{code: websocket.StatusBadGateway, reason: "upstream went away", errorCode: "UPSTREAM_GONE"}, answer{code: websocket.StatusNormalClosure, reason: "moving the call failed"}})
 

@@ -45,8 +45,8 @@ type metrics struct {
 	// every live session adds to them every second.
 	up, down directionCounters
 
-	// records are the conversation records' (records.go).
-	records *recordMetrics
+	// recordMetrics are the conversation records' (records.go).
+	recordMetrics *recordMetrics
 }
 
 // directionCounters are one direction's series of the traffic counters.
@@ -132,7 +132,7 @@ func newMetrics(version string) *metrics {
 		c.messages, c.bytes = m.messages.WithLabelValues(dir), m.bytes.WithLabelValues(dir)
 	}
 	build.Set(1)
-	m.records = newRecordMetrics(m.registry)
+	m.recordMetrics = newRecordMetrics(m.registry)
 	for _, service := range []string{"agent", "transcription"} {
 		m.upstreamDown.WithLabelValues(service).Set(0) // shown before any outage
 	}

@@ -50,7 +50,7 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 	if cfg.ConversationWebhookSecret != "" {
 		secrets = append(secrets, []byte(cfg.ConversationWebhookSecret))
 	}
-	records, err := newRecords(cfg, m.records, log)
+	records, err := newRecords(cfg, m.recordMetrics, log)
 	if err != nil {
 		if shared != nil {
 			shared.Close()

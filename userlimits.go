@@ -137,15 +137,15 @@ func (ul *userLimits) forget(now time.Time) {
 	ul.mu.Lock()
 	defer ul.mu.Unlock()
 	for id, u := range ul.users {
-		if u.sessions == 0 && (u.limiter == nil || full(u.limiter, now)) && full(u.textRate, now) && u.usedOn(now) == 0 {
+		if u.sessions == 0 && (u.limiter == nil || limiterFull(u.limiter, now)) && limiterFull(u.textRate, now) && u.usedOn(now) == 0 {
 			delete(ul.users, id)
 		}
 	}
 }
 
-// full reports whether l has refilled: forgetting an identity before then
+// limiterFull reports whether l has refilled: forgetting an identity before then
 // would hand it a fresh budget.
-func full(l *rate.Limiter, now time.Time) bool { return l.TokensAt(now) >= float64(l.Burst()) }
+func limiterFull(l *rate.Limiter, now time.Time) bool { return l.TokensAt(now) >= float64(l.Burst()) }
 
 // allowMove takes one of identity's new-session rate for a move of one of
 // its calls to a new Deepgram connection: to Deepgram a move is a new

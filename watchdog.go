@@ -63,10 +63,10 @@ func (w watchdog) check(s *session, now time.Time) (outcome, bool) {
 	}
 	// A write is stuck when it is in progress and its direction has not
 	// finished a message since the last tick.
-	if stalled(&t.downStuck, s.down.Writing.Load() && !downMoved, now) >= w.write {
+	if stalledFor(&t.downStuck, s.down.Writing.Load() && !downMoved, now) >= w.write {
 		return endSlowClient.outcome(""), true
 	}
-	if stalled(&t.upStuck, s.up.Writing.Load() && !upMoved, now) >= w.write {
+	if stalledFor(&t.upStuck, s.up.Writing.Load() && !upMoved, now) >= w.write {
 		return endSlowUpstream.outcome(""), true
 	}
 	if w.idle > 0 && now.Sub(t.lastChange) >= w.idle {
@@ -78,9 +78,9 @@ func (w watchdog) check(s *session, now time.Time) (outcome, bool) {
 	return outcome{}, false
 }
 
-// stalled tracks how long a condition has held, from the first tick it was
+// stalledFor tracks how long a condition has held, from the first tick it was
 // seen; it returns 0 while it does not hold.
-func stalled(since *time.Time, holds bool, now time.Time) time.Duration {
+func stalledFor(since *time.Time, holds bool, now time.Time) time.Duration {
 	if !holds {
 		*since = time.Time{}
 		return 0

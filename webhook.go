@@ -148,7 +148,7 @@ func (w *webhook) deliver(id string, body []byte) {
 		if err != nil {
 			why = w.errorWords(err)
 		}
-		wait := jitter(webhookBackoff[min(try, len(webhookBackoff)-1)])
+		wait := withJitter(webhookBackoff[min(try, len(webhookBackoff)-1)])
 		if time.Since(first)+wait > webhookRetryFor {
 			w.drop(id, dropGaveUp, try+1, why)
 			return
@@ -224,8 +224,8 @@ func retryStatus(status int) bool {
 		status == http.StatusTooManyRequests || status >= 500
 }
 
-// jitter is d, ±20%.
-func jitter(d time.Duration) time.Duration {
+// withJitter is d, ±20%.
+func withJitter(d time.Duration) time.Duration {
 	return d + time.Duration((rand.Float64()*0.4-0.2)*float64(d))
 }
 

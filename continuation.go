@@ -67,7 +67,11 @@ const (
 // maxMovesPerHour bounds one session's moves: past it, a connection that
 // keeps failing ends the session (Deepgram's trouble should not cost a dial
 // loop; a variable for the benchmark of many moves).
+//
+// moveSettle is how long a move the warning asked for relays the old
+// connection after the client's messages are held, before it leaves it.
 var (
+	moveSettle      = 150 * time.Millisecond
 	maxMovesPerHour = 6
 	moveQuiet       = 1500 * time.Millisecond
 	moveForceAfter  = 4 * time.Minute
@@ -87,6 +91,11 @@ type continuation struct {
 	// epoch counts the moves begun: what the client sends is recorded
 	// with the one it was sent in.
 	epoch atomic.Int64
+	// holding: a hold is under way, begun in move generation holdEpoch,
+	// when the Handover had dropped holdTextDropped text messages.
+	holding         bool
+	holdEpoch       int
+	holdTextDropped int64
 	// reason is a move Deepgram's last text asked for (an Error), ""
 	// when none; guarded by mu with the rest.
 	mu             sync.Mutex
@@ -97,6 +106,29 @@ type continuation struct {
 	tagged         bool        // the client's pipe only: USAGE_TAG's first Settings done
 	lastDownCount  int64       // the watchdog's: Deepgram's message count
 	lastDownChange time.Time
+}
+
+// hold starts holding the client's messages for a move, unless a hold is
+// under way (a move the warning asked for begins it early), and returns the
+// move's generation and how many text messages the Handover had dropped
+// before it.
+func (c *continuation) hold() (epoch int, textDropped int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.holding {
+		c.holding = true
+		c.holdEpoch = int(c.epoch.Add(1))
+		c.holdTextDropped = c.handover.TextDropped.Load()
+		c.handover.Hold()
+	}
+	return c.holdEpoch, c.holdTextDropped
+}
+
+// released ends a hold: the move completed or failed, or the session ended.
+func (c *continuation) released() {
+	c.mu.Lock()
+	c.holding = false
+	c.mu.Unlock()
 }
 
 // newContinuation is the state for one agent session.

@@ -116,6 +116,10 @@ func (s *session) end(o outcome) {
 	// A move may change the upstream: read under the lock.
 	peers := []*wspipe.Peer{s.client, s.upstream}
 	s.mu.Unlock()
+	if s.cont != nil {
+		// A hold would keep Deepgram's close from it.
+		s.cont.handover.Cancel()
+	}
 	for _, p := range peers {
 		// The write deadline bounds the closes and a write stuck on a
 		// peer that stopped reading; the past read deadline wakes the

@@ -43,9 +43,8 @@ func (s *session) moveUpstream(e wspipe.Ending) *wspipe.Moved {
 		s.end(endMoveFailed.outcome(fmt.Sprintf("Deepgram's connection ended and the relay has moved this call %d times in the last hour", maxMovesPerHour)))
 		return nil
 	}
-	epoch := int(c.epoch.Add(1))
-	textDropped := c.handover.TextDropped.Load()
-	c.handover.Hold()
+	epoch, textDropped := c.hold()
+	defer c.released()
 	peer, requestID, turns, err := s.reconnect()
 	if err == nil {
 		err = c.handover.Complete(peer, time.Now().Add(s.tools.cfg.WriteTimeout))

@@ -113,9 +113,14 @@ func (w watchdog) watch(ctx context.Context, sessions *sessionSet, m *metrics, u
 				}
 				if s.cont != nil && s.cont.quietFor(now, s.down.Messages.Load(), s.callPending()) {
 					// Deepgram asked for a move and the call is
-					// quiet: the pipe reading it is woken to make it.
+					// quiet: the client's messages are held from
+					// now, what Deepgram still says on the old
+					// connection (its answer to what it heard
+					// last) is relayed for moveSettle, and then the
+					// pipe reading it is woken to make the move.
 					s.cont.woken.Store(true)
-					s.wakeUpstreamReader()
+					s.cont.hold()
+					time.AfterFunc(moveSettle, s.wakeUpstreamReader)
 				}
 			}
 			if now.Sub(lastForget) >= time.Minute {

@@ -64,9 +64,13 @@ func NewHandover(limit int) *Handover { return &Handover{limit: limit} }
 const HoldTextExtra = 64 << 10
 
 // Hold starts a move: from its next message boundary the pipe holds what it
-// would write.
+// would write. A hold under way goes on.
 func (h *Handover) Hold() {
 	h.mu.Lock()
+	if h.holding {
+		h.mu.Unlock()
+		return
+	}
 	h.holding, h.held, h.msgStart = true, nil, 0
 	h.Held.Store(0)
 	h.gen.Add(1)

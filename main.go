@@ -16,10 +16,6 @@ import (
 	"github.com/sethvargo/go-envconfig"
 )
 
-// shutdownTimeout bounds, after the drain, the wait for requests still
-// in a handler; Cloud Run's SIGKILL comes 10 s after SIGTERM.
-const shutdownTimeout = time.Second
-
 func main() {
 	if code, exit := command(os.Args[1:], os.Stdout, os.Stderr); exit {
 		os.Exit(code)

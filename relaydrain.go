@@ -2,6 +2,10 @@ package main
 
 import "time"
 
+// shutdownTimeout bounds, after the drain, the wait for requests still
+// in a handler; Cloud Run's SIGKILL comes 10 s after SIGTERM.
+const shutdownTimeout = time.Second
+
 // drainGrace is how long, after the drain deadline, peers get to answer
 // the 1012 close before their connections are dropped: a round trip, with
 // room for a slow one.

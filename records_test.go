@@ -448,3 +448,19 @@ func TestRequestIDsAcrossAMove(t *testing.T) {
 		t.Errorf("%d start lines for one call", len(starts))
 	}
 }
+
+// TestRequestIDNeverCarriesTheKey: a request id that holds a secret (an
+// upstream that sent the key as its Welcome's request_id) goes into no log
+// attribute: log attributes are not scrubbed one by one. The harness fails
+// any test whose logs hold the key.
+func TestRequestIDNeverCarriesTheKey(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	c := h.agentSession("")
+	write(t, c, websocket.MessageText, []byte(`{"type":"Fake.Tell","message":{"type":"Welcome","request_id":"`+testAPIKey+`"}}`))
+	readUntil(t, c, "Welcome")
+	write(t, c, websocket.MessageText, []byte(`{"type":"InjectUserMessage","content":"hello"}`))
+	readUntil(t, c, "AgentAudioDone")
+	c.Close(websocket.StatusNormalClosure, "")
+	h.settled()
+	waitForLog(t, h.logs, `"message":"session end"`)
+}

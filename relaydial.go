@@ -244,7 +244,9 @@ func (rl *relay) dial(ctx context.Context, service string, up upstream, forwarde
 	d.took = time.Since(start)
 	rl.metrics.dialDuration.WithLabelValues(service, result).Observe(d.took.Seconds())
 	if resp != nil {
-		d.requestID = resp.Header.Get("dg-request-id")
+		if id := resp.Header.Get("dg-request-id"); rl.requestIDOK(id) {
+			d.requestID = id
+		}
 	}
 	switch {
 	case err == nil:

@@ -16,7 +16,7 @@ func (s *session) welcomed(msg []byte) {
 	var w struct {
 		RequestID string `json:"request_id"`
 	}
-	if json.Unmarshal(msg, &w) != nil || !validRequestID(w.RequestID) {
+	if json.Unmarshal(msg, &w) != nil || !s.tools.requestIDOK(w.RequestID) {
 		return
 	}
 	s.setRequestID(w.RequestID)
@@ -45,7 +45,7 @@ func (s *session) setRequestID(id string) {
 // session to (its Welcome's, read by reconnect). Only the pipe from Deepgram
 // calls it, as it calls heard.
 func (s *session) movedTo(id string) {
-	if validRequestID(id) {
+	if s.tools.requestIDOK(id) {
 		s.setRequestID(id)
 	}
 }

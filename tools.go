@@ -52,3 +52,13 @@ func (t *tools) redactError(err error) string {
 // quoted with Go's %q, so a " in a client's raw query stands there as \",
 // which is the query still: escapes are taken whole.
 var urlQuery = regexp.MustCompile(`\?(?:[^"\\\s]|\\.)*`)
+
+// requestIDOK says whether id, one of Deepgram's request ids (Welcome's, the
+// dg-request-id header), may go into log lines and records as it is: an id
+// of the expected characters and length (validRequestID) that the scrub
+// leaves alone. Log attributes are not scrubbed one by one, so an upstream
+// that sent the key as its request id would otherwise put it in every
+// later line of the session.
+func (t *tools) requestIDOK(id string) bool {
+	return validRequestID(id) && t.scrub.Clean(id) == id
+}

@@ -214,8 +214,8 @@ func functionSettings(history bool) string {
 }
 
 // TestConversationIdlePausedByCall: a client-side function call pending
-// pauses the timer (the app may take long to answer) and callPending says
-// so; once Deepgram reports the answer, by History or, with History off,
+// pauses the timer (the app may take long to answer, up to one period more)
+// and callPending says so; once Deepgram reports the answer, by History or, with History off,
 // by the agent's words, the timer counts again from then.
 func TestConversationIdlePausedByCall(t *testing.T) {
 	for _, history := range []bool{true, false} {
@@ -235,7 +235,9 @@ func TestConversationIdlePausedByCall(t *testing.T) {
 			}
 			s := onlySession(t, h)
 			waitFor(t, s.callPending)
-			quietFor(t, in, 4*limit)
+			// Past the limit, the pending call holds it (for one
+			// period more at most: TestConversationIdleCallPauseBounded).
+			quietFor(t, in, limit*3/2)
 			if !s.callPending() {
 				t.Fatal("callPending false before the answer")
 			}
@@ -351,4 +353,25 @@ func FuzzConversation(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestConversationIdleCallPauseBounded: a client-side call never answered (an
+// app whose function handler died) pauses the timer for one period more, not
+// for ever: the call ends at twice CONVERSATION_IDLE_TIMEOUT of silence.
+func TestConversationIdleCallPauseBounded(t *testing.T) {
+	const limit = 400 * time.Millisecond
+	h := newHarness(t, map[string]string{"CONVERSATION_IDLE_TIMEOUT": limit.String()}, fakedeepgram.Options{})
+	c := h.dial("")
+	write(t, c, websocket.MessageText, []byte(functionSettings(true)))
+	in := collect(c)
+	nextOf(t, in, "SettingsApplied", 5*time.Second)
+	streamQuietly(t, c)
+	write(t, c, websocket.MessageText, []byte(`{"type":"InjectUserMessage","content":"call lookup"}`))
+	nextOf(t, in, "FunctionCallRequest", 5*time.Second)
+	asked := time.Now()
+	waitFor(t, onlySession(t, h).callPending)
+	at := expectConversationIdle(t, in, limit)
+	if took := at.Sub(asked); took < 2*limit-200*time.Millisecond || took > 2*limit+time.Second {
+		t.Errorf("ended %s after the call was asked, want about %s", took, 2*limit)
+	}
 }

@@ -464,3 +464,26 @@ func TestRequestIDNeverCarriesTheKey(t *testing.T) {
 	h.settled()
 	waitForLog(t, h.logs, `"message":"session end"`)
 }
+
+// FuzzCutEscaped: a logged text, cut, stays within its bound once JSON
+// escapes it, whatever bytes it holds (control bytes grow sixfold).
+func FuzzCutEscaped(f *testing.F) {
+	f.Add(strings.Repeat("\x01", 70000), 65536)
+	f.Add(strings.Repeat("a", 70000), 65536)
+	f.Add(strings.Repeat("<\"\u2028é", 20000), 1000)
+	f.Add("", 10)
+	f.Fuzz(func(t *testing.T, s string, limit int) {
+		if limit < 8 || limit > 1<<20 {
+			return
+		}
+		s = strings.ToValidUTF8(s, "\uFFFD")
+		cut := cutEscaped(s, limit)
+		b, _ := json.Marshal(cut)
+		if len(b)-2 > limit {
+			t.Fatalf("cut to %d bytes, escaped %d, limit %d", len(cut), len(b)-2, limit)
+		}
+		if len(s) <= limit/6 && cut != s {
+			t.Fatalf("a short text was cut")
+		}
+	})
+}

@@ -292,7 +292,11 @@ func (s *session) lastSpoke() time.Time {
 // has spoken for limit (0: off) at now, with no call pending. The watchdog
 // asks it each tick.
 func (s *session) conversationIdle(limit time.Duration, now time.Time) bool {
-	return limit > 0 && s.service == "agent" && !s.callPending() && now.Sub(s.lastSpoke()) >= limit
+	// A pending client-side call pauses it for one period more at most:
+	// an app whose function handler died must not keep the call open to
+	// MAX_SESSION_DURATION.
+	quiet := now.Sub(s.lastSpoke())
+	return limit > 0 && s.service == "agent" && quiet >= limit && (!s.callPending() || quiet >= 2*limit)
 }
 
 // conversationIdleOutcome is the ending of a session in which nobody spoke

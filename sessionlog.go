@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"dgrelay/internal/message"
 	"dgrelay/internal/scrub"
@@ -43,7 +44,9 @@ func (s *session) logMessage(direction string, msg []byte) {
 		attrs = append(attrs, "body", json.RawMessage(body))
 	default:
 		// Too long, or not JSON: the text, cut at a rune boundary.
-		attrs = append(attrs, "body_text", strings.ToValidUTF8(cutText(string(body), conversationLogBytes), "\uFFFD"), "truncated", len(body) > conversationLogBytes)
+		text := strings.ToValidUTF8(string(body), "\uFFFD")
+		cut := cutEscaped(text, conversationLogBytes)
+		attrs = append(attrs, "body_text", cut, "truncated", len(cut) < len(text))
 	}
 	s.log().Info("conversation message", attrs...)
 }
@@ -151,4 +154,27 @@ func (s *session) loggedClientText(inner wspipe.TextFilter) wspipe.TextFilter {
 // an agent session).
 func (s *session) logsConversation() bool {
 	return s.tools.records.logMessages && s.service == "agent"
+}
+
+// cutEscaped cuts s, at a rune boundary and marked, so that it stays within
+// limit bytes once JSON escapes it: the log line holds it escaped, and a
+// text of control bytes grows sixfold in escaping (Cloud Logging refuses an
+// entry over 256 KiB).
+func cutEscaped(s string, limit int) string {
+	const mark = "…"
+	size := 0
+	for i, r := range s {
+		n := utf8.RuneLen(r)
+		switch {
+		case r == '"' || r == '\\' || r == '\n' || r == '\r' || r == '\t':
+			n = 2
+		case r < 0x20 || r == '<' || r == '>' || r == '&' || r == '\u2028' || r == '\u2029':
+			n = 6
+		}
+		if size+n > limit-len(mark) {
+			return s[:i] + mark
+		}
+		size += n
+	}
+	return s
 }

@@ -44,3 +44,18 @@ func (c *recordNotes) addErrorCode(code string) {
 		c.errorCodes = append(c.errorCodes, cutText(code, maxErrorCodeBytes))
 	}
 }
+
+// validRequestID: what a log line and a record take from Deepgram as a
+// request id: 1 to maxRequestIDBytes of letters, digits and - _ . :
+func validRequestID(id string) bool {
+	if id == "" || len(id) > maxRequestIDBytes {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return true
+}

@@ -50,21 +50,6 @@ func (s *session) movedTo(id string) {
 	}
 }
 
-// validRequestID: what a log line and a record take from Deepgram as a
-// request id: 1 to maxRequestIDBytes of letters, digits and - _ . :
-func validRequestID(id string) bool {
-	if id == "" || len(id) > maxRequestIDBytes {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
-			return false
-		}
-	}
-	return true
-}
-
 // requestID is the session's current request id: Welcome's, or before one
 // (and for transcription, which has none) the dg-request-id of the dial.
 func (s *session) requestID() string {

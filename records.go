@@ -12,13 +12,13 @@ import (
 // key as long as its hash (SHA-256), as JWT_SECRET must be.
 const minWebhookSecretBytes = 32
 
-// records are what the relay keeps of conversations beyond its own session
-// line: Deepgram's latencies (always, as metrics), and when the operator
-// asks for them (personal data, off by default) a log line per non-audio
-// message (CONVERSATION_LOG) and a signed summary with the transcript to a
-// webhook at each session's end (CONVERSATION_WEBHOOK). Shared by every
-// session, through its tools.
-type records struct {
+// recordKeeper keeps what the relay records of conversations beyond its own
+// session line: Deepgram's latencies (always, as metrics), and when the
+// operator asks for them (personal data, off by default) a log line per
+// non-audio message (CONVERSATION_LOG) and a signed summary with the
+// transcript to a webhook at each session's end (CONVERSATION_WEBHOOK).
+// Shared by every session, through its tools.
+type recordKeeper struct {
 	// logMessages: CONVERSATION_LOG=on.
 	logMessages bool
 	// webhook is nil without CONVERSATION_WEBHOOK; sessions keep a
@@ -29,8 +29,8 @@ type records struct {
 
 // newRecords makes the records cfg asks for. The webhook's secret is in
 // cfg by now, from the environment or Secret Manager (loadWebhookSecret).
-func newRecords(cfg *Config, m *recordMetrics, log *slog.Logger) (*records, error) {
-	r := &records{logMessages: cfg.ConversationLog == conversationLogOn, metrics: m}
+func newRecords(cfg *Config, m *recordMetrics, log *slog.Logger) (*recordKeeper, error) {
+	r := &recordKeeper{logMessages: cfg.ConversationLog == conversationLogOn, metrics: m}
 	if cfg.ConversationWebhook == "" {
 		return r, nil
 	}
@@ -43,7 +43,7 @@ func newRecords(cfg *Config, m *recordMetrics, log *slog.Logger) (*records, erro
 }
 
 // flushBy gives deliveries still queued at shutdown until t (see close).
-func (r *records) flushBy(t time.Time) {
+func (r *recordKeeper) flushBy(t time.Time) {
 	if r.webhook != nil {
 		r.webhook.flushBy(t)
 	}
@@ -51,7 +51,7 @@ func (r *records) flushBy(t time.Time) {
 
 // close stops the webhook's deliveries: those still queued get until the
 // time flushBy gave (none without one), then are dropped and counted.
-func (r *records) close() {
+func (r *recordKeeper) close() {
 	if r.webhook != nil {
 		r.webhook.close()
 	}

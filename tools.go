@@ -19,7 +19,7 @@ type tools struct {
 	texts   *textBudget
 	// records are the latency metrics, the conversation log and the
 	// webhook (records.go).
-	records *records
+	records *recordKeeper
 }
 
 // logFor is the logger with trace, when there is one.

@@ -160,7 +160,7 @@ func TestUpstreamMoveGaps(t *testing.T) {
 	maxMovesPerHour = moves + 1
 	t.Cleanup(func() { maxMovesPerHour = old })
 	// Moves spend the user's session rate: off, for as many as asked.
-	h := newHarness(t, map[string]string{"LOG_LEVEL": "warn", "SESSION_RATE_PER_MINUTE": "0"}, fakedeepgram.Options{EchoAudio: true})
+	h := newHarness(t, map[string]string{"LOG_LEVEL": "warn", "SESSION_RATE_PER_MINUTE": "0", "MAX_SESSIONS_PER_USER": "0"}, fakedeepgram.Options{EchoAudio: true})
 	c := startCall(t, h, minimalSettings)
 	const size = 640
 	ctx, cancel := context.WithCancel(context.Background())

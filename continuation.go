@@ -198,9 +198,21 @@ func (c *continuation) setSpeaking(on bool) {
 // followClient records what one client text message, as it goes on to
 // Deepgram, means for a move.
 func (c *continuation) followClient(msg []byte) {
-	switch kind := string(message.Type(msg)); kind {
+	kind := message.Type(msg)
+	if kind == nil {
+		// A type written with escapes (Deepgram decodes them), or given
+		// twice: read as a parser reads it. One no parser agrees on
+		// leaves the record unsure of what Deepgram applied.
+		_, typ, err := message.Parse(msg)
+		if err != nil {
+			c.record.lose("a client message whose kind the relay could not read")
+			return
+		}
+		kind = []byte(typ)
+	}
+	switch k := string(kind); k {
 	case "Settings", "UpdatePrompt", "UpdateSpeak", "UpdateThink", "UpdateListen":
-		c.record.sent(kind, msg, int(c.epoch.Load()))
+		c.record.sent(k, msg, int(c.epoch.Load()))
 	}
 }
 

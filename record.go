@@ -216,6 +216,15 @@ func (r *conversationRecord) moved(epoch int, textDropped bool) {
 	}
 }
 
+// lose marks the record as one that cannot follow the session any more.
+func (r *conversationRecord) lose(why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lost == "" {
+		r.lost = why
+	}
+}
+
 // heard records one turn Deepgram reported. History is the record once it
 // has been seen; ConversationText stands in for it until then (a session
 // with flags.history off never sends History). The client's own prior turns

@@ -112,3 +112,20 @@ func TestRecordAcknowledgementIsCheap(t *testing.T) {
 		t.Fatalf("lost: %s", r.lost)
 	}
 }
+
+// TestRecordReadsEscapedKinds: a client message whose type is written with
+// escapes is what Deepgram reads it as (it decodes them), so the record
+// follows it; one no parser agrees on leaves the record unsure.
+func TestRecordReadsEscapedKinds(t *testing.T) {
+	c := newContinuation(1 << 16)
+	c.followClient([]byte(`{"type":"Settings","agent":{"think":{"prompt":"base"}}}`))
+	c.followClient([]byte(`{"type":"\u0055pdatePrompt","prompt":"ESCAPED"}`))
+	c.record.acknowledged("PromptUpdated")
+	if p := thinkOf(resumed(t, c.record))["prompt"]; p != "base\nESCAPED" {
+		t.Fatalf("prompt %q", p)
+	}
+	c.followClient([]byte(`{"type":"UpdatePrompt","type":"KeepAlive","prompt":"TWICE"}`))
+	if _, _, err := c.record.resumeSettings(); err == nil {
+		t.Fatal("a message with its type twice left the record trusted")
+	}
+}

@@ -296,7 +296,7 @@ func (s *session) conversationIdle(limit time.Duration, now time.Time) bool {
 	// an app whose function handler died must not keep the call open to
 	// MAX_SESSION_DURATION.
 	quiet := now.Sub(s.lastSpoke())
-	return limit > 0 && s.service == "agent" && quiet >= limit && (!s.callPending() || quiet >= 2*limit)
+	return limit > 0 && s.service == "agent" && quiet >= limit && (!s.callPending() || quiet-limit >= limit)
 }
 
 // conversationIdleOutcome is the ending of a session in which nobody spoke

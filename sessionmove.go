@@ -142,7 +142,7 @@ func (s *session) reconnect() (*wspipe.Peer, string, int, error) {
 			var w struct {
 				RequestID string `json:"request_id"`
 			}
-			if json.Unmarshal(msg, &w) == nil && w.RequestID != "" {
+			if json.Unmarshal(msg, &w) == nil && s.tools.requestIDOK(w.RequestID) {
 				requestID = w.RequestID
 			}
 		case "SettingsApplied":

@@ -207,6 +207,7 @@ type httpRefusal struct {
 	when       string // the words that name it in the answers table of docs/answers.md
 	status     int
 	retryAfter bool
+	header     map[string]string // sent with the status: what the client should offer instead
 	// repeats are the close codes of the in-band refusals whose repeats,
 	// within REFUSAL_WINDOW, get this status before the upgrade.
 	repeats []websocket.StatusCode
@@ -215,8 +216,8 @@ type httpRefusal struct {
 // The answers before the upgrade.
 var (
 	httpBadRoute      = httpRow(httpRefusal{when: "unknown `service`", status: http.StatusBadRequest})
-	httpBadHandshake  = httpRow(httpRefusal{when: "a WebSocket handshake `Accept` would refuse", status: http.StatusBadRequest})
-	httpNotWebSocket  = httpRow(httpRefusal{when: "plain HTTP (not an upgrade)", status: http.StatusUpgradeRequired})
+	httpBadHandshake  = httpRow(httpRefusal{when: "a WebSocket handshake `Accept` would refuse", status: http.StatusBadRequest, header: map[string]string{"Sec-WebSocket-Version": "13"}})
+	httpNotWebSocket  = httpRow(httpRefusal{when: "plain HTTP (not an upgrade)", status: http.StatusUpgradeRequired, header: map[string]string{"Connection": "Upgrade", "Upgrade": "websocket"}})
 	httpOrigin        = httpRow(httpRefusal{label: "origin", when: "`Origin` not allowed", status: http.StatusForbidden})
 	httpNoBearer      = httpRow(httpRefusal{when: "subprotocols offered, but not `bearer`", status: http.StatusBadRequest})
 	httpDraining      = httpRow(httpRefusal{label: "draining", when: "the relay is draining", status: http.StatusServiceUnavailable, retryAfter: true})

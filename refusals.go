@@ -35,22 +35,41 @@ const (
 	refusalRetryAfter = 10 * time.Second
 )
 
-// refusal is why a request is answered without a session: the row that
-// answers it and the label that names it in the refusal memory, the metrics
-// and the logs (the row's cause, or a token's failure under token_).
+// refusal is why a request is answered without a session, as one value that
+// relay.refuse answers: before the upgrade by an HTTP row of its own
+// (before), or in band by an ending's row (end) the first time and by that
+// row's HTTP status when who meets it again within REFUSAL_WINDOW. label
+// names it in the refusal memory, the metrics and the logs: the row's, or a
+// token's failure under token_.
 type refusal struct {
-	end   ending
-	label string
-	token *authFailure // the token's failure, counted by its kind; nil for any other refusal
+	before *httpRefusal // the answer before the upgrade; nil for an in-band refusal
+	detail string       // the body of an answer before the upgrade
+	end    ending       // the in-band answer
+	label  string
+	token  *authFailure // the token's failure, counted by its kind; nil for any other refusal
+	// who is what the refusal memory remembers (an identity, or an address
+	// and a credential's hash); retryAfter the wait a repeat is told.
+	who        string
+	retryAfter time.Duration
+	// logged are the log line's own fields (the origin and its fix).
+	logged []any
 }
 
-// refusedBy is the refusal by row e, under its cause.
-func refusedBy(e ending) refusal { return refusal{end: e, label: e.cause} }
+// refusedBefore is the answer h before the upgrade, with detail as its body.
+func refusedBefore(h httpRefusal, detail string) *refusal {
+	return &refusal{before: &h, detail: detail, label: h.label}
+}
+
+// refusedBy is the in-band refusal by row e, under its cause, of who, whose
+// repeats are told to retry after retryAfter.
+func refusedBy(e ending, who string, retryAfter time.Duration) *refusal {
+	return &refusal{end: e, label: e.cause, who: who, retryAfter: retryAfter}
+}
 
 // tokenRefused is the refusal of a token that failed as f says: f's row,
-// under token_ and its kind.
-func tokenRefused(f *authFailure) refusal {
-	return refusal{end: f.end, label: "token_" + f.label, token: f}
+// under token_ and its kind, remembered for who.
+func tokenRefused(f *authFailure, who string) *refusal {
+	return &refusal{end: f.end, label: "token_" + f.label, token: f, who: who, retryAfter: refusalRetryAfter}
 }
 
 // refusalMemory remembers recent refusals by who was refused and why. It is

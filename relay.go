@@ -276,41 +276,14 @@ func proxyPatterns(path string) []string {
 	return []string{bare, bare + "/{$}"}
 }
 
-// ServeHTTP is the WebSocket route. Its steps run in this order so that every
-// refusal that can be an HTTP status is one, and nothing is dialled upstream
-// for a request that will be refused: the request (handshake, route,
-// origin, token), admission, the dial, the client's upgrade, the session.
+// ServeHTTP is the WebSocket route: one straight path, every refusal to
+// one answer. admitRequest decides, refuse answers a request that does not
+// become a session, open connects one that does, and serve runs it.
 func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f := rl.read(r)
-	if rl.draining.Load() {
-		rl.refuseDraining(w, f)
-		return
-	}
-	if !rl.check(w, r, f) {
-		return
-	}
-	if fail := rl.identify(f); fail != nil {
-		rl.refuse(w, r, f, tokenRefused(fail), rl.credentialWho(f), refusalRetryAfter)
-		return
-	}
-	s := &session{tools: &rl.tools, facts: f, id: newSessionID(), started: time.Now()}
-
-	// Before admission: a session held by an outage must not spend its
-	// user's rate, or the user would be rate limited when Deepgram is back.
-	g := rl.outageFor(f.service).gate(s.started, f.identity)
-	if !g.ok {
-		rl.refuse(w, r, f, refusedBy(refuseUpstreamDown), f.identity, g.wait)
-		return
-	}
-	a, refused, draining := rl.admit(s)
-	switch {
-	case draining:
-		g.abandon()
-		rl.refuseDraining(w, f)
-		return
-	case a == nil:
-		g.abandon()
-		rl.refuse(w, r, f, refusedBy(refused), f.identity, retryAfterFor(refused, s.started))
+	s, a, g, rf := rl.admitRequest(r, f)
+	if rf != nil {
+		rl.refuse(w, r, f, rf)
 		return
 	}
 	if !rl.open(w, r, s, g) {
@@ -322,6 +295,44 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// which is a third of an idle session's memory.
 	go rl.serve(s, a)
 }
+
+// admitRequest decides whether r, whose facts are f, becomes a session. Its
+// steps run in this order so that every refusal that can be an HTTP status
+// is one, and nothing is dialled for a request that will be refused: the
+// drain, the request (handshake, route, origin, token), Deepgram's outage
+// gate, then the instance's and the user's limits. It returns the session
+// with its admission and its gate, or the refusal that answers r.
+func (rl *relay) admitRequest(r *http.Request, f *facts) (*session, *admission, gate, *refusal) {
+	if rl.draining.Load() {
+		return nil, nil, gate{}, refusedBefore(httpDraining, drainingDetail)
+	}
+	if rf := rl.check(r, f); rf != nil {
+		return nil, nil, gate{}, rf
+	}
+	if fail := rl.identify(f); fail != nil {
+		return nil, nil, gate{}, tokenRefused(fail, rl.credentialWho(f))
+	}
+	s := &session{tools: &rl.tools, facts: f, id: newSessionID(), started: time.Now()}
+	// Before admission: a session held by an outage must not spend its
+	// user's rate, or the user would be rate limited when Deepgram is back.
+	g := rl.outageFor(f.service).gate(s.started, f.identity)
+	if !g.ok {
+		return nil, nil, gate{}, refusedBy(refuseUpstreamDown, f.identity, g.wait)
+	}
+	a, refused, draining := rl.admit(s)
+	switch {
+	case draining:
+		g.abandon()
+		return nil, nil, gate{}, refusedBefore(httpDraining, drainingDetail)
+	case a == nil:
+		g.abandon()
+		return nil, nil, gate{}, refusedBy(refused, f.identity, retryAfterFor(refused, s.started))
+	}
+	return s, a, g, nil
+}
+
+// drainingDetail is the body of the answer to a request that meets the drain.
+const drainingDetail = "dgrelay is restarting; retry"
 
 // open connects s: Deepgram first, then the client's upgrade. It reports
 // whether both are up; when not, it has answered the client.
@@ -345,7 +356,7 @@ func (rl *relay) open(w http.ResponseWriter, r *http.Request, s *session, g gate
 		if d.conn != nil {
 			d.conn.CloseNow()
 		}
-		rl.refuseDraining(w, s.facts)
+		rl.refuse(w, r, s.facts, refusedBefore(httpDraining, drainingDetail))
 		return false
 	case d.failure != nil && d.failure.cancelled:
 		// The client left (net/http saw its end of the connection

@@ -18,18 +18,40 @@ import (
 // closeWriteTimeout bounds writing the in-band Error frame to a client.
 const closeWriteTimeout = 5 * time.Second
 
-// refuseDraining answers an upgrade that arrives during the drain: the
-// client should retry, and will land on another instance.
-func (rl *relay) refuseDraining(w http.ResponseWriter, f *facts) {
-	rl.metrics.refusals.WithLabelValues(httpDraining.label).Inc()
-	rl.logFor(f.trace).Info("session refused", "refusal", httpDraining.label,
-		"status", httpDraining.status, "remote", f.remote)
-	if httpDraining.retryAfter {
+// refuse answers a request that does not become a session, as rf says:
+// with its HTTP status when rf is answered before the upgrade; else in band
+// the first time (refuseUpgraded: upgrade, Error frame, close, a log line),
+// and with its row's HTTP status and Retry-After when rf.who met the same
+// refusal within the window.
+func (rl *relay) refuse(w http.ResponseWriter, r *http.Request, f *facts, rf *refusal) {
+	switch {
+	case rf.before != nil:
+		rl.refuseBefore(w, f, rf)
+	case rl.refused.repeat(rf.who, rf.label, time.Now()):
+		rl.refuseRepeated(w, rf.end, rf.label, rf.retryAfter)
+	default:
+		rl.refuseUpgraded(w, r, f, rf)
+	}
+}
+
+// refuseBefore answers rf before the upgrade with its row's status, headers
+// and body; a row with a label is counted and logged.
+func (rl *relay) refuseBefore(w http.ResponseWriter, f *facts, rf *refusal) {
+	h := rf.before
+	if h.label != "" {
+		rl.metrics.refusals.WithLabelValues(h.label).Inc()
+		attrs := append(append([]any{"refusal", h.label}, rf.logged...), "status", h.status, "remote", f.remote)
+		rl.logFor(f.trace).Info("session refused", attrs...)
+	}
+	for k, v := range h.header {
+		w.Header().Set(k, v)
+	}
+	if h.retryAfter {
 		w.Header().Set("Retry-After", "2")
 	}
-	http.Error(w, "dgrelay is restarting; retry", httpDraining.status)
-	// Sent now, not when the handler returns: the drain may end, and the
-	// process with it, as soon as this request gives its place back.
+	http.Error(w, rf.detail, h.status)
+	// Sent now, not when the handler returns: during the drain the process
+	// may end as soon as this request gives its place back.
 	_ = http.NewResponseController(w).Flush()
 }
 
@@ -37,7 +59,7 @@ func (rl *relay) refuseDraining(w http.ResponseWriter, f *facts) {
 // that must be a close code (a token, a user's limits, a full instance).
 // Nothing is dialled upstream. A token's failure counts by its kind, any
 // other refusal by its label.
-func (rl *relay) refuseUpgraded(w http.ResponseWriter, r *http.Request, f *facts, rf refusal) {
+func (rl *relay) refuseUpgraded(w http.ResponseWriter, r *http.Request, f *facts, rf *refusal) {
 	if rf.token != nil {
 		rl.metrics.authFailures.WithLabelValues(rf.token.label).Inc()
 	} else {
@@ -125,18 +147,6 @@ func (rl *relay) logRefusalSummary(now time.Time, period time.Duration) {
 	if restWho > 0 || evicted > 0 {
 		rl.log.Info("refusals repeated, the rest", "who", restWho, "repeats", restRepeats, "forgotten", evicted, "period_s", int(period.Seconds()))
 	}
-}
-
-// refuse answers a refused request: in band the first time (refuseUpgraded:
-// upgrade, Error frame, close, a log line), before the upgrade with its
-// row's HTTP status and Retry-After when who met the same refusal within
-// the window.
-func (rl *relay) refuse(w http.ResponseWriter, r *http.Request, f *facts, rf refusal, who string, retryAfter time.Duration) {
-	if !rl.refused.repeat(who, rf.label, time.Now()) {
-		rl.refuseUpgraded(w, r, f, rf)
-		return
-	}
-	rl.refuseRepeated(w, rf.end, rf.label, retryAfter)
 }
 
 // refuseRepeated answers a repeated refusal before the upgrade: e's HTTP

@@ -51,47 +51,41 @@ func (rl *relay) read(r *http.Request) *facts {
 
 // check reads what an upgrade request says of itself into f (a WebSocket
 // handshake the library would accept, the service, the origin, where the
-// token is) and answers it with an HTTP status when it fails.
-func (rl *relay) check(w http.ResponseWriter, r *http.Request, f *facts) bool {
+// token is) and returns the answer before the upgrade of the first thing
+// wrong, or nil. It writes nothing.
+func (rl *relay) check(r *http.Request, f *facts) *refusal {
 	if !isWebSocketUpgrade(r) {
-		w.Header().Set("Connection", "Upgrade")
-		w.Header().Set("Upgrade", "websocket")
-		http.Error(w, "this endpoint speaks WebSocket only", http.StatusUpgradeRequired)
-		return false
+		return refusedBefore(httpNotWebSocket, "this endpoint speaks WebSocket only")
 	}
 	if msg := badHandshake(r); msg != "" {
-		w.Header().Set("Sec-WebSocket-Version", "13")
-		http.Error(w, msg, http.StatusBadRequest)
-		return false
+		return refusedBefore(httpBadHandshake, msg)
 	}
 	byPath, _ := pathService(rl.cfg.ProxyPath, r.URL.Path)
 	service, forwarded, rerr := routeAt(byPath, r.URL.RawQuery)
 	if rerr != nil {
-		http.Error(w, rerr.msg, rerr.status)
-		return false
+		return refusedBefore(httpBadRoute, rerr.msg)
 	}
 	f.service, f.endpoint, f.forwarded = service, rl.agent, forwarded
 	if service == "transcription" {
 		f.endpoint = rl.listen
 	}
 	if !rl.origins.allowed(r) {
-		rl.metrics.refusals.WithLabelValues(httpOrigin.label).Inc()
 		// The origin is logged (bounded) with the entry that would allow
 		// it, so that a missing ALLOWED_ORIGINS entry is easy to fix; it is
 		// a page's address, not a secret. A browser does not show the body.
-		fix := rl.scrub.CleanTo(originFix(r.Header.Get("Origin")), errorDetailLimit)
-		rl.logFor(f.trace).Info("session refused", "refusal", httpOrigin.label, "origin", rl.redact(r.Header.Get("Origin")),
-			"fix", fix, "remote", f.remote)
-		http.Error(w, "origin not allowed: "+fix, httpOrigin.status)
-		return false
+		origin := r.Header.Get("Origin")
+		fix := originFix(origin)
+		fix = rl.scrub.CleanTo(fix, errorDetailLimit)
+		rf := refusedBefore(httpOrigin, "origin not allowed: "+fix)
+		rf.logged = []any{"origin", rl.redact(origin), "fix", fix}
+		return rf
 	}
 	token, err := tokenFrom(r)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return false
+		return refusedBefore(httpNoBearer, err.Error())
 	}
 	f.token = token
-	return true
+	return nil
 }
 
 // identify names who f is: the token's user, or the address when tokens are

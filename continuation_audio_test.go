@@ -42,33 +42,41 @@ func checkAudioFrame(b []byte, size int) (uint32, bool) {
 	return seq, true
 }
 
+// streamAudio writes c an audio frame of size bytes every 5 ms, numbered
+// from 1 as checkAudioFrame reads them, and each message of texts as it
+// comes, until ctx ends or a write fails.
+func streamAudio(ctx context.Context, c *websocket.Conn, size int, texts <-chan []byte) {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	seq := uint32(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case text := <-texts:
+			_ = c.Write(ctx, websocket.MessageText, text)
+		case <-tick.C:
+			seq++
+			if c.Write(ctx, websocket.MessageBinary, audioFrame(seq, size)) != nil {
+				return
+			}
+		}
+	}
+}
+
 // moveUnderAudio streams audio frames through a call (the fake echoes each)
-// and moves it with drop (a Fake control; none: the call moves on its own);
-// it returns the gap the client
-// heard (its last echo before the move to its first after) and how many
+// and moves it with drop (a Fake control, sent once 40 echoes are back;
+// none: the call moves on its own); it returns the gap the client heard (its last echo before the move to its first after) and how many
 // frames were lost.
 func moveUnderAudio(t testing.TB, c *websocket.Conn, drop string) (gap time.Duration, lost int) {
 	const size = 640 // 20 ms of 16 kHz linear16
 	ctx, cancel := context.WithCancel(context.Background())
+	texts := make(chan []byte, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		for seq := uint32(1); ; seq++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			if c.Write(ctx, websocket.MessageBinary, audioFrame(seq, size)) != nil {
-				return
-			}
-			if seq == 40 && drop != "" {
-				_ = c.Write(ctx, websocket.MessageText, []byte(drop))
-			}
-		}
+		streamAudio(ctx, c, size, texts)
 	}()
 	var got []uint32
 	var lastBefore, firstAfter time.Time
@@ -99,6 +107,9 @@ func moveUnderAudio(t testing.TB, c *websocket.Conn, drop string) (gap time.Dura
 			lastBefore = time.Now()
 		}
 		got = append(got, seq)
+		if len(got) == 40 && drop != "" {
+			texts <- []byte(drop)
+		}
 	}
 	cancel()
 	wg.Wait()
@@ -172,20 +183,7 @@ func TestUpstreamMoveGaps(t *testing.T) {
 	defer cancel()
 	go func() {
 		defer wg.Done()
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		for seq := uint32(1); ; seq++ {
-			select {
-			case <-ctx.Done():
-				return
-			case cmd := <-writes:
-				_ = c.Write(ctx, websocket.MessageText, cmd)
-			case <-tick.C:
-				if c.Write(ctx, websocket.MessageBinary, audioFrame(seq, size)) != nil {
-					return
-				}
-			}
-		}
+		streamAudio(ctx, c, size, writes)
 	}()
 	continued := make(chan time.Time, 1)
 	bad := make(chan string, 1)

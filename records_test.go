@@ -205,12 +205,12 @@ type receiver struct {
 	srv      *httptest.Server
 	mu       sync.Mutex
 	statuses []int
-	got      []delivery
+	got      []receivedPost
 	hold     chan struct{} // when set, each request waits on it
 }
 
-// delivery is one POST the receiver took.
-type delivery struct {
+// receivedPost is one POST the receiver took.
+type receivedPost struct {
 	header http.Header
 	body   []byte
 	status int
@@ -232,7 +232,7 @@ func newReceiver(t *testing.T, statuses ...int) *receiver {
 		if len(r.statuses) > 0 {
 			status, r.statuses = r.statuses[0], r.statuses[1:]
 		}
-		r.got = append(r.got, delivery{req.Header.Clone(), body, status})
+		r.got = append(r.got, receivedPost{req.Header.Clone(), body, status})
 		r.mu.Unlock()
 		w.WriteHeader(status)
 	}))
@@ -240,15 +240,15 @@ func newReceiver(t *testing.T, statuses ...int) *receiver {
 	return r
 }
 
-func (r *receiver) deliveries() []delivery {
+func (r *receiver) deliveries() []receivedPost {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]delivery(nil), r.got...)
+	return append([]receivedPost(nil), r.got...)
 }
 
 // verifySignature checks a delivery's Dgrelay-Signature as
 // docs/conversation-records.md tells receivers to.
-func verifySignature(t *testing.T, d delivery, secret string) {
+func verifySignature(t *testing.T, d receivedPost, secret string) {
 	t.Helper()
 	h := d.header.Get("Dgrelay-Signature")
 	var ts, v1 string

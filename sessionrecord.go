@@ -186,7 +186,7 @@ func (s *session) sendRecord(o outcome, clientClose, upstreamClose int) {
 		w.drop(s.id, dropTooBig, 0, "")
 		return
 	}
-	w.send(s.id, body)
+	w.send(s.id, s.identityKey, body)
 }
 
 // recordBody is the session's record, encoded and scrubbed; ok is false

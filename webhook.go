@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,6 +81,24 @@ type webhook struct {
 	queued  int
 	bytes   int
 	flushAt time.Time
+	// held are the queued deliveries of each identity, oldest first: when
+	// the queue is full, the identity that holds the most gives up its
+	// newest for another's record (send).
+	held map[string][]*delivery
+}
+
+// delivery is one record in the queue, of session id and of identity (its
+// key).
+type delivery struct {
+	id, identity string
+	body         []byte
+	// ctx ends the delivery: the webhook's, or cancel at its eviction.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// evicted and gone are under the webhook's mu: pushed out of a full
+	// queue for another identity's record (its drop counted by send), and
+	// its place given back.
+	evicted, gone bool
 }
 
 func newWebhook(target string, secret []byte, m *recordMetrics, log *slog.Logger) *webhook {
@@ -87,79 +106,161 @@ func newWebhook(target string, secret []byte, m *recordMetrics, log *slog.Logger
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = webhookSenders
 	return &webhook{url: target, secret: secret, m: m, log: log, ctx: ctx, cancel: cancel,
-		closing: make(chan struct{}), senders: make(chan struct{}, webhookSenders),
+		closing: make(chan struct{}), senders: make(chan struct{}, webhookSenders), held: make(map[string][]*delivery),
 		client: &http.Client{Transport: transport,
 			// A redirect is not followed: the record goes to the URL the
 			// operator set and nowhere else; a 3xx is a refusal.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
-// send queues body, the record of session id, for delivery; when the queue
-// is full or closed it is dropped and counted. It never blocks.
-func (w *webhook) send(id string, body []byte) {
+// send queues body, the record of session id whose identity's key is
+// identity, for delivery. It never blocks. When the queue is full, the
+// identity that holds the most records gives up its newest (its oldest are
+// the likeliest under way), as long as it holds more than identity would
+// with this one: while a receiver is down, the users who make the most
+// sessions (one account, or fifty, retrying for ever) lose their own
+// records first, not everyone's newest. A record that does not fit even
+// so, or that comes after close, is dropped and counted.
+func (w *webhook) send(id, identity string, body []byte) {
 	w.mu.Lock()
-	if w.closed || w.queued >= webhookQueueLen || w.bytes+len(body) > webhookQueueBytes {
-		reason := dropQueueFull
-		if w.closed {
-			reason = dropShutdown
-		}
+	if w.closed {
 		w.mu.Unlock()
-		w.drop(id, reason, 0, "")
+		w.drop(id, dropShutdown, 0, "")
 		return
 	}
-	w.queued++
-	w.bytes += len(body)
-	w.wg.Add(1)
+	var evicted []*delivery
+	for w.queued >= webhookQueueLen || w.bytes+len(body) > webhookQueueBytes {
+		victim := w.largestHolder(len(w.held[identity]) + 1)
+		if victim == nil {
+			break
+		}
+		victim.evicted = true
+		w.forget(victim)
+		evicted = append(evicted, victim)
+	}
+	full := w.queued >= webhookQueueLen || w.bytes+len(body) > webhookQueueBytes
+	var d *delivery
+	if !full {
+		d = &delivery{id: id, identity: identity, body: body}
+		d.ctx, d.cancel = context.WithCancel(w.ctx)
+		w.queued++
+		w.bytes += len(body)
+		w.held[identity] = append(w.held[identity], d)
+		w.wg.Add(1)
+	}
 	w.mu.Unlock()
+	for _, v := range evicted {
+		v.cancel()
+		w.drop(v.id, dropQueueFull, 0, "pushed out by another user's record")
+	}
+	if full {
+		w.drop(id, dropQueueFull, 0, "")
+		return
+	}
 	w.m.queued.Inc()
-	go w.deliver(id, body)
+	go w.deliver(d)
 }
 
-// deliver tries body until the receiver takes it, refuses it, or the retry
+// largestHolder is the newest delivery of the identity holding the most,
+// when it holds more than share; else nil. The webhook's mu is held.
+func (w *webhook) largestHolder(share int) *delivery {
+	var most []*delivery
+	for _, ds := range w.held {
+		if len(ds) > len(most) {
+			most = ds
+		}
+	}
+	if len(most) <= share {
+		return nil
+	}
+	return most[len(most)-1]
+}
+
+// forget gives d's place in the queue back, once. The webhook's mu is held.
+func (w *webhook) forget(d *delivery) {
+	if d.gone {
+		return
+	}
+	d.gone = true
+	w.queued--
+	w.bytes -= len(d.body)
+	ds := w.held[d.identity]
+	if i := slices.Index(ds, d); i >= 0 {
+		ds = slices.Delete(ds, i, i+1)
+	}
+	if len(ds) == 0 {
+		delete(w.held, d.identity)
+	} else {
+		w.held[d.identity] = ds
+	}
+	w.m.queued.Dec()
+}
+
+// ended reports whether d's context has ended, and counts a shutdown drop
+// of it unless send has counted its eviction.
+func (w *webhook) ended(d *delivery, tries int, why string) bool {
+	if d.ctx.Err() == nil {
+		return false
+	}
+	w.mu.Lock()
+	evicted := d.evicted
+	w.mu.Unlock()
+	if !evicted {
+		w.drop(d.id, dropShutdown, tries, why)
+	}
+	return true
+}
+
+// deliver tries d until the receiver takes it, refuses it, or the retry
 // time is up.
-func (w *webhook) deliver(id string, body []byte) {
+func (w *webhook) deliver(d *delivery) {
 	defer func() {
 		w.mu.Lock()
-		w.queued--
-		w.bytes -= len(body)
+		w.forget(d)
 		w.mu.Unlock()
-		w.m.queued.Dec()
+		d.cancel()
 		w.wg.Done()
 	}()
 	first := time.Now()
 	for try := 0; ; try++ {
 		select {
 		case w.senders <- struct{}{}:
-		case <-w.ctx.Done():
-			w.drop(id, dropShutdown, try, "")
+		case <-d.ctx.Done():
+			w.ended(d, try, "")
 			return
 		}
-		status, err := w.post(id, body)
+		status, err := w.post(d)
 		<-w.senders
 		switch {
 		case err == nil && status >= 200 && status < 300:
 			w.m.delivered.Inc()
 			return
 		case err == nil && !retryStatus(status):
-			w.drop(id, dropRejected, try+1, "HTTP "+strconv.Itoa(status))
+			w.drop(d.id, dropRejected, try+1, "HTTP "+strconv.Itoa(status))
 			return
 		}
 		why := "HTTP " + strconv.Itoa(status)
 		if err != nil {
 			why = w.errorWords(err)
 		}
+		if w.ended(d, try+1, why) {
+			return
+		}
 		wait := withJitter(webhookBackoff[min(try, len(webhookBackoff)-1)])
 		if time.Since(first)+wait > webhookRetryFor {
-			w.drop(id, dropGaveUp, try+1, why)
+			w.drop(d.id, dropGaveUp, try+1, why)
 			return
 		}
 		select {
 		case <-w.closing:
 			// Shutting down: one last try now, within the flush time,
 			// rather than a wait past it.
-			if !w.lastTry(id, body, try+1) {
-				w.drop(id, dropShutdown, try+2, why)
+			if !w.lastTry(d, try+1) {
+				w.ended(d, try+2, why)
 			}
+			return
+		case <-d.ctx.Done():
+			w.ended(d, try+1, why)
 			return
 		case <-time.After(wait):
 		}
@@ -168,15 +269,15 @@ func (w *webhook) deliver(id string, body []byte) {
 }
 
 // lastTry is a delivery's try at shutdown; it reports success.
-func (w *webhook) lastTry(id string, body []byte, tries int) bool {
+func (w *webhook) lastTry(d *delivery, tries int) bool {
 	select {
 	case w.senders <- struct{}{}:
-	case <-w.ctx.Done():
+	case <-d.ctx.Done():
 		return false
 	}
 	defer func() { <-w.senders }()
 	w.m.retries.Inc()
-	status, err := w.post(id, body)
+	status, err := w.post(d)
 	if err == nil && status >= 200 && status < 300 {
 		w.m.delivered.Inc()
 		return true
@@ -184,18 +285,18 @@ func (w *webhook) lastTry(id string, body []byte, tries int) bool {
 	return false
 }
 
-// post sends body once, signed now, and returns the answer's status.
-func (w *webhook) post(id string, body []byte) (int, error) {
-	ctx, cancel := context.WithTimeout(w.ctx, webhookAttemptTimeout)
+// post sends d's record once, signed now, and returns the answer's status.
+func (w *webhook) post(d *delivery) (int, error) {
+	ctx, cancel := context.WithTimeout(d.ctx, webhookAttemptTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(d.body))
 	if err != nil {
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "dgrelay/"+version)
-	req.Header.Set(signatureHeader, signature(w.secret, time.Now(), body))
-	req.Header.Set(deliveryHeader, id)
+	req.Header.Set(signatureHeader, signature(w.secret, time.Now(), d.body))
+	req.Header.Set(deliveryHeader, d.id)
 	resp, err := w.client.Do(req)
 	if err != nil {
 		return 0, err

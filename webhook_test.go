@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -84,7 +85,7 @@ func TestWebhookQueueBound(t *testing.T) {
 	m := newRecordMetrics(reg)
 	w := newWebhook(r.srv.URL, []byte(testWebhookSecret), m, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	for i := 0; i < webhookQueueLen+3; i++ {
-		w.send("s", []byte(`{}`))
+		w.send("s", "one", []byte(`{}`))
 	}
 	if got := droppedFor(t, reg, dropQueueFull); got != 3 {
 		t.Errorf("queue_full %v, want 3", got)
@@ -98,9 +99,60 @@ func TestWebhookQueueBound(t *testing.T) {
 	if got := droppedFor(t, reg, dropShutdown); got != webhookQueueLen {
 		t.Errorf("shutdown drops %v, want %d", got, webhookQueueLen)
 	}
-	w.send("late", []byte(`{}`))
+	w.send("late", "one", []byte(`{}`))
 	if got := droppedFor(t, reg, dropShutdown); got != webhookQueueLen+1 {
 		t.Errorf("a record after close: shutdown drops %v", got)
+	}
+}
+
+// TestWebhookQueueShare: against a receiver that has stopped answering, a
+// full queue takes another user's record by pushing out the newest of the
+// user who holds the most, and refuses that user's next one; once the
+// receiver is back, the other user's records arrive and the pushed-out ones
+// do not.
+func TestWebhookQueueShare(t *testing.T) {
+	r := newReceiver(t)
+	r.hold = make(chan struct{})
+	held := true
+	defer func() {
+		if held {
+			close(r.hold)
+		}
+	}()
+	reg := prometheus.NewRegistry()
+	w := newWebhook(r.srv.URL, []byte(testWebhookSecret), newRecordMetrics(reg), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer w.close()
+	for i := range webhookQueueLen {
+		w.send(fmt.Sprintf("a-%d", i), "a", []byte(`{}`))
+	}
+	w.send("b-0", "b", []byte(`{}`))
+	w.send("b-1", "b", []byte(`{}`))
+	w.send("a-late", "a", []byte(`{}`)) // a holds the most: its own is refused
+	if got := droppedFor(t, reg, dropQueueFull); got != 3 {
+		t.Errorf("queue_full %v, want 3 (two of a's pushed out, a's late one)", got)
+	}
+	close(r.hold)
+	held = false
+	deadline := time.Now().Add(20 * time.Second)
+	for len(r.deliveries()) < webhookQueueLen && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := map[string]bool{}
+	for _, d := range r.deliveries() {
+		got[d.header.Get(deliveryHeader)] = true
+	}
+	if len(got) != webhookQueueLen {
+		t.Fatalf("%d records delivered, want %d", len(got), webhookQueueLen)
+	}
+	for _, id := range []string{"b-0", "b-1"} {
+		if !got[id] {
+			t.Errorf("%s, the other user's record, was not delivered", id)
+		}
+	}
+	for _, id := range []string{fmt.Sprintf("a-%d", webhookQueueLen-1), fmt.Sprintf("a-%d", webhookQueueLen-2), "a-late"} {
+		if got[id] {
+			t.Errorf("%s was delivered: it should have made room", id)
+		}
 	}
 }
 

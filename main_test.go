@@ -367,11 +367,44 @@ func TestUpgradeOutlivesReadTimeout(t *testing.T) {
 	h.upstreamClosed()
 }
 
+// TestHeaderBytesBound: a request head of maxHeaderBytes (16 KiB, request
+// line included) is read; one byte more is answered 431 before any of the
+// relay's code runs, on the public port and on the metrics port.
+func TestHeaderBytesBound(t *testing.T) {
+	h := newHarness(t, nil, fakedeepgram.Options{})
+	for _, srv := range []*http.Server{h.relay.httpServer(), h.relay.metricsServer()} {
+		ts := httptest.NewUnstartedServer(nil)
+		ts.Config = srv
+		ts.Start()
+		for _, size := range []int{maxHeaderBytes, maxHeaderBytes + 1} {
+			head := "GET /metrics HTTP/1.1\r\nHost: relay\r\nX-Pad: "
+			head += strings.Repeat("p", size-len(head)-len("\r\n\r\n")) + "\r\n\r\n"
+			conn, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.Write([]byte(head)); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("a %d-byte head: %v", size, err)
+			}
+			resp.Body.Close()
+			conn.Close()
+			if tooBig := resp.StatusCode == http.StatusRequestHeaderFieldsTooLarge; tooBig != (size > maxHeaderBytes) {
+				t.Errorf("a %d-byte request head: HTTP %d", size, resp.StatusCode)
+			}
+		}
+		ts.Close()
+	}
+}
+
 // TestSlowHandshake: a client that trickles its headers is cut off by the
 // server's ReadHeaderTimeout, before any of the relay's code runs.
 func TestSlowHandshake(t *testing.T) {
 	h := newHarness(t, nil, fakedeepgram.Options{})
-	if srv := h.relay.httpServer(); srv.ReadHeaderTimeout != readHeaderTimeout || srv.MaxHeaderBytes != maxHeaderBytes {
+	if srv := h.relay.httpServer(); srv.ReadHeaderTimeout != readHeaderTimeout || srv.MaxHeaderBytes != maxHeaderBytes-httpHeaderSlack {
 		t.Fatalf("the public server has no handshake bounds")
 	}
 	srv := httptest.NewUnstartedServer(nil)

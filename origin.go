@@ -88,3 +88,18 @@ func originFix(origin string) string {
 	entry := strings.NewReplacer("[", `\[`, "]", `\]`).Replace(u.Host)
 	return "to allow this page, add " + entry + " to ALLOWED_ORIGINS (comma-separated; the port is part of the origin)"
 }
+
+// originForLog is origin as a log line shows it. A browser's Origin is
+// ASCII (an international name comes as punycode) and holds no user, so
+// anything else is the client's own doing: a user part is cut out (it may be
+// a password) and what is not printable ASCII is escaped (a bidi override
+// would reorder the line in a log viewer).
+func originForLog(origin string) string {
+	if scheme, rest, ok := strings.Cut(origin, "://"); ok {
+		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+			origin = scheme + "://[user]@" + rest[at+1:]
+		}
+	}
+	q := strconv.QuoteToASCII(origin)
+	return q[1 : len(q)-1]
+}

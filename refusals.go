@@ -48,7 +48,8 @@ type refusal struct {
 	label  string
 	token  *authFailure // the token's failure, counted by its kind; nil for any other refusal
 	// who is what the refusal memory remembers (an identity, or an address
-	// and a credential's hash); retryAfter the wait a repeat is told.
+	// and a credential's or an origin's hash); retryAfter the wait a repeat
+	// is told.
 	who        string
 	retryAfter time.Duration
 	// logged are the log line's own fields (the origin and its fix).

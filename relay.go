@@ -168,9 +168,14 @@ func (rl *relay) closeBy(deadline time.Time) {
 // The bounds of the relay's HTTP servers.
 const (
 	// readHeaderTimeout and maxHeaderBytes bound a handshake that is slow or
-	// bloated before any of the relay's code runs.
+	// bloated before any of the relay's code runs. maxHeaderBytes bounds
+	// the whole request head, request line included.
 	readHeaderTimeout = 10 * time.Second
 	maxHeaderBytes    = 16 << 10
+	// httpHeaderSlack is what net/http reads past Server.MaxHeaderBytes
+	// (its server.go, initialReadLimitSize: 4096 bytes for its buffer), so
+	// the servers are given maxHeaderBytes less it.
+	httpHeaderSlack = 4096
 )
 
 // The HTTP timeouts past the handshake's; tests shorten them.
@@ -203,7 +208,7 @@ func (rl *relay) httpServer() *http.Server {
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       httpReadTimeout,
 		IdleTimeout:       httpIdleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
+		MaxHeaderBytes:    maxHeaderBytes - httpHeaderSlack,
 		ErrorLog:          slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn),
 	}
 }
@@ -221,7 +226,7 @@ func (rl *relay) metricsServer() *http.Server {
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	return &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: httpReadTimeout, IdleTimeout: httpIdleTimeout,
-		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn)}
+		MaxHeaderBytes: maxHeaderBytes - httpHeaderSlack, ErrorLog: slog.NewLogLogger(rl.log.Handler(), slog.LevelWarn)}
 }
 
 // routes is the public mux: the WebSocket route under PROXY_PATH, with and

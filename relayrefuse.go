@@ -35,11 +35,14 @@ func (rl *relay) refuse(w http.ResponseWriter, r *http.Request, f *facts, rf *re
 }
 
 // refuseBefore answers rf before the upgrade with its row's status, headers
-// and body; a row with a label is counted and logged.
+// and body. A row with a label is counted, and logged unless rf.who met it
+// within the window (the minute's summary counts those).
 func (rl *relay) refuseBefore(w http.ResponseWriter, f *facts, rf *refusal) {
 	h := rf.before
 	if h.label != "" {
 		rl.metrics.refusals.WithLabelValues(h.label).Inc()
+	}
+	if h.label != "" && (rf.who == "" || !rl.refused.repeat(rf.who, h.label, time.Now())) {
 		attrs := append(append([]any{"refusal", h.label}, rf.logged...), "status", h.status, "remote", f.remote)
 		rl.logFor(f.trace).Info("session refused", attrs...)
 	}

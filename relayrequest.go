@@ -77,7 +77,10 @@ func (rl *relay) check(r *http.Request, f *facts) *refusal {
 		fix := originFix(origin)
 		fix = rl.scrub.CleanTo(fix, errorDetailLimit)
 		rf := refusedBefore(httpOrigin, "origin not allowed: "+fix)
-		rf.logged = []any{"origin", rl.redact(origin), "fix", fix}
+		rf.logged = []any{"origin", rl.redact(originForLog(origin)), "fix", fix}
+		// A page retrying, or a client repeating, the same refused origin
+		// is logged once a window (the refusal summary counts the rest).
+		rf.who = addressIdentity(f.remote) + " origin:" + identityKey(rl.identityHashKey, "origin\x00"+origin)[:12]
 		return rf
 	}
 	token, err := tokenFrom(r)

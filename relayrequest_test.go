@@ -251,6 +251,50 @@ func TestOrigins(t *testing.T) {
 	}
 }
 
+// TestOriginRefusalLoggedOnce: a client repeating a refused origin is
+// counted every time but logged once a REFUSAL_WINDOW; another origin from
+// the same address is logged in its own right.
+func TestOriginRefusalLoggedOnce(t *testing.T) {
+	h := newHarness(t, map[string]string{"ALLOWED_ORIGINS": "app.example.com"}, fakedeepgram.Options{})
+	for i := range 21 {
+		origin := "https://evil.example.com"
+		if i == 20 {
+			origin = "https://other.example.com"
+		}
+		if _, err := h.tryDial("", &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {origin}}}); err == nil || !strings.Contains(err.Error(), "403") {
+			t.Fatalf("%s: want HTTP 403, got %v", origin, err)
+		}
+	}
+	logs := h.logs.String()
+	if n := strings.Count(logs, `"refusal":"origin","origin":"https://evil.example.com"`); n != 1 {
+		t.Errorf("the repeated origin logged %d times, want once:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, `"refusal":"origin","origin":"https://other.example.com"`) {
+		t.Errorf("another origin from the same address was not logged:\n%s", logs)
+	}
+	if m := scrapeHandler(t, h); !strings.Contains(m, `dgrelay_refusals_total{reason="origin"} 21`) {
+		t.Errorf("refusals:\n%s", grepLines(m, "dgrelay_refusals_total"))
+	}
+}
+
+// TestOriginForLog: a refused Origin is logged as printable ASCII without a
+// user part, whatever the client put in it; a browser's passes unchanged.
+func TestOriginForLog(t *testing.T) {
+	for origin, want := range map[string]string{
+		"https://app.example.com:8443":        "https://app.example.com:8443",
+		"http://user:secret@evil.example":     "http://[user]@evil.example",
+		"http://ev\til.\u202eexample":         `http://ev\til.\u202eexample`,
+		"https://a@b@evil.example":            "https://[user]@evil.example",
+		"null":                                "null",
+		"https://xn--bcher-kva.example":       "https://xn--bcher-kva.example",
+		"https://b\u00fccher.example\x00\xff": `https://b\u00fccher.example\x00\xff`,
+	} {
+		if got := originForLog(origin); got != want {
+			t.Errorf("originForLog(%q) = %q, want %q", origin, got, want)
+		}
+	}
+}
+
 // TestOriginLocalDevelopment: a dev server's page (Vite on
 // http://localhost:5173) is another origin than the relay on :8080; the
 // port is part of it, so "localhost" alone does not allow it, and the

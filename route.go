@@ -85,6 +85,14 @@ func pathService(proxyPath, urlPath string) (service string, ok bool) {
 // refused rather than guessed. It returns the query to forward: every
 // parameter but service and token, in the client's order and encoding.
 func routeAt(byPath, rawQuery string) (service, forwarded string, err *routeError) {
+	// A ';' is a separator to some parsers and not to others: a token or
+	// a service hidden behind one would reach Deepgram, which may split
+	// there, and tokenFrom, which reads the query with net/url (whose
+	// ParseQuery refuses ';' since Go 1.17 for that reason), would not see
+	// the query at all. In a value it is %3B, as every client encodes it.
+	if strings.Contains(rawQuery, ";") {
+		return "", "", &routeError{http.StatusBadRequest, "malformed query string: ';' is no separator (use &, or %3B in a value)"}
+	}
 	var kept []string
 	seen := false
 	for part := range strings.SplitSeq(rawQuery, "&") {

@@ -15,10 +15,27 @@ func FuzzRoute(f *testing.F) {
 	f.Add("TOKEN=x&Service=agent&service=agent")
 	f.Add("a=%20&&b&=c&service")
 	f.Add("service=%61gent&tok%65n=1")
+	f.Add("service=agent&x=1;token=SECRET")
+	f.Add("token=abc&kw=a;b")
 	f.Fuzz(func(t *testing.T, query string) {
 		service, forwarded, err := routeAt("", query)
 		if err != nil {
 			return
+		}
+		// What routes, net/url reads whole (tokenFrom finds the token in
+		// it), and what is forwarded holds no token and no service, read
+		// as net/url reads it.
+		if _, err := url.ParseQuery(query); err != nil {
+			t.Fatalf("%q routed, but net/url refuses it: %v", query, err)
+		}
+		fq, perr := url.ParseQuery(forwarded)
+		if perr != nil {
+			t.Fatalf("%q forwarded %q, which net/url refuses: %v", query, forwarded, perr)
+		}
+		for k := range fq {
+			if k == "service" || strings.EqualFold(k, "token") {
+				t.Fatalf("%q forwarded %q, with %s", query, forwarded, k)
+			}
 		}
 		if service != "agent" && service != "transcription" {
 			t.Fatalf("%q routed to %q", query, service)

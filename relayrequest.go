@@ -74,8 +74,7 @@ func (rl *relay) check(r *http.Request, f *facts) *refusal {
 		// it, so that a missing ALLOWED_ORIGINS entry is easy to fix; it is
 		// a page's address, not a secret. A browser does not show the body.
 		origin := r.Header.Get("Origin")
-		fix := originFix(origin)
-		fix = rl.scrub.CleanTo(fix, errorDetailLimit)
+		fix := rl.scrub.CleanTo(originFix(origin), errorDetailLimit)
 		rf := refusedBefore(httpOrigin, "origin not allowed: "+fix)
 		rf.logged = []any{"origin", rl.redact(originForLog(origin)), "fix", fix}
 		// A page retrying, or a client repeating, the same refused origin

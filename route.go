@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/http"
 	"net/url"
 	"strings"
 )
@@ -40,11 +39,9 @@ func (u upstream) target(forwarded string) string {
 	return t.String()
 }
 
-// routeError is a request refused before the upgrade, with its HTTP status.
-type routeError struct {
-	status int
-	msg    string
-}
+// routeError is why a request's route is refused before the upgrade (the
+// answers table's httpBadRoute row, HTTP 400): its words are the body.
+type routeError struct{ msg string }
 
 func (e *routeError) Error() string { return e.msg }
 
@@ -91,7 +88,7 @@ func routeAt(byPath, rawQuery string) (service, forwarded string, err *routeErro
 	// ParseQuery refuses ';' since Go 1.17 for that reason), would not see
 	// the query at all. In a value it is %3B, as every client encodes it.
 	if strings.Contains(rawQuery, ";") {
-		return "", "", &routeError{http.StatusBadRequest, "malformed query string: ';' is no separator (use &, or %3B in a value)"}
+		return "", "", &routeError{"malformed query string: ';' is no separator (use &, or %3B in a value)"}
 	}
 	var kept []string
 	seen := false
@@ -103,12 +100,12 @@ func routeAt(byPath, rawQuery string) (service, forwarded string, err *routeErro
 		key, kerr := url.QueryUnescape(rawKey)
 		value, verr := url.QueryUnescape(rawValue)
 		if kerr != nil || verr != nil {
-			return "", "", &routeError{http.StatusBadRequest, "malformed query string"}
+			return "", "", &routeError{"malformed query string"}
 		}
 		switch {
 		case key == "service":
 			if seen && value != service {
-				return "", "", &routeError{http.StatusBadRequest, "conflicting service parameters"}
+				return "", "", &routeError{"conflicting service parameters"}
 			}
 			service, seen = value, true
 		case strings.EqualFold(key, "token"):
@@ -119,7 +116,7 @@ func routeAt(byPath, rawQuery string) (service, forwarded string, err *routeErro
 	}
 	if byPath != "" {
 		if seen && service != byPath {
-			return "", "", &routeError{http.StatusBadRequest, fmt.Sprintf(
+			return "", "", &routeError{fmt.Sprintf(
 				"this path is the %s service, but ?service=%s asks for another: drop service= or use the matching path", byPath, service)}
 		}
 		service = byPath
@@ -130,5 +127,5 @@ func routeAt(byPath, rawQuery string) (service, forwarded string, err *routeErro
 	case "transcription":
 		return "transcription", strings.Join(kept, "&"), nil
 	}
-	return "", "", &routeError{http.StatusBadRequest, "unknown service: use agent or transcription"}
+	return "", "", &routeError{"unknown service: use agent or transcription"}
 }

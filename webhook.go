@@ -18,8 +18,11 @@ import (
 )
 
 // The webhook's bounds (docs/conversation-records.md). Variables so that
-// tests can shorten the times.
+// tests can shorten the times and the queue's bytes.
 var (
+	// webhookQueueBytes bounds the bytes of the records waiting, beside
+	// webhookQueueLen (below).
+	webhookQueueBytes = 32 << 20
 	// webhookBackoff is the wait before each retry, the last repeated;
 	// each wait is jittered by ±20% so that many instances do not retry
 	// a receiver that is back all at once.
@@ -38,8 +41,7 @@ const (
 	// receiver costs at most this much memory, and the records past it
 	// are dropped and counted (queue_full). A drain ends many sessions at
 	// once, hence room for a thousand small records.
-	webhookQueueLen   = 1000
-	webhookQueueBytes = 32 << 20
+	webhookQueueLen = 1000
 	// webhookSenders is how many POSTs are under way at once: a slow
 	// receiver does not hold every record behind one.
 	webhookSenders = 4
@@ -95,10 +97,11 @@ type delivery struct {
 	// ctx ends the delivery: the webhook's, or cancel at its eviction.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// evicted and gone are under the webhook's mu: pushed out of a full
-	// queue for another identity's record (its drop counted by send), and
-	// its place given back.
-	evicted, gone bool
+	// evicted, gone and sending are under the webhook's mu: pushed out of
+	// a full queue for another identity's record (its drop counted by
+	// send), its place given back, and a POST of it under way (which no
+	// eviction picks: the receiver may take it).
+	evicted, gone, sending bool
 }
 
 func newWebhook(target string, secret []byte, m *recordMetrics, log *slog.Logger) *webhook {
@@ -115,12 +118,13 @@ func newWebhook(target string, secret []byte, m *recordMetrics, log *slog.Logger
 
 // send queues body, the record of session id whose identity's key is
 // identity, for delivery. It never blocks. When the queue is full, the
-// identity that holds the most records gives up its newest (its oldest are
-// the likeliest under way), as long as it holds more than identity would
-// with this one: while a receiver is down, the users who make the most
-// sessions (one account, or fifty, retrying for ever) lose their own
-// records first, not everyone's newest. A record that does not fit even
-// so, or that comes after close, is dropped and counted.
+// identity that holds the most (records, or bytes when the byte bound is
+// the one met) gives up its newest record not being sent, as long as it
+// holds more than identity would with this one: while a receiver is down,
+// the users who make the most sessions, or the largest records (one
+// account, or hundreds), lose their own records first, not everyone's
+// newest. A record that does not fit even so, or that comes after close,
+// is dropped and counted.
 func (w *webhook) send(id, identity string, body []byte) {
 	w.mu.Lock()
 	if w.closed {
@@ -130,7 +134,7 @@ func (w *webhook) send(id, identity string, body []byte) {
 	}
 	var evicted []*delivery
 	for w.queued >= webhookQueueLen || w.bytes+len(body) > webhookQueueBytes {
-		victim := w.largestHolder(len(w.held[identity]) + 1)
+		victim := w.largestHolder(identity, len(body), w.queued < webhookQueueLen)
 		if victim == nil {
 			break
 		}
@@ -161,19 +165,40 @@ func (w *webhook) send(id, identity string, body []byte) {
 	go w.deliver(d)
 }
 
-// largestHolder is the newest delivery of the identity holding the most,
-// when it holds more than share; else nil. The webhook's mu is held.
-func (w *webhook) largestHolder(share int) *delivery {
-	var most []*delivery
+// largestHolder is the newest delivery not being sent of the identity
+// that holds the most, by bytes or else by records, among those that hold
+// more than identity would with a record of size more and have one not
+// being sent; nil when there is none. The webhook's mu is held.
+func (w *webhook) largestHolder(identity string, size int, byBytes bool) *delivery {
+	measure := func(ds []*delivery) int {
+		if !byBytes {
+			return len(ds)
+		}
+		n := 0
+		for _, d := range ds {
+			n += len(d.body)
+		}
+		return n
+	}
+	own := measure(w.held[identity]) + 1
+	if byBytes {
+		own += size - 1
+	}
+	var victim *delivery
+	most := own
 	for _, ds := range w.held {
-		if len(ds) > len(most) {
-			most = ds
+		m := measure(ds)
+		if m <= most {
+			continue
+		}
+		for i := len(ds) - 1; i >= 0; i-- {
+			if !ds[i].sending {
+				victim, most = ds[i], m
+				break
+			}
 		}
 	}
-	if len(most) <= share {
-		return nil
-	}
-	return most[len(most)-1]
+	return victim
 }
 
 // forget gives d's place in the queue back, once. The webhook's mu is held.
@@ -196,19 +221,41 @@ func (w *webhook) forget(d *delivery) {
 	w.m.queued.Dec()
 }
 
-// ended reports whether d's context has ended, and counts a shutdown drop
-// of it unless send has counted its eviction.
-func (w *webhook) ended(d *delivery, tries int, why string) bool {
-	if d.ctx.Err() == nil {
-		return false
-	}
+// undelivered counts d dropped at shutdown, unless send has counted it
+// pushed out.
+func (w *webhook) undelivered(d *delivery, tries int, why string) {
 	w.mu.Lock()
 	evicted := d.evicted
 	w.mu.Unlock()
 	if !evicted {
 		w.drop(d.id, dropShutdown, tries, why)
 	}
-	return true
+}
+
+// take waits for a sender for d and marks d under way; it reports false,
+// with no sender taken, when d's context ends first or d was pushed out.
+func (w *webhook) take(d *delivery) bool {
+	select {
+	case w.senders <- struct{}{}:
+	case <-d.ctx.Done():
+		return false
+	}
+	w.mu.Lock()
+	ok := !d.evicted
+	d.sending = ok
+	w.mu.Unlock()
+	if !ok {
+		<-w.senders
+	}
+	return ok
+}
+
+// give ends the send take began.
+func (w *webhook) give(d *delivery) {
+	w.mu.Lock()
+	d.sending = false
+	w.mu.Unlock()
+	<-w.senders
 }
 
 // deliver tries d until the receiver takes it, refuses it, or the retry
@@ -223,14 +270,12 @@ func (w *webhook) deliver(d *delivery) {
 	}()
 	first := time.Now()
 	for try := 0; ; try++ {
-		select {
-		case w.senders <- struct{}{}:
-		case <-d.ctx.Done():
-			w.ended(d, try, "")
+		if !w.take(d) {
+			w.undelivered(d, try, "")
 			return
 		}
 		status, err := w.post(d)
-		<-w.senders
+		w.give(d)
 		switch {
 		case err == nil && status >= 200 && status < 300:
 			w.m.delivered.Inc()
@@ -243,7 +288,8 @@ func (w *webhook) deliver(d *delivery) {
 		if err != nil {
 			why = w.errorWords(err)
 		}
-		if w.ended(d, try+1, why) {
+		if d.ctx.Err() != nil {
+			w.undelivered(d, try+1, why)
 			return
 		}
 		wait := withJitter(webhookBackoff[min(try, len(webhookBackoff)-1)])
@@ -255,12 +301,12 @@ func (w *webhook) deliver(d *delivery) {
 		case <-w.closing:
 			// Shutting down: one last try now, within the flush time,
 			// rather than a wait past it.
-			if !w.lastTry(d, try+1) {
-				w.ended(d, try+2, why)
+			if !w.lastTry(d) {
+				w.undelivered(d, try+2, why)
 			}
 			return
 		case <-d.ctx.Done():
-			w.ended(d, try+1, why)
+			w.undelivered(d, try+1, why)
 			return
 		case <-time.After(wait):
 		}
@@ -269,13 +315,11 @@ func (w *webhook) deliver(d *delivery) {
 }
 
 // lastTry is a delivery's try at shutdown; it reports success.
-func (w *webhook) lastTry(d *delivery, tries int) bool {
-	select {
-	case w.senders <- struct{}{}:
-	case <-d.ctx.Done():
+func (w *webhook) lastTry(d *delivery) bool {
+	if !w.take(d) {
 		return false
 	}
-	defer func() { <-w.senders }()
+	defer w.give(d)
 	w.m.retries.Inc()
 	status, err := w.post(d)
 	if err == nil && status >= 200 && status < 300 {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -153,6 +154,76 @@ func TestWebhookQueueShare(t *testing.T) {
 		if got[id] {
 			t.Errorf("%s was delivered: it should have made room", id)
 		}
+	}
+}
+
+// TestWebhookQueueShareBytes: when the byte bound is the one met, the
+// identity holding the most bytes gives up its newest record for another's
+// small one, even when every identity holds one record: a few hundred
+// accounts with one large record each cannot shut everyone else out.
+func TestWebhookQueueShareBytes(t *testing.T) {
+	old := webhookQueueBytes
+	webhookQueueBytes = 64 << 10
+	t.Cleanup(func() { webhookQueueBytes = old })
+	r := newReceiver(t)
+	r.hold = make(chan struct{})
+	held := true
+	defer func() {
+		if held {
+			close(r.hold)
+		}
+	}()
+	reg := prometheus.NewRegistry()
+	w := newWebhook(r.srv.URL, []byte(testWebhookSecret), newRecordMetrics(reg), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer w.close()
+	big := bytes.Repeat([]byte("x"), 4<<10)
+	for i := range 20 { // 16 fit; the last 4 are refused: each holder holds as much
+		w.send(fmt.Sprintf("big-%d", i), fmt.Sprintf("acct-%d", i), big)
+	}
+	if got := droppedFor(t, reg, dropQueueFull); got != 4 {
+		t.Errorf("queue_full %v, want 4", got)
+	}
+	w.send("small", "late", []byte(`{}`))
+	if got := droppedFor(t, reg, dropQueueFull); got != 5 {
+		t.Errorf("queue_full %v after the small record, want 5 (one large one pushed out)", got)
+	}
+	close(r.hold)
+	held = false
+	deadline := time.Now().Add(20 * time.Second)
+	for len(r.deliveries()) < 16 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := map[string]bool{}
+	for _, d := range r.deliveries() {
+		got[d.header.Get(deliveryHeader)] = true
+	}
+	if !got["small"] || len(got) != 16 {
+		t.Errorf("delivered %d records, the small one: %v; want 16 with it", len(got), got["small"])
+	}
+}
+
+// TestWebhookShutdownCountsEveryRecord: records waiting to be tried again
+// when the relay stops, against a receiver that fails at once, are each
+// tried once more and counted dropped (shutdown) when that fails too.
+func TestWebhookShutdownCountsEveryRecord(t *testing.T) {
+	statuses := make([]int, 100)
+	for i := range statuses {
+		statuses[i] = http.StatusServiceUnavailable
+	}
+	r := newReceiver(t, statuses...)
+	reg := prometheus.NewRegistry()
+	w := newWebhook(r.srv.URL, []byte(testWebhookSecret), newRecordMetrics(reg), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	for i := range 10 {
+		w.send(fmt.Sprintf("s-%d", i), fmt.Sprintf("u-%d", i), []byte(`{}`))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(r.deliveries()) < 10 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	w.flushBy(time.Now().Add(time.Second))
+	w.close()
+	if got := droppedFor(t, reg, dropShutdown); got != 10 {
+		t.Errorf("shutdown drops %v, want 10 (%d tries seen)", got, len(r.deliveries()))
 	}
 }
 

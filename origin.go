@@ -76,30 +76,54 @@ func isLoopbackHost(host string) bool {
 // entry is the origin's host with its port, since a page on
 // http://localhost:5173 is another origin than one on localhost:3000, and
 // it matches that host alone: an IPv6 literal's brackets are escaped (the
-// matcher reads [::1] as a character class). A host that is itself a
-// pattern or a list ("*", "*.com", "a.com,*") gets no entry: no browser
-// sends one, and anyone could send it to have the log advise allowing
-// every origin.
+// matcher reads [::1] as a character class). An origin that is not a
+// browser's (browserOrigin) gets no entry and is not quoted: no browser
+// sends one, anyone could send a pattern ("*", "a.com,*") to have the log
+// advise allowing every origin, and what a client puts there (a token,
+// say) is not written to the log.
 func originFix(origin string) string {
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" || strings.ContainsAny(u.Host, `*?\,`) {
-		return "a browser origin is scheme://host[:port]; ALLOWED_ORIGINS cannot allow " + strconv.Quote(origin)
+	u, ok := browserOrigin(origin)
+	if !ok {
+		return "a browser origin is scheme://host[:port]; ALLOWED_ORIGINS cannot allow this one"
 	}
 	entry := strings.NewReplacer("[", `\[`, "]", `\]`).Replace(u.Host)
 	return "to allow this page, add " + entry + " to ALLOWED_ORIGINS (comma-separated; the port is part of the origin)"
 }
 
-// originForLog is origin as a log line shows it. A browser's Origin is
-// ASCII (an international name comes as punycode) and holds no user, so
-// anything else is the client's own doing: a user part is cut out (it may be
-// a password) and what is not printable ASCII is escaped (a bidi override
-// would reorder the line in a log viewer).
-func originForLog(origin string) string {
-	if scheme, rest, ok := strings.Cut(origin, "://"); ok {
-		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-			origin = scheme + "://[user]@" + rest[at+1:]
+// browserOrigin parses origin as a browser sends it (RFC 6454): a scheme and
+// a host, with a port or not, in ASCII (an international name comes as
+// punycode), and nothing else (no user, path, query or fragment). The host
+// is an IP literal or a DNS name (RFC 1035: labels of letters, digits and
+// hyphens, 63 bytes at most, 253 in all; and underscores, which browsers
+// take and container names have).
+func browserOrigin(origin string) (*url.URL, bool) {
+	u, err := url.Parse(origin)
+	if err != nil || u.Scheme == "" || u.Host == "" || u.User != nil || u.Opaque != "" ||
+		u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		return nil, false
+	}
+	host := u.Hostname()
+	if _, err := netip.ParseAddr(host); err == nil {
+		return u, true
+	}
+	if len(host) > 253 {
+		return nil, false
+	}
+	for label := range strings.SplitSeq(strings.TrimSuffix(host, "."), ".") {
+		if label == "" || len(label) > 63 || strings.Trim(label, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+			return nil, false
 		}
 	}
-	q := strconv.QuoteToASCII(origin)
-	return q[1 : len(q)-1]
+	return u, true
+}
+
+// originForLog is a refused origin as a log line shows it: a browser's as it
+// came ("null" too: sandboxed and file pages send it), anything else by its
+// length alone, since it is the client's own words and may hold anything
+// (a token, a password, a bidi override that reorders the line).
+func originForLog(origin string) string {
+	if _, ok := browserOrigin(origin); ok || origin == "null" {
+		return origin
+	}
+	return "[not a browser origin: " + strconv.Itoa(len(origin)) + " bytes]"
 }

@@ -25,6 +25,9 @@ const (
 	// 3 MB at most, however many distinct tokens a client makes up; the
 	// least recently refused goes first.
 	refusalEntries = 10_000
+	// beforeLoggedEntries bounds the memory of logged answers before the
+	// upgrade (relay.beforeLogged): 300 kB at most.
+	beforeLoggedEntries = 1_000
 	// refusalSummaryEvery is how often repeated refusals are logged.
 	refusalSummaryEvery = time.Minute
 	// refusalSummaryLines bounds a summary: the most repeated, then one
@@ -47,8 +50,8 @@ type refusal struct {
 	end    ending       // the in-band answer
 	label  string
 	token  *authFailure // the token's failure, counted by its kind; nil for any other refusal
-	// who is what the refusal memory remembers (an identity, or an address
-	// and a credential's or an origin's hash); retryAfter the wait a repeat
+	// who is what the refusal memory remembers (an identity, an address,
+	// or an address and a credential's hash); retryAfter the wait a repeat
 	// is told.
 	who        string
 	retryAfter time.Duration

@@ -88,6 +88,7 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 		listen:          listen,
 		dialOpts:        newDialOptions(apiKey),
 		refused:         newRefusalMemory(refusalEntries, cfg.RefusalWindow),
+		beforeLogged:    newRefusalMemory(beforeLoggedEntries, cfg.RefusalWindow),
 		agentOutage:     &outage{service: "agent"},
 		listenOutage:    &outage{service: "transcription"},
 	}

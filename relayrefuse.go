@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -36,13 +38,13 @@ func (rl *relay) refuse(w http.ResponseWriter, r *http.Request, f *facts, rf *re
 
 // refuseBefore answers rf before the upgrade with its row's status, headers
 // and body. A row with a label is counted, and logged unless rf.who met it
-// within the window (the minute's summary counts those).
+// within the window (beforeLogged; the minute's summary counts those).
 func (rl *relay) refuseBefore(w http.ResponseWriter, f *facts, rf *refusal) {
 	h := rf.before
 	if h.label != "" {
 		rl.metrics.refusals.WithLabelValues(h.label).Inc()
 	}
-	if h.label != "" && (rf.who == "" || !rl.refused.repeat(rf.who, h.label, time.Now())) {
+	if h.label != "" && (rf.who == "" || !rl.beforeLogged.repeat(rf.who, h.label, time.Now())) {
 		attrs := append(append([]any{"refusal", h.label}, rf.logged...), "status", h.status, "remote", f.remote)
 		rl.logFor(f.trace).Info("session refused", attrs...)
 	}
@@ -138,6 +140,9 @@ func (rl *relay) summarizeRefusals(ctx context.Context, every time.Duration) {
 // line with the rest.
 func (rl *relay) logRefusalSummary(now time.Time, period time.Duration) {
 	repeated, evicted := rl.refused.take(now)
+	logged, loggedEvicted := rl.beforeLogged.take(now)
+	repeated, evicted = append(repeated, logged...), evicted+loggedEvicted
+	slices.SortStableFunc(repeated, func(a, b refusalEntry) int { return cmp.Compare(b.repeats, a.repeats) })
 	var restWho, restRepeats int
 	for i, e := range repeated {
 		if i >= refusalSummaryLines {

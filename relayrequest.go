@@ -77,9 +77,10 @@ func (rl *relay) check(r *http.Request, f *facts) *refusal {
 		fix := rl.scrub.CleanTo(originFix(origin), errorDetailLimit)
 		rf := refusedBefore(httpOrigin, "origin not allowed: "+fix)
 		rf.logged = []any{"origin", rl.redact(originForLog(origin)), "fix", fix}
-		// A page retrying, or a client repeating, the same refused origin
-		// is logged once a window (the refusal summary counts the rest).
-		rf.who = addressIdentity(f.remote) + " origin:" + identityKey(rl.identityHashKey, "origin\x00"+origin)[:12]
+		// An address's refused origins are logged once a window: a page
+		// retrying, or a client making up origins, writes one line (the
+		// refusal summary counts the rest).
+		rf.who = addressIdentity(f.remote)
 		return rf
 	}
 	token, err := tokenFrom(r)

@@ -33,6 +33,11 @@ type relay struct {
 	// refused remembers recent refusals, so that their repeats are
 	// answered before the upgrade (refusals.go).
 	refused *refusalMemory
+	// beforeLogged remembers the addresses whose answer before the upgrade
+	// was logged (a refused origin), so that repeats within the window are
+	// counted, not logged; apart from refused, so that a flood of them
+	// cannot push out others' refusals.
+	beforeLogged *refusalMemory
 	// agentOutage and listenOutage hold dials while Deepgram's endpoint
 	// is known to be down (outage.go).
 	agentOutage, listenOutage *outage

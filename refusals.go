@@ -50,6 +50,9 @@ type refusal struct {
 	end    ending       // the in-band answer
 	label  string
 	token  *authFailure // the token's failure, counted by its kind; nil for any other refusal
+	// address and credential are a token refusal's: the client's address
+	// identity and the credential's hash, which credentialFloods counts.
+	address, credential string
 	// who is what the refusal memory remembers (an identity, an address,
 	// or an address and a credential's hash); retryAfter the wait a repeat
 	// is told.
@@ -71,9 +74,82 @@ func refusedBy(e ending, who string, retryAfter time.Duration) *refusal {
 }
 
 // tokenRefused is the refusal of a token that failed as f says: f's row,
-// under token_ and its kind, remembered for who.
-func tokenRefused(f *authFailure, who string) *refusal {
-	return &refusal{end: f.end, label: "token_" + f.label, token: f, who: who, retryAfter: refusalRetryAfter}
+// under token_ and its kind, of the credential hashed as credential from
+// address (an identity: another user at the address is not affected).
+func tokenRefused(f *authFailure, address, credential string) *refusal {
+	return &refusal{end: f.end, label: "token_" + f.label, token: f, who: address + " token:" + credential,
+		address: address, credential: credential, retryAfter: refusalRetryAfter}
+}
+
+// credentialsPerAddress bounds the distinct failing credentials one address
+// is told of in band within REFUSAL_WINDOW. Past it, each new one is
+// answered as a repeat (401 with Retry-After: no upgrade, no log line, no
+// entry in the refusal memory), so that a client making up tokens for ever
+// costs what a client repeating one does, and cannot push others' refusals
+// out of the memory. An app's page has one credential at a time; a few
+// stale ones in a window are told in band.
+const credentialsPerAddress = 5
+
+// credentialFloods remembers, per address, the distinct failing credentials
+// told in band within the window: refusalEntries addresses at most, the
+// oldest forgotten first.
+type credentialFloods struct {
+	mu      sync.Mutex
+	window  time.Duration
+	entries map[string]*credentialsSeen
+	order   *list.List // of addresses, front: most recently refused
+}
+
+// credentialsSeen are one address's credentials told in band, and when the
+// last refusal from it came.
+type credentialsSeen struct {
+	hashes  []string
+	last    time.Time
+	element *list.Element
+	flooded bool // past the bound in this window: logged once
+}
+
+func newCredentialFloods(window time.Duration) *credentialFloods {
+	return &credentialFloods{window: window, entries: make(map[string]*credentialsSeen), order: list.New()}
+}
+
+// overflows records credential refused for address at now and reports
+// whether it is a new one past credentialsPerAddress within the window
+// (the window slides with every refusal from the address); first is true
+// the first time in a window that it is.
+func (c *credentialFloods) overflows(address, credential string, now time.Time) (over, first bool) {
+	if c.window <= 0 {
+		return false, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.entries[address]
+	switch {
+	case e == nil:
+		for c.order.Len() >= refusalEntries {
+			oldest := c.order.Back()
+			delete(c.entries, oldest.Value.(string))
+			c.order.Remove(oldest)
+		}
+		e = &credentialsSeen{element: c.order.PushFront(address)}
+		c.entries[address] = e
+	case now.Sub(e.last) >= c.window:
+		e.hashes, e.flooded = e.hashes[:0], false
+		c.order.MoveToFront(e.element)
+	default:
+		c.order.MoveToFront(e.element)
+	}
+	e.last = now
+	if slices.Contains(e.hashes, credential) {
+		return false, false
+	}
+	if len(e.hashes) < credentialsPerAddress {
+		e.hashes = append(e.hashes, credential)
+		return false, false
+	}
+	first = !e.flooded
+	e.flooded = true
+	return true, first
 }
 
 // refusalMemory remembers recent refusals by who was refused and why. It is

@@ -120,6 +120,70 @@ func TestRepeatedRefusalsBeforeUpgrade(t *testing.T) {
 	}
 }
 
+// TestCredentialFlood: one address making up tokens is told of
+// credentialsPerAddress of them in band within the window, and answered 401
+// before the upgrade for every new one past them, with one log line, no
+// entry in the refusal memory each, and no dial; a valid user at the same
+// address is not affected; once the window has passed, a new credential is
+// told in band again.
+func TestCredentialFlood(t *testing.T) {
+	const window = time.Second
+	h := newHarness(t, authEnv(map[string]string{"REFUSAL_WINDOW": window.String()}), fakedeepgram.Options{APIKey: testAPIKey})
+	for i := range credentialsPerAddress {
+		expectInBand(t, h, "token=made-up-"+strconv.Itoa(i), refuseTokenInvalid)
+	}
+	for i := range 50 {
+		expectBeforeUpgrade(t, h, "token=made-up-more-"+strconv.Itoa(i), http.StatusUnauthorized)
+	}
+	expectBeforeUpgrade(t, h, "token=made-up-0", http.StatusUnauthorized) // a repeat, as before
+	if n := h.relay.refused.len(); n != credentialsPerAddress {
+		t.Errorf("the refusal memory holds %d entries, want %d", n, credentialsPerAddress)
+	}
+	logs := h.logs.String()
+	if n := strings.Count(logs, `"session refused"`); n != credentialsPerAddress {
+		t.Errorf("%d session refused lines, want %d", n, credentialsPerAddress)
+	}
+	if n := strings.Count(logs, "more failing credentials from one address"); n != 1 {
+		t.Errorf("%d flood lines, want 1:\n%s", n, logs)
+	}
+	if body := scrapeHandler(t, h); !strings.Contains(body, `dgrelay_refusals_repeated_total{reason="token_invalid"} 51`) {
+		t.Errorf("repeats:\n%s", grepLines(body, "refusals_repeated"))
+	}
+	h.agentSession("token="+userToken(t, "same-office")).Close(websocket.StatusNormalClosure, "")
+	if n := len(h.fake.Handshakes()); n != 1 {
+		t.Errorf("Deepgram saw %d handshakes, want 1 (the valid user's)", n)
+	}
+	time.Sleep(window + 100*time.Millisecond)
+	expectInBand(t, h, "token=made-up-later", refuseTokenInvalid)
+}
+
+// TestCredentialFloodsBounded: addresses without end hold refusalEntries at
+// most, the least recently refused forgotten first; an address's bound holds
+// across them.
+func TestCredentialFloodsBounded(t *testing.T) {
+	c := newCredentialFloods(time.Minute)
+	now := time.Now()
+	for i := range credentialsPerAddress + 1 {
+		if over, _ := c.overflows("ip:10.0.0.1", strconv.Itoa(i), now); over != (i == credentialsPerAddress) {
+			t.Fatalf("credential %d: over %v", i, over)
+		}
+	}
+	for i := range 100_000 {
+		c.overflows("ip:10.1."+strconv.Itoa(i), "x", now)
+		if i%1000 == 0 {
+			if over, _ := c.overflows("ip:10.0.0.1", "new-"+strconv.Itoa(i), now); !over {
+				t.Fatalf("the flooding address was forgotten after %d others", i)
+			}
+		}
+	}
+	if n := len(c.entries); n > refusalEntries || c.order.Len() != n {
+		t.Fatalf("%d entries (%d in order), want at most %d", n, c.order.Len(), refusalEntries)
+	}
+	if over, _ := c.overflows("ip:10.0.0.1", "later", now.Add(time.Minute)); over {
+		t.Fatal("past the window, a new credential is still over the bound")
+	}
+}
+
 // TestRefusalMemoryBounded: a client making up a million credentials holds
 // at most refusalEntries in the memory, and a client retrying forever keeps
 // its place (its repeats stay before the upgrade) among them.

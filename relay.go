@@ -77,20 +77,21 @@ func newRelay(cfg *Config, apiKey string, policy *policy.Policy, log *slog.Logge
 			quota:       quota,
 			renewEvery:  renewEvery,
 		},
-		auth:            auth,
-		origins:         origins,
-		identityHashKey: identityHashKey(apiKey),
-		watchdog:        newWatchdog(cfg.IdleTimeout, cfg.ConversationIdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout, quotaStep(quota, renewEvery)),
-		stopped:         make(chan struct{}),
-		closed:          make(chan struct{}),
-		dialTimeout:     upstreamDialTimeout,
-		agent:           agent,
-		listen:          listen,
-		dialOpts:        newDialOptions(apiKey),
-		refused:         newRefusalMemory(refusalEntries, cfg.RefusalWindow),
-		beforeLogged:    newRefusalMemory(beforeLoggedEntries, cfg.RefusalWindow),
-		agentOutage:     &outage{service: "agent"},
-		listenOutage:    &outage{service: "transcription"},
+		auth:             auth,
+		origins:          origins,
+		identityHashKey:  identityHashKey(apiKey),
+		watchdog:         newWatchdog(cfg.IdleTimeout, cfg.ConversationIdleTimeout, cfg.WriteTimeout, cfg.MaxSessionDuration, textGatherTimeout, quotaStep(quota, renewEvery)),
+		stopped:          make(chan struct{}),
+		closed:           make(chan struct{}),
+		dialTimeout:      upstreamDialTimeout,
+		agent:            agent,
+		listen:           listen,
+		dialOpts:         newDialOptions(apiKey),
+		refused:          newRefusalMemory(refusalEntries, cfg.RefusalWindow),
+		beforeLogged:     newRefusalMemory(beforeLoggedEntries, cfg.RefusalWindow),
+		credentialFloods: newCredentialFloods(cfg.RefusalWindow),
+		agentOutage:      &outage{service: "agent"},
+		listenOutage:     &outage{service: "transcription"},
 	}
 	if cfg.TryPage {
 		if rl.tryPage, err = tryPageAssets(cfg.ProxyPath, auth.enabled()); err != nil {
@@ -316,7 +317,7 @@ func (rl *relay) admitRequest(r *http.Request, f *facts) (*session, *admission, 
 		return nil, nil, gate{}, rf
 	}
 	if fail := rl.identify(f); fail != nil {
-		return nil, nil, gate{}, tokenRefused(fail, rl.credentialWho(f))
+		return nil, nil, gate{}, tokenRefused(fail, addressIdentity(f.remote), rl.credentialHash(f))
 	}
 	s := &session{tools: &rl.tools, facts: f, id: newSessionID(), started: time.Now()}
 	// Before admission: a session held by an outage must not spend its

@@ -29,11 +29,25 @@ func (rl *relay) refuse(w http.ResponseWriter, r *http.Request, f *facts, rf *re
 	switch {
 	case rf.before != nil:
 		rl.refuseBefore(w, f, rf)
+	case rf.token != nil && rl.credentialFlood(rf):
+		rl.refuseRepeated(w, rf.end, rf.label, rf.retryAfter)
 	case rl.refused.repeat(rf.who, rf.label, time.Now()):
 		rl.refuseRepeated(w, rf.end, rf.label, rf.retryAfter)
 	default:
 		rl.refuseUpgraded(w, r, f, rf)
 	}
+}
+
+// credentialFlood reports whether rf, a token's refusal, brings a new
+// credential from an address past credentialsPerAddress within the window,
+// and logs the first such in a window.
+func (rl *relay) credentialFlood(rf *refusal) bool {
+	over, first := rl.credentialFloods.overflows(rf.address, rf.credential, time.Now())
+	if first {
+		rl.log.Info("refusals: more failing credentials from one address than told in band", "who", rf.address,
+			"bound", credentialsPerAddress, "window_s", int(rl.cfg.RefusalWindow.Seconds()))
+	}
+	return over
 }
 
 // refuseBefore answers rf before the upgrade with its row's status, headers

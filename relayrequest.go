@@ -112,12 +112,12 @@ func (rl *relay) identify(f *facts) *authFailure {
 	return nil
 }
 
-// credentialWho is who a refused token is, for the refusal memory: no
-// identity, so the address and the credential, hashed (a token is never
-// stored), so that another user at the same address, or this one with a
-// fresh token, is not affected.
-func (rl *relay) credentialWho(f *facts) string {
-	return addressIdentity(f.remote) + " token:" + identityKey(rl.identityHashKey, "token\x00"+f.token)[:12]
+// credentialHash names a refused token for the refusal memory (a token is
+// never stored): with its address, it is who was refused, so that another
+// user at the same address, or this one with a fresh token, is not
+// affected.
+func (rl *relay) credentialHash(f *facts) string {
+	return identityKey(rl.identityHashKey, "token\x00"+f.token)[:12]
 }
 
 // errNoBearer is a handshake that offers subprotocols but not "bearer": the

@@ -38,6 +38,9 @@ type relay struct {
 	// counted, not logged; apart from refused, so that a flood of them
 	// cannot push out others' refusals.
 	beforeLogged *refusalMemory
+	// credentialFloods bounds the failing credentials an address is told
+	// of in band (refusals.go).
+	credentialFloods *credentialFloods
 	// agentOutage and listenOutage hold dials while Deepgram's endpoint
 	// is known to be down (outage.go).
 	agentOutage, listenOutage *outage

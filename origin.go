@@ -87,24 +87,31 @@ func originFix(origin string) string {
 		return "a browser origin is scheme://host[:port]; ALLOWED_ORIGINS cannot allow this one"
 	}
 	entry := strings.NewReplacer("[", `\[`, "]", `\]`).Replace(u.Host)
+	if strings.ContainsAny(entry, "*?,% ") {
+		// No advice that would allow more than this page (or be two
+		// entries): browserOrigin should have refused it already.
+		return "a browser origin is scheme://host[:port]; ALLOWED_ORIGINS cannot allow this one"
+	}
 	return "to allow this page, add " + entry + " to ALLOWED_ORIGINS (comma-separated; the port is part of the origin)"
 }
 
-// browserOrigin parses origin as a browser sends it (RFC 6454): a scheme and
-// a host, with a port or not, in ASCII (an international name comes as
+// browserOrigin parses origin as a browser sends it (RFC 6454): a scheme
+// (browserScheme) and a host, with a port of five digits at most or not, in ASCII (an international name comes as
 // punycode), and nothing else (no user, path, query or fragment). The host
 // is an IP literal or a DNS name (RFC 1035: labels of letters, digits and
 // hyphens, 63 bytes at most, 253 in all; and underscores, which browsers
 // take and container names have).
 func browserOrigin(origin string) (*url.URL, bool) {
 	u, err := url.Parse(origin)
-	if err != nil || u.Scheme == "" || u.Host == "" || u.User != nil || u.Opaque != "" ||
-		u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+	if err != nil || !browserScheme(u.Scheme) || u.Host == "" || u.User != nil || u.Opaque != "" ||
+		u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || len(u.Port()) > 5 {
 		return nil, false
 	}
 	host := u.Hostname()
-	if _, err := netip.ParseAddr(host); err == nil {
-		return u, true
+	if addr, err := netip.ParseAddr(host); err == nil {
+		// A zone (fe80::1%eth0) is no browser's: the URL standard refuses
+		// a % in an IPv6 host, and url.Parse lets anything through in one.
+		return u, addr.Zone() == ""
 	}
 	if len(host) > 253 {
 		return nil, false
@@ -115,6 +122,15 @@ func browserOrigin(origin string) (*url.URL, bool) {
 		}
 	}
 	return u, true
+}
+
+// browserScheme reports whether scheme is one a browser puts in an Origin:
+// http, https, or an extension's (chrome-extension, moz-extension,
+// safari-web-extension).
+func browserScheme(scheme string) bool {
+	s := strings.ToLower(scheme)
+	return s == "http" || s == "https" || len(s) <= 32 && strings.HasSuffix(s, "-extension") &&
+		strings.Trim(s, "abcdefghijklmnopqrstuvwxyz-") == ""
 }
 
 // originForLog is a refused origin as a log line shows it: a browser's as it

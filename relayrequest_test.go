@@ -291,7 +291,8 @@ func TestOriginRefusalLoggedOnce(t *testing.T) {
 // anything else by its length alone, whatever the client put in it.
 func TestOriginForLog(t *testing.T) {
 	for _, origin := range []string{"https://app.example.com:8443", "null", "https://xn--bcher-kva.example",
-		"http://[::1]:5173", "http://127.0.0.1:3000", "https://a-b.example."} {
+		"http://[::1]:5173", "http://127.0.0.1:3000", "https://a-b.example.", "http://my_app:3000",
+		"chrome-extension://abcdefghijklmnopabcdefghijklmnop", "HTTPS://APP.EXAMPLE.COM"} {
 		if got := originForLog(origin); got != origin {
 			t.Errorf("originForLog(%q) = %q, want it as it is", origin, got)
 		}
@@ -300,7 +301,9 @@ func TestOriginForLog(t *testing.T) {
 	for _, origin := range []string{"http://user:secret@evil.example", "http://ev\til.\u202eexample", "https://a@b@evil.example",
 		"https://b\u00fccher.example", "https://x.example\x00\xff", "https://evil.example/" + jwt, "https://evil.example?t=" + jwt,
 		"https://evil.example#" + jwt, "https://" + jwt, "https://*", "https://a.com,*", "https://" + strings.Repeat("a.", 130) + "com",
-		"evil.example", "https:", "https://evil.example/"} {
+		"evil.example", "https:", "https://evil.example/", "http://[fe80::1%25" + jwt + "]", "http://[fe80::1%25x,*,y]",
+		"http://[fe80::1%25\u202egnp.live]", jwt + "://a.example", "http://a.example:" + strings.Repeat("9", 2000),
+		"ftp://a.example", "javascript://a.example"} {
 		want := fmt.Sprintf("[not a browser origin: %d bytes]", len(origin))
 		if got := originForLog(origin); got != want {
 			t.Errorf("originForLog(%q) = %q, want %q", origin, got, want)

@@ -96,11 +96,12 @@ func originFix(origin string) string {
 }
 
 // browserOrigin parses origin as a browser sends it (RFC 6454): a scheme
-// (browserScheme) and a host, with a port of five digits at most or not, in ASCII (an international name comes as
-// punycode), and nothing else (no user, path, query or fragment). The host
-// is an IP literal or a DNS name (RFC 1035: labels of letters, digits and
-// hyphens, 63 bytes at most, 253 in all; and underscores, which browsers
-// take and container names have).
+// (browserScheme) and a host, with a port of five digits at most or not,
+// in ASCII (an international name comes as punycode), and nothing else (no
+// user, path, query or fragment). The host is an IP literal without a zone
+// or a DNS name (RFC 1035: labels of letters, digits and hyphens, 63 bytes
+// at most, 253 in all; and underscores, which browsers take and container
+// names have).
 func browserOrigin(origin string) (*url.URL, bool) {
 	u, err := url.Parse(origin)
 	if err != nil || !browserScheme(u.Scheme) || u.Host == "" || u.User != nil || u.Opaque != "" ||

@@ -101,7 +101,7 @@ func originFix(origin string) string {
 // user, path, query or fragment). The host is an IP literal without a zone
 // or a DNS name (RFC 1035: labels of letters, digits and hyphens, 63 bytes
 // at most, 253 in all; and underscores, which browsers take and container
-// names have).
+// names have), none of which begins as a JWT's parts do.
 func browserOrigin(origin string) (*url.URL, bool) {
 	u, err := url.Parse(origin)
 	if err != nil || !browserScheme(u.Scheme) || u.Host == "" || u.User != nil || u.Opaque != "" ||
@@ -119,6 +119,11 @@ func browserOrigin(origin string) (*url.URL, bool) {
 	}
 	for label := range strings.SplitSeq(strings.TrimSuffix(host, "."), ".") {
 		if label == "" || len(label) > 63 || strings.Trim(label, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+			return nil, false
+		}
+		// "eyJ" is base64url for `{"`, the start of every JWT's header
+		// and payload: a host made of a token's parts is a token.
+		if strings.HasPrefix(label, "eyJ") {
 			return nil, false
 		}
 	}

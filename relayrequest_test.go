@@ -303,7 +303,8 @@ func TestOriginForLog(t *testing.T) {
 		"https://evil.example#" + jwt, "https://" + jwt, "https://*", "https://a.com,*", "https://" + strings.Repeat("a.", 130) + "com",
 		"evil.example", "https:", "https://evil.example/", "http://[fe80::1%25" + jwt + "]", "http://[fe80::1%25x,*,y]",
 		"http://[fe80::1%25\u202egnp.live]", jwt + "://a.example", "http://a.example:" + strings.Repeat("9", 2000),
-		"ftp://a.example", "javascript://a.example"} {
+		"ftp://a.example", "javascript://a.example",
+		"http://eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ6ZWQiLCJleHAiOjE5OTk5OTk5OTl9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"} {
 		want := fmt.Sprintf("[not a browser origin: %d bytes]", len(origin))
 		if got := originForLog(origin); got != want {
 			t.Errorf("originForLog(%q) = %q, want %q", origin, got, want)

@@ -109,6 +109,7 @@ type credentialsSeen struct {
 	flooded bool // past the bound in this window: logged once
 }
 
+// newCredentialFloods counts within window (REFUSAL_WINDOW; 0: no bound).
 func newCredentialFloods(window time.Duration) *credentialFloods {
 	return &credentialFloods{window: window, entries: make(map[string]*credentialsSeen), order: list.New()}
 }

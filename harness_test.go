@@ -12,13 +12,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"dgrelay/internal/fakedeepgram"
+	"dgrelay/internal/testredis"
 	"dgrelay/internal/wspipe"
 
 	"github.com/coder/websocket"
@@ -253,15 +253,7 @@ func get(t *testing.T, url string, header http.Header) *http.Response {
 }
 
 // freePort returns a loopback port that was free a moment ago.
-func freePort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-}
+func freePort(t testing.TB) string { return testredis.FreePort(t) }
 
 // waitForLog waits until the logs hold want.
 func waitForLog(t *testing.T, logs interface{ String() string }, want string) {

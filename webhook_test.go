@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -106,23 +107,28 @@ func TestWebhookQueueBound(t *testing.T) {
 	}
 }
 
+// heldWebhook is a webhook, with its metrics' registry, toward a receiver
+// that holds every POST until release (which the test's end calls too).
+func heldWebhook(t *testing.T) (*receiver, *webhook, *prometheus.Registry, func()) {
+	r := newReceiver(t)
+	r.hold = make(chan struct{})
+	release := sync.OnceFunc(func() { close(r.hold) })
+	reg := prometheus.NewRegistry()
+	w := newWebhook(r.srv.URL, []byte(testWebhookSecret), newRecordMetrics(reg), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	t.Cleanup(func() {
+		release()
+		w.close()
+	})
+	return r, w, reg, release
+}
+
 // TestWebhookQueueShare: against a receiver that has stopped answering, a
 // full queue takes another user's record by pushing out the newest of the
 // user who holds the most, and refuses that user's next one; once the
 // receiver is back, the other user's records arrive and the pushed-out ones
 // do not.
 func TestWebhookQueueShare(t *testing.T) {
-	r := newReceiver(t)
-	r.hold = make(chan struct{})
-	held := true
-	defer func() {
-		if held {
-			close(r.hold)
-		}
-	}()
-	reg := prometheus.NewRegistry()
-	w := newWebhook(r.srv.URL, []byte(testWebhookSecret), newRecordMetrics(reg), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	defer w.close()
+	r, w, reg, release := heldWebhook(t)
 	for i := range webhookQueueLen {
 		w.send(fmt.Sprintf("a-%d", i), "a", []byte(`{}`))
 	}
@@ -132,8 +138,7 @@ func TestWebhookQueueShare(t *testing.T) {
 	if got := droppedFor(t, reg, dropQueueFull); got != 3 {
 		t.Errorf("queue_full %v, want 3 (two of a's pushed out, a's late one)", got)
 	}
-	close(r.hold)
-	held = false
+	release()
 	deadline := time.Now().Add(20 * time.Second)
 	for len(r.deliveries()) < webhookQueueLen && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -165,17 +170,7 @@ func TestWebhookQueueShareBytes(t *testing.T) {
 	old := webhookQueueBytes
 	webhookQueueBytes = 64 << 10
 	t.Cleanup(func() { webhookQueueBytes = old })
-	r := newReceiver(t)
-	r.hold = make(chan struct{})
-	held := true
-	defer func() {
-		if held {
-			close(r.hold)
-		}
-	}()
-	reg := prometheus.NewRegistry()
-	w := newWebhook(r.srv.URL, []byte(testWebhookSecret), newRecordMetrics(reg), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	defer w.close()
+	r, w, reg, release := heldWebhook(t)
 	big := bytes.Repeat([]byte("x"), 4<<10)
 	for i := range 20 { // 16 fit; the last 4 are refused: each holder holds as much
 		w.send(fmt.Sprintf("big-%d", i), fmt.Sprintf("acct-%d", i), big)
@@ -187,8 +182,7 @@ func TestWebhookQueueShareBytes(t *testing.T) {
 	if got := droppedFor(t, reg, dropQueueFull); got != 5 {
 		t.Errorf("queue_full %v after the small record, want 5 (one large one pushed out)", got)
 	}
-	close(r.hold)
-	held = false
+	release()
 	deadline := time.Now().Add(20 * time.Second)
 	for len(r.deliveries()) < 16 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)

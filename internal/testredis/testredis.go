@@ -34,7 +34,7 @@ type Server struct {
 // (--requirepass ...). Cleanup stops it.
 func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
-	s := &Server{t: t, bin: find(t), Port: freePort(t), args: extra}
+	s := &Server{t: t, bin: find(t), Port: FreePort(t), args: extra}
 	s.Start()
 	t.Cleanup(s.Stop)
 	return s
@@ -109,8 +109,8 @@ func find(t testing.TB) string {
 	return bin
 }
 
-// freePort is a loopback port that was free a moment ago.
-func freePort(t testing.TB) string {
+// FreePort is a loopback port that was free a moment ago.
+func FreePort(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
